@@ -1,0 +1,129 @@
+//! Finding the token in a request: header, cookie or query, in the configured order.
+//!
+//! Hand-written on purpose: this runs on every request, and the token is borrowed from
+//! the request (no allocation) unless the query string percent-encodes it.
+
+use crate::config::{JwtConfig, TokenLocation};
+use http::{header, HeaderMap};
+use std::borrow::Cow;
+
+/// Where a token was found (cookie tokens need the CSRF check; `forward.token: false`
+/// needs to know what to remove).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    Header,
+    Cookie,
+    Query,
+}
+
+/// Which cookie a route reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieKind {
+    Access,
+    Refresh,
+    /// Access cookie first, then refresh cookie (`auth: any`).
+    Either,
+}
+
+/// Looks for a token in the configured locations, in order.
+pub fn extract<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    jwt: &JwtConfig,
+    cookie: CookieKind,
+) -> Option<(Cow<'a, str>, TokenSource)> {
+    for location in &jwt.token_location {
+        let found = match location {
+            TokenLocation::Headers => {
+                from_header(headers, jwt).map(|t| (Cow::Borrowed(t), TokenSource::Header))
+            }
+            TokenLocation::Cookies => {
+                let first = match cookie {
+                    CookieKind::Refresh => &jwt.refresh_cookie_name,
+                    CookieKind::Access | CookieKind::Either => &jwt.access_cookie_name,
+                };
+                cookie_value(headers, first)
+                    .or_else(|| match cookie {
+                        CookieKind::Either => cookie_value(headers, &jwt.refresh_cookie_name),
+                        _ => None,
+                    })
+                    .map(|t| (Cow::Borrowed(t), TokenSource::Cookie))
+            }
+            TokenLocation::Query => query
+                .and_then(|q| query_value(q, &jwt.query_string_name))
+                .map(|t| (t, TokenSource::Query)),
+        };
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+/// `Authorization: Bearer <t>` (scheme compared case-insensitively), or the bare value
+/// when `header_type` is empty.
+pub fn from_header<'a>(headers: &'a HeaderMap, jwt: &JwtConfig) -> Option<&'a str> {
+    let value = headers.get(&jwt.header_name)?.to_str().ok()?.trim();
+    let token = if jwt.header_type.is_empty() {
+        value
+    } else {
+        let (scheme, rest) = value.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case(&jwt.header_type) {
+            return None;
+        }
+        rest.trim()
+    };
+    (!token.is_empty()).then_some(token)
+}
+
+/// The value of cookie `name` across every `Cookie` header.
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+        })
+        .filter(|v| !v.is_empty())
+}
+
+/// The percent-decoded value of query parameter `name`.
+pub fn query_value<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        if k != name || v.is_empty() {
+            return None;
+        }
+        percent_encoding::percent_decode_str(v).decode_utf8().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn cookies_and_query() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; access_token_cookie=tok; b=2"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("refresh_token_cookie=r"),
+        );
+        assert_eq!(cookie_value(&h, "access_token_cookie"), Some("tok"));
+        assert_eq!(cookie_value(&h, "refresh_token_cookie"), Some("r"));
+        assert_eq!(cookie_value(&h, "missing"), None);
+        assert_eq!(
+            query_value("x=1&token=a%2Eb&y", "token").as_deref(),
+            Some("a.b")
+        );
+        assert_eq!(query_value("tokens=1", "token"), None);
+    }
+}

@@ -1,0 +1,239 @@
+//! Token verification, cached by the token's exact bytes.
+//!
+//! A miss runs jsonwebtoken (signature, `exp`, `nbf`, `iss`, `aud`) and our own checks
+//! (`iat` not in the future), then keeps the result until the token's `exp`. A hit costs
+//! one hash lookup and an `exp` comparison: no base64, no JSON, no signature check.
+//! Revocation is not cached here; it is checked on every request against the blocklist,
+//! so a revoked token is refused at once despite this cache.
+
+use crate::auth::keys::KeySet;
+use crate::error::GatewayError;
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `type` claim of a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    /// `type: access`, or no `type` claim.
+    Access,
+    /// `type: refresh`.
+    Refresh,
+    /// Any other `type` value: accepted by neither kind of route.
+    Other,
+}
+
+/// What a verified token says, extracted once when it is first seen.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    /// Every claim, for `require_claims`.
+    pub claims: Map<String, Value>,
+    pub token_type: TokenType,
+    pub fresh: bool,
+    pub csrf: Option<String>,
+    pub sub: Option<String>,
+    pub sid: Option<String>,
+    pub iat: Option<u64>,
+    pub exp: u64,
+    /// `jti`, or `sha256:<hex>` of the encoded token when it has none.
+    pub revocation_key: String,
+    /// Identity headers to set upstream, rendered once.
+    pub identity: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Verifies tokens against a key set and the configured claim rules.
+pub struct Verifier {
+    keys: KeySet,
+    /// One prepared `Validation` per allowed algorithm.
+    validations: Vec<(Algorithm, Validation)>,
+    leeway: u64,
+    identity_headers: Vec<(String, HeaderName)>,
+    cache: moka::sync::Cache<Box<str>, Arc<VerifiedToken>>,
+}
+
+/// How many verified tokens are remembered (each a few hundred bytes).
+pub const VERIFIED_CACHE_ENTRIES: u64 = 100_000;
+
+/// moka expiry policy: an entry lives until its token's `exp`.
+struct UntilExp;
+
+impl moka::Expiry<Box<str>, Arc<VerifiedToken>> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _key: &Box<str>,
+        value: &Arc<VerifiedToken>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(
+            value.exp.saturating_sub(now_unix()).saturating_add(1),
+        ))
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Verifier {
+    /// Builds a verifier; `algorithms` must not contain duplicates (config guarantees it).
+    pub fn new(
+        algorithms: &[Algorithm],
+        keys: KeySet,
+        issuer: Option<&str>,
+        audience: &[String],
+        leeway: Duration,
+        identity_headers: Vec<(String, HeaderName)>,
+        cache_entries: u64,
+    ) -> Verifier {
+        let validations = algorithms
+            .iter()
+            .map(|&alg| {
+                let mut v = Validation::new(alg);
+                v.leeway = leeway.as_secs();
+                v.validate_nbf = true;
+                let mut required = vec!["exp"];
+                if let Some(iss) = issuer {
+                    v.set_issuer(&[iss]);
+                    required.push("iss");
+                }
+                if !audience.is_empty() {
+                    v.set_audience(audience);
+                    required.push("aud");
+                } else {
+                    v.validate_aud = false;
+                }
+                v.set_required_spec_claims(&required);
+                (alg, v)
+            })
+            .collect();
+        Verifier {
+            keys,
+            validations,
+            leeway: leeway.as_secs(),
+            identity_headers,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(cache_entries)
+                .expire_after(UntilExp)
+                .build(),
+        }
+    }
+
+    /// Verifies `token`, from the cache when it was seen before.
+    pub fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, GatewayError> {
+        let now = now_unix();
+        if let Some(hit) = self.cache.get(token) {
+            if hit.exp.saturating_add(self.leeway) < now {
+                return Err(GatewayError::Expired);
+            }
+            return Ok(hit);
+        }
+        let verified = Arc::new(self.verify_uncached(token, now)?);
+        self.cache.insert(token.into(), verified.clone());
+        Ok(verified)
+    }
+
+    /// The full check, without the cache (also used by logout for the refresh token).
+    pub fn verify_uncached(&self, token: &str, now: u64) -> Result<VerifiedToken, GatewayError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| GatewayError::Decode)?;
+        let Some((_, validation)) = self.validations.iter().find(|(alg, _)| *alg == header.alg)
+        else {
+            return Err(GatewayError::Decode);
+        };
+        let mut result = Err(GatewayError::Decode);
+        for key in self.keys.candidates(header.alg) {
+            result = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
+                .map(|data| data.claims)
+                .map_err(|e| map_error(e.kind()));
+            // Rotation: only a bad signature moves on to the previous key.
+            if result != Err(GatewayError::BadSignature) {
+                break;
+            }
+        }
+        let claims = result?;
+        let iat = claims.get("iat").and_then(numeric_date);
+        if matches!(iat, Some(iat) if iat > now.saturating_add(self.leeway)) {
+            return Err(GatewayError::Decode);
+        }
+        let exp = claims
+            .get("exp")
+            .and_then(numeric_date)
+            .ok_or(GatewayError::Decode)?;
+        let token_type = match claims.get("type").and_then(Value::as_str) {
+            None | Some("access") => TokenType::Access,
+            Some("refresh") => TokenType::Refresh,
+            Some(_) => TokenType::Other,
+        };
+        let string_claim = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+        let revocation_key = match claims.get("jti") {
+            Some(Value::String(jti)) if !jti.is_empty() => jti.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => token_digest_key(token),
+        };
+        let identity = self
+            .identity_headers
+            .iter()
+            .filter_map(|(claim, header)| {
+                let value = match claims.get(claim)? {
+                    Value::String(s) => HeaderValue::from_str(s).ok()?,
+                    Value::Null => return None,
+                    other => HeaderValue::from_str(&other.to_string()).ok()?,
+                };
+                Some((header.clone(), value))
+            })
+            .collect();
+        Ok(VerifiedToken {
+            token_type,
+            fresh: claims
+                .get("fresh")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            csrf: string_claim("csrf"),
+            sub: string_claim("sub"),
+            sid: string_claim("sid"),
+            iat,
+            exp,
+            revocation_key,
+            identity,
+            claims,
+        })
+    }
+
+    /// Number of verified tokens currently cached.
+    pub fn cached_tokens(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}
+
+/// `sha256:` + hex SHA-256 of the encoded token: the revocation key of a token without `jti`.
+pub fn token_digest_key(token: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    format!("sha256:{}", hex::encode(digest.as_ref()))
+}
+
+/// A JWT NumericDate as whole seconds (fractions are allowed by RFC 7519).
+fn numeric_date(v: &Value) -> Option<u64> {
+    v.as_u64()
+        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+}
+
+/// jsonwebtoken's error kinds, mapped onto the contract's table.
+fn map_error(kind: &ErrorKind) -> GatewayError {
+    match kind {
+        ErrorKind::InvalidSignature => GatewayError::BadSignature,
+        ErrorKind::ExpiredSignature => GatewayError::Expired,
+        ErrorKind::InvalidIssuer => GatewayError::BadIssuer,
+        ErrorKind::InvalidAudience => GatewayError::BadAudience,
+        ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => GatewayError::BadIssuer,
+        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => GatewayError::BadAudience,
+        // Malformed, wrong algorithm for the key, bad claim types, not yet valid, and
+        // anything jsonwebtoken adds later: all "Invalid Token".
+        _ => GatewayError::Decode,
+    }
+}

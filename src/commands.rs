@@ -1,0 +1,139 @@
+//! The offline subcommands: `check`, `token` and `revoke`.
+
+use crate::auth::verify::{now_unix, token_digest_key};
+use crate::blocklist::{Blocklist, Revocation};
+use crate::config::{self, Config};
+use crate::server;
+use serde_json::{Map, Value};
+use std::path::Path;
+use std::time::Duration;
+
+/// A failed command: the message for stderr (exit code 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CommandError(pub String);
+
+impl From<config::ConfigErrors> for CommandError {
+    fn from(e: config::ConfigErrors) -> Self {
+        CommandError(e.to_string())
+    }
+}
+
+/// `portcullis check`: the summary, or every error.
+pub fn check(path: &Path) -> Result<String, CommandError> {
+    Ok(config::load(path)?.summary())
+}
+
+/// What `portcullis token` should put in the token.
+pub struct TokenRequest {
+    pub sub: String,
+    pub refresh: bool,
+    pub ttl: Duration,
+    pub fresh: bool,
+    /// `k=v` pairs; `v` is read as JSON when it parses (numbers, lists), else a string.
+    pub claims: Vec<String>,
+}
+
+/// `portcullis token`: a token signed with the configured key.
+pub fn token(path: &Path, request: &TokenRequest) -> Result<String, CommandError> {
+    let config = config::load(path)?;
+    mint(&config, request)
+}
+
+/// Signs a token for `request` with `config`'s signing key.
+pub fn mint(config: &Config, request: &TokenRequest) -> Result<String, CommandError> {
+    let signing = config.jwt.signing.as_ref().ok_or_else(|| {
+        CommandError(
+            "no signing key: set jwt.secret (HS*) or jwt.private_key_file for an asymmetric algorithm".into(),
+        )
+    })?;
+    let now = now_unix();
+    let mut claims = Map::new();
+    claims.insert("sub".into(), Value::String(request.sub.clone()));
+    claims.insert("jti".into(), Value::String(random_hex(16)?));
+    claims.insert(
+        "type".into(),
+        Value::String(if request.refresh { "refresh" } else { "access" }.into()),
+    );
+    claims.insert("fresh".into(), Value::Bool(request.fresh));
+    claims.insert("csrf".into(), Value::String(random_hex(16)?));
+    claims.insert("iat".into(), now.into());
+    claims.insert("nbf".into(), now.into());
+    claims.insert("exp".into(), (now + request.ttl.as_secs()).into());
+    if let Some(iss) = &config.jwt.issuer {
+        claims.insert("iss".into(), Value::String(iss.clone()));
+    }
+    if let Some(aud) = config.jwt.audience.first() {
+        claims.insert("aud".into(), Value::String(aud.clone()));
+    }
+    for pair in &request.claims {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| CommandError(format!("--claim {pair:?}: expected key=value")))?;
+        let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned()));
+        claims.insert(k.to_owned(), value);
+    }
+    let header = jsonwebtoken::Header::new(signing.algorithm);
+    jsonwebtoken::encode(&header, &claims, &signing.key)
+        .map_err(|e| CommandError(format!("signing failed: {e}")))
+}
+
+fn random_hex(bytes: usize) -> Result<String, CommandError> {
+    let mut buf = vec![0u8; bytes];
+    aws_lc_rs::rand::fill(&mut buf).map_err(|_| CommandError("no randomness available".into()))?;
+    Ok(hex::encode(buf))
+}
+
+/// What `portcullis revoke` revokes.
+pub enum RevokeTarget {
+    Token(String),
+    Jti { jti: String, exp: u64 },
+    Subject(String),
+}
+
+/// Turns a revoke target into the revocation to record. A whole token is decoded
+/// without checking its signature: revoking can only ever refuse more.
+pub fn revocation_for(target: RevokeTarget) -> Result<Revocation, CommandError> {
+    Ok(match target {
+        RevokeTarget::Jti { jti, exp } => Revocation::Token { key: jti, exp },
+        RevokeTarget::Subject(sub) => Revocation::Subject {
+            sub,
+            at: now_unix(),
+        },
+        RevokeTarget::Token(token) => {
+            let claims: Map<String, Value> =
+                jsonwebtoken::dangerous::insecure_decode_claims(token.trim())
+                    .map_err(|e| CommandError(format!("--token is not a JWT: {e}")))?;
+            let exp = claims
+                .get("exp")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| CommandError("--token has no numeric exp".into()))?;
+            let key = match claims.get("jti") {
+                Some(Value::String(jti)) if !jti.is_empty() => jti.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => token_digest_key(token.trim()),
+            };
+            Revocation::Token { key, exp }
+        }
+    })
+}
+
+/// `portcullis revoke`: records the revocation in the configured store, durably.
+pub async fn revoke(path: &Path, target: RevokeTarget) -> Result<String, CommandError> {
+    let config = config::load(path)?;
+    if config.blocklist.store == config::StoreKind::Memory {
+        return Err(CommandError(
+            "blocklist.store is memory: a separate process cannot reach it (use the admin API)"
+                .into(),
+        ));
+    }
+    let revocation = revocation_for(target)?;
+    let store = server::open_store(&config.blocklist).map_err(|e| CommandError(e.to_string()))?;
+    let blocklist = Blocklist::new(store, 16);
+    let described = format!("{revocation:?}");
+    blocklist
+        .revoke(vec![revocation])
+        .await
+        .map_err(|e| CommandError(e.to_string()))?;
+    Ok(format!("revoked: {described}"))
+}

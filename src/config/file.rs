@@ -1,0 +1,154 @@
+//! The shape of `gateway.yaml`, as serde reads it.
+//!
+//! Leaves are kept as plain strings, numbers and lists here; `config::validate` turns
+//! them into typed values (durations, algorithms, URIs, keys) so that one bad value
+//! does not hide the others: every semantic error is reported at once.
+//! `deny_unknown_fields` everywhere: a typo must not silently disable a check.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// `server:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub listen: Option<String>,
+    pub tls: Option<TlsFile>,
+    pub max_connections: Option<u64>,
+    pub header_read_timeout: Option<String>,
+    pub max_header_bytes: Option<u64>,
+    pub shutdown_grace: Option<String>,
+}
+
+/// `server.tls:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+/// `admin:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub listen: Option<String>,
+    pub token: Option<String>,
+}
+
+/// A YAML value that may be one string or a list of strings (`audience: my-api`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// `jwt:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtFile {
+    pub algorithms: Option<OneOrMany>,
+    pub secret: Option<String>,
+    pub public_key_file: Option<String>,
+    pub private_key_file: Option<String>,
+    pub previous_secret: Option<String>,
+    pub previous_public_key_file: Option<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_refresh: Option<String>,
+    pub jwks_ca_file: Option<String>,
+    pub discovery: Option<bool>,
+    pub issuer: Option<String>,
+    pub audience: Option<OneOrMany>,
+    pub leeway: Option<String>,
+    pub token_location: Option<OneOrMany>,
+    pub header_name: Option<String>,
+    pub header_type: Option<String>,
+    pub access_cookie_name: Option<String>,
+    pub refresh_cookie_name: Option<String>,
+    pub query_string_name: Option<String>,
+    pub csrf: Option<CsrfFile>,
+}
+
+/// `jwt.csrf:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsrfFile {
+    pub enabled: Option<bool>,
+    pub header_name: Option<String>,
+    pub methods: Option<OneOrMany>,
+}
+
+/// `blocklist:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlocklistFile {
+    pub store: Option<String>,
+    pub sqlite_path: Option<String>,
+    pub redis_url: Option<String>,
+    pub key_prefix: Option<String>,
+    pub cache_max_entries: Option<u64>,
+    pub on_store_error: Option<String>,
+}
+
+/// `logout:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogoutFile {
+    pub path: Option<String>,
+    pub methods: Option<OneOrMany>,
+    pub revoke_refresh: Option<bool>,
+    pub forward: Option<bool>,
+    pub backchannel_path: Option<String>,
+}
+
+/// `upstreams.<name>:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub url: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub timeout: Option<String>,
+    pub ca_file: Option<String>,
+}
+
+/// `routes[i]:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub prefix: Option<String>,
+    pub upstream: Option<String>,
+    pub auth: Option<String>,
+    pub fresh: Option<bool>,
+    pub require_claims: Option<BTreeMap<String, serde_yaml::Value>>,
+}
+
+/// `forward:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardFile {
+    pub token: Option<bool>,
+    pub identity_headers: Option<BTreeMap<String, String>>,
+    pub strip_headers: Option<OneOrMany>,
+}
+
+/// The top-level sections; anything else at the top level is an unknown key.
+pub const SECTIONS: &[&str] = &[
+    "server",
+    "admin",
+    "jwt",
+    "blocklist",
+    "logout",
+    "upstreams",
+    "routes",
+    "forward",
+];

@@ -1,0 +1,338 @@
+//! One request, top to bottom.
+//!
+//! [`Gateway::handle`] logs and turns any [`GatewayError`] into its response;
+//! [`Gateway::handle_inner`] is the straight-line pipeline, one phase per step:
+//! normalize path → logout? → match route → strip client identity headers →
+//! authenticate → revocation → authorize → forward.
+
+use crate::auth::extract::TokenSource;
+use crate::auth::verify::Verifier;
+use crate::auth::{self, Authenticated};
+use crate::blocklist::{Blocklist, Verdict};
+use crate::config::{AuthMode, Config, OnStoreError, RouteConfig};
+use crate::error::GatewayError;
+use crate::net::forwarding;
+use crate::upstream::{full, Body, Upstream};
+use crate::{logout, path};
+use http::request::Parts;
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// Everything a request needs, built from one [`Config`]. A reload builds a new one and
+/// swaps it in atomically; requests in flight finish on the one they started with.
+pub struct Gateway {
+    pub config: Arc<Config>,
+    pub verifier: Verifier,
+    pub upstreams: Vec<Upstream>,
+    pub blocklist: Arc<Blocklist>,
+}
+
+/// What the accept loop knows about a connection.
+pub struct ConnInfo {
+    /// The peer's IP, pre-rendered for `X-Forwarded-For`.
+    pub client_ip: HeaderValue,
+    /// Whether the edge connection is TLS.
+    pub https: bool,
+}
+
+impl Gateway {
+    /// Builds the request-time state for `config`.
+    pub fn build(config: Arc<Config>, blocklist: Arc<Blocklist>) -> Result<Gateway, String> {
+        let jwt = &config.jwt;
+        let verifier = Verifier::new(
+            &jwt.algorithms,
+            jwt.keys.clone(),
+            jwt.issuer.as_deref(),
+            &jwt.audience,
+            jwt.leeway,
+            config.forward.identity_headers.clone(),
+            crate::auth::verify::VERIFIED_CACHE_ENTRIES,
+        );
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(Upstream::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Gateway {
+            config,
+            verifier,
+            upstreams,
+            blocklist,
+        })
+    }
+
+    /// Answers one request; never fails (errors become their contract responses).
+    pub async fn handle(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+        let method = request.method().clone();
+        match self.handle_inner(request, conn).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::debug!(%method, error_type = error.error_type(), "refused");
+                error.into_response(full)
+            }
+        }
+    }
+
+    async fn handle_inner(
+        &self,
+        request: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Result<Response<Body>, GatewayError> {
+        let (mut parts, body) = request.into_parts();
+        if self.config.server.max_header_bytes < crate::server::MIN_HYPER_BUF {
+            check_head_size(&parts, self.config.server.max_header_bytes)?;
+        }
+        // The URI is moved out so the normalized path can borrow it while `parts` is edited.
+        let uri = std::mem::take(&mut parts.uri);
+        let path = path::normalize(uri.path()).map_err(|_| GatewayError::BadRequest)?;
+        let path_changed = matches!(path, Cow::Owned(_));
+
+        let logout = &self.config.logout;
+        if *path == *logout.path && logout.methods.contains(&parts.method) {
+            forwarding::strip_matching(&mut parts.headers, &self.config.forward.strip_headers);
+            return logout::handle(self, parts, body, &uri, &path, path_changed, conn).await;
+        }
+
+        let route = self.match_route(&path).ok_or(GatewayError::NoRoute)?;
+        forwarding::strip_matching(&mut parts.headers, &self.config.forward.strip_headers);
+        let authenticated = match route.auth {
+            AuthMode::None => None,
+            mode => {
+                let auth = auth::authenticate(
+                    &parts.headers,
+                    uri.query(),
+                    mode,
+                    &self.config.jwt,
+                    &self.verifier,
+                )?;
+                self.check_revocation(&auth).await?;
+                auth::authorize(
+                    &auth,
+                    &parts,
+                    route.fresh,
+                    &route.require_claims,
+                    &self.config.jwt,
+                )?;
+                Some(auth)
+            }
+        };
+        self.forward(
+            route,
+            parts,
+            Either::Left(body),
+            &uri,
+            &path,
+            path_changed,
+            authenticated.as_ref(),
+            conn,
+        )
+        .await
+    }
+
+    /// First route whose prefix matches `path` on a segment boundary (`/admin` matches
+    /// `/admin` and `/admin/x`, never `/administrator`).
+    pub fn match_route(&self, path: &str) -> Option<&RouteConfig> {
+        self.config
+            .routes
+            .iter()
+            .find(|r| prefix_matches(&r.prefix, path))
+    }
+
+    /// Refuses revoked tokens, from memory; applies `on_store_error` when the store
+    /// cannot be trusted.
+    pub async fn check_revocation(&self, auth: &Authenticated) -> Result<(), GatewayError> {
+        let verdict = match self.blocklist.check(&auth.token).await {
+            Verdict::Allowed if !self.blocklist.store_healthy() => Verdict::Unknown,
+            v => v,
+        };
+        match verdict {
+            Verdict::Allowed => Ok(()),
+            Verdict::Revoked => Err(GatewayError::RevokedToken),
+            Verdict::Unknown => match self.config.blocklist.on_store_error {
+                OnStoreError::Deny => Err(GatewayError::StoreUnavailable),
+                OnStoreError::Allow => {
+                    tracing::warn!("revocation store unavailable: serving from the local copy (on_store_error: allow)");
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// Rewrites the request for `route`'s upstream, sends it, and relays the response.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn forward(
+        &self,
+        route: &RouteConfig,
+        mut parts: Parts,
+        body: Body,
+        uri: &Uri,
+        path: &str,
+        path_changed: bool,
+        auth: Option<&Authenticated>,
+        conn: &ConnInfo,
+    ) -> Result<Response<Body>, GatewayError> {
+        let upstream = &self.upstreams[route.upstream];
+        let upgrade = forwarding::is_upgrade(&parts.headers) && auth.is_some();
+        let client_upgrade = if upgrade {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
+        forwarding::remove_hop_by_hop(&mut parts.headers, upgrade);
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            uri.authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        if let (false, Some(host)) = (parts.headers.contains_key(header::HOST), &host) {
+            // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream wants Host.
+            parts.headers.insert(header::HOST, host.clone());
+        }
+        forwarding::set_forwarded(&mut parts.headers, &conn.client_ip, conn.https, host);
+        let mut target_uri = upstream.target(uri, path, path_changed)?;
+        if let Some(auth) = auth {
+            for (name, value) in &auth.token.identity {
+                parts.headers.insert(name.clone(), value.clone());
+            }
+            if !self.config.forward.token {
+                target_uri = self.remove_token(&mut parts, auth.source, target_uri)?;
+            }
+        }
+        parts.uri = target_uri;
+        parts.version = Version::HTTP_11;
+        let mut response = upstream.send(Request::from_parts(parts, body)).await?;
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+        }
+        forwarding::remove_hop_by_hop(response.headers_mut(), switching);
+        Ok(response.map(Either::Left))
+    }
+
+    /// `forward.token: false`: the upstream must not see the token.
+    fn remove_token(
+        &self,
+        parts: &mut Parts,
+        source: TokenSource,
+        uri: Uri,
+    ) -> Result<Uri, GatewayError> {
+        let jwt = &self.config.jwt;
+        match source {
+            TokenSource::Header => {
+                parts.headers.remove(&jwt.header_name);
+                Ok(uri)
+            }
+            TokenSource::Cookie => {
+                let names = [
+                    jwt.access_cookie_name.as_str(),
+                    jwt.refresh_cookie_name.as_str(),
+                ];
+                let kept: Vec<String> = parts
+                    .headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .map(str::trim)
+                    .filter(|pair| {
+                        let name = pair.split_once('=').map_or(*pair, |(k, _)| k.trim());
+                        !pair.is_empty() && !names.contains(&name)
+                    })
+                    .map(str::to_owned)
+                    .collect();
+                parts.headers.remove(header::COOKIE);
+                if !kept.is_empty() {
+                    if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                        parts.headers.insert(header::COOKIE, v);
+                    }
+                }
+                Ok(uri)
+            }
+            TokenSource::Query => {
+                let name = jwt.query_string_name.as_str();
+                let query: Vec<&str> = uri
+                    .query()
+                    .unwrap_or("")
+                    .split('&')
+                    .filter(|pair| {
+                        !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != name
+                    })
+                    .collect();
+                let mut pq = uri.path().to_owned();
+                if !query.is_empty() {
+                    pq.push('?');
+                    pq.push_str(&query.join("&"));
+                }
+                let mut uri_parts = uri.into_parts();
+                uri_parts.path_and_query = Some(pq.parse().map_err(|_| GatewayError::BadRequest)?);
+                Uri::from_parts(uri_parts).map_err(|_| GatewayError::BadRequest)
+            }
+        }
+    }
+}
+
+/// Whether route `prefix` (no trailing slash, or `/`) covers `path`.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || (path.starts_with(prefix)
+            && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
+}
+
+/// Enforces a `max_header_bytes` below hyper's smallest read buffer: sums the request
+/// line and header fields as they were sent.
+fn check_head_size(parts: &Parts, limit: usize) -> Result<(), GatewayError> {
+    let mut size = parts.method.as_str().len() + parts.uri.to_string().len() + 12;
+    for (name, value) in &parts.headers {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    if size > limit {
+        return Err(GatewayError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// Copies bytes both ways between an upgraded client and upstream connection.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection closed");
+    }
+}
+
+/// `{"message": ...}` with status 200: the gateway's own successful answers.
+pub fn json_response(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_matches;
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/admin", "/admin"));
+        assert!(prefix_matches("/admin", "/admin/"));
+        assert!(prefix_matches("/admin", "/admin/x"));
+        assert!(!prefix_matches("/admin", "/administrator"));
+        assert!(!prefix_matches("/admin", "/adm"));
+    }
+}

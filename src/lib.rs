@@ -1,0 +1,24 @@
+//! portcullis: a reverse-proxy auth gateway.
+//!
+//! It terminates HTTP(S), validates JWTs, refuses revoked tokens from a moka-cached
+//! blocklist backed by a durable store, forwards allowed requests to unmodified upstream
+//! apps with the caller's identity in headers, and answers a logout path by revoking the
+//! caller's tokens. Start reading at [`gateway`]: one request, top to bottom.
+
+#![deny(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod auth;
+pub mod blocklist;
+pub mod commands;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod gateway;
+pub mod logout;
+pub mod net;
+pub mod path;
+pub mod server;
+pub mod upstream;
+
+pub use error::GatewayError;

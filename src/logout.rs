@@ -1,0 +1,149 @@
+//! `logout.path`: revoke the caller's tokens, durably, before saying so.
+//!
+//! Same checks as an `access` route (CSRF included). Revokes the access token; with
+//! `revoke_refresh`, the refresh token sent along (refresh cookie, `X-Refresh-Token`, or
+//! a JSON body `{"refresh_token": ...}`) when it is valid and has the same `sub`; with a
+//! `sid` claim, the whole session. Answers 200 only after the store committed every
+//! revocation, 503 `RevocationStoreError` when it could not.
+
+use crate::auth::extract;
+use crate::auth::verify::{now_unix, TokenType};
+use crate::auth::{self, Authenticated};
+use crate::blocklist::Revocation;
+use crate::config::AuthMode;
+use crate::error::GatewayError;
+use crate::gateway::{json_response, ConnInfo, Gateway};
+use crate::upstream::{full, Body};
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderName, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Either, Limited};
+use hyper::body::Incoming;
+
+/// Header that may carry the refresh token to revoke along with the access token.
+pub static X_REFRESH_TOKEN: HeaderName = HeaderName::from_static("x-refresh-token");
+
+/// Largest logout body read when looking for `refresh_token`.
+const MAX_LOGOUT_BODY: usize = 64 * 1024;
+
+/// How long a session (`sid`) revocation lasts when no refresh token tells us: the
+/// longest refresh-token lifetime we expect from an identity provider.
+pub const SESSION_REVOCATION_TTL: u64 = 30 * 24 * 3600;
+
+/// Handles a request to `logout.path` with one of `logout.methods`.
+pub async fn handle(
+    gw: &Gateway,
+    parts: Parts,
+    body: Incoming,
+    uri: &Uri,
+    path: &str,
+    path_changed: bool,
+    conn: &ConnInfo,
+) -> Result<Response<Body>, GatewayError> {
+    let jwt = &gw.config.jwt;
+    let auth = auth::authenticate(
+        &parts.headers,
+        uri.query(),
+        AuthMode::Access,
+        jwt,
+        &gw.verifier,
+    )?;
+    gw.check_revocation(&auth).await?;
+    auth::check_csrf(&auth, &parts, jwt)?;
+
+    let now = now_unix();
+    let token = &auth.token;
+    let mut revocations = vec![Revocation::Token {
+        key: token.revocation_key.clone(),
+        exp: token.exp,
+    }];
+    let mut body = Either::Left(body);
+    if gw.config.logout.revoke_refresh {
+        let (refresh, rest) = find_refresh_token(&parts, body, jwt).await;
+        body = rest;
+        if let Some(refresh) = refresh {
+            if let Some(r) = valid_refresh(gw, &auth, &refresh, now) {
+                revocations.push(r);
+            }
+        }
+    }
+    if let Some(sid) = &token.sid {
+        revocations.push(Revocation::Session {
+            sid: sid.clone(),
+            exp: token.exp.max(now + SESSION_REVOCATION_TTL),
+        });
+    }
+    gw.blocklist
+        .revoke(revocations)
+        .await
+        .map_err(|_| GatewayError::StoreUnavailable)?;
+    tracing::info!(sub = token.sub.as_deref().unwrap_or(""), "logged out");
+
+    if gw.config.logout.forward {
+        if let Some(route) = gw.match_route(path) {
+            return gw
+                .forward(
+                    route,
+                    parts,
+                    body,
+                    uri,
+                    path,
+                    path_changed,
+                    Some(&auth),
+                    conn,
+                )
+                .await;
+        }
+    }
+    Ok(json_response(StatusCode::OK, r#"{"message":"Logged out"}"#))
+}
+
+/// The refresh token sent with a logout: refresh cookie, then `X-Refresh-Token`, then a
+/// JSON body. Returns the body to forward (buffered only if it had to be read).
+async fn find_refresh_token(
+    parts: &Parts,
+    body: Body,
+    jwt: &crate::config::JwtConfig,
+) -> (Option<String>, Body) {
+    if let Some(t) = extract::cookie_value(&parts.headers, &jwt.refresh_cookie_name) {
+        return (Some(t.to_owned()), body);
+    }
+    if let Some(t) = parts
+        .headers
+        .get(&X_REFRESH_TOKEN)
+        .and_then(|v| v.to_str().ok())
+    {
+        let t = t.trim();
+        let t = t.strip_prefix("Bearer ").unwrap_or(t);
+        return (Some(t.to_owned()), body);
+    }
+    let is_json = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.to_ascii_lowercase().contains("json"));
+    if !is_json {
+        return (None, body);
+    }
+    let bytes = match Limited::new(body, MAX_LOGOUT_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        // Too large or broken: nothing to find, and nothing sensible to forward.
+        Err(_) => return (None, full(Bytes::new())),
+    };
+    let token = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("refresh_token")?.as_str().map(str::to_owned));
+    (token, full(bytes))
+}
+
+/// The refresh token's revocation, if it is a valid refresh token of the same subject.
+fn valid_refresh(gw: &Gateway, auth: &Authenticated, raw: &str, now: u64) -> Option<Revocation> {
+    let refresh = gw.verifier.verify_uncached(raw, now).ok()?;
+    if refresh.token_type != TokenType::Refresh || refresh.sub != auth.token.sub {
+        return None;
+    }
+    Some(Revocation::Token {
+        key: refresh.revocation_key,
+        exp: refresh.exp,
+    })
+}

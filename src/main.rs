@@ -1,0 +1,191 @@
+//! The `portcullis` command line: argument parsing, logging setup and exit codes.
+//! Everything else lives in the library.
+
+use clap::{Parser, Subcommand};
+use portcullis::commands::{self, RevokeTarget, TokenRequest};
+use portcullis::config::resolve_path;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "A reverse-proxy auth gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Log format: text (default) or json.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run {
+        /// Config file [default: $PORTCULLIS_CONFIG, else gateway.yaml]
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the gateway with a small echo app standing in for the first upstream.
+    Demo {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the config and print a summary, or every error.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print a token signed with the configured key.
+    Token {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Subject (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// access or refresh.
+        #[arg(long = "type", default_value = "access", value_parser = ["access", "refresh"])]
+        token_type: String,
+        /// Lifetime, e.g. 15m.
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Mark the token fresh.
+        #[arg(long)]
+        fresh: bool,
+        /// Extra claim, key=value (value parsed as JSON when it can be).
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+    },
+    /// Write a revocation into the configured store.
+    Revoke {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Revoke this token (by its jti, or its digest when it has none).
+        #[arg(long, conflicts_with_all = ["jti", "sub"])]
+        token: Option<String>,
+        /// Revoke by jti (needs --exp).
+        #[arg(long, requires = "exp", conflicts_with = "sub")]
+        jti: Option<String>,
+        /// Expiry (unix seconds) of the token revoked by --jti.
+        #[arg(long)]
+        exp: Option<u64>,
+        /// Revoke every token of this subject issued up to now.
+        #[arg(long)]
+        sub: Option<String>,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(1)
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run { config: None });
+    match command {
+        Command::Run { config } => {
+            init_logging(cli.log_format == "json");
+            let path = resolve_path(config);
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => return fail(e),
+            };
+            match rt.block_on(portcullis::server::run(path)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    fail(e)
+                }
+            }
+        }
+        Command::Demo { config } => {
+            init_logging(cli.log_format == "json");
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => return fail(e),
+            };
+            match rt.block_on(portcullis::demo::run(resolve_path(config))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        Command::Check { config } => match commands::check(&resolve_path(config)) {
+            Ok(summary) => {
+                print!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Command::Token {
+            config,
+            sub,
+            token_type,
+            ttl,
+            fresh,
+            claims,
+        } => {
+            let request = TokenRequest {
+                sub,
+                refresh: token_type == "refresh",
+                ttl,
+                fresh,
+                claims,
+            };
+            match commands::token(&resolve_path(config), &request) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Revoke {
+            config,
+            token,
+            jti,
+            exp,
+            sub,
+        } => {
+            let target = match (token, jti, exp, sub) {
+                (Some(t), None, _, None) => RevokeTarget::Token(t),
+                (None, Some(jti), Some(exp), None) => RevokeTarget::Jti { jti, exp },
+                (None, None, _, Some(sub)) => RevokeTarget::Subject(sub),
+                _ => {
+                    eprintln!("error: give one of --token T, --jti J --exp UNIX, or --sub S");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(cli.log_format == "json");
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => return fail(e),
+            };
+            match rt.block_on(commands::revoke(&resolve_path(config), target)) {
+                Ok(message) => {
+                    println!("{message}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! HTTP plumbing shared by the edge and the upstream side.
+
+pub mod forwarding;
+pub mod header_pattern;

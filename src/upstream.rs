@@ -1,0 +1,130 @@
+//! Upstream apps: a pooled keep-alive client per upstream, request URI rewriting, and
+//! the mapping of upstream failures to 502/504.
+
+use crate::config::UpstreamConfig;
+use crate::error::GatewayError;
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+
+/// Body of requests sent upstream and of responses sent to clients: streamed from the
+/// other side, or a small body the gateway wrote itself.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// A body the gateway wrote itself.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Either::Right(Full::new(bytes.into()))
+}
+
+/// One upstream app and its connection pool.
+pub struct Upstream {
+    pub name: String,
+    client: Client<HttpConnector, Body>,
+    scheme: Scheme,
+    authority: Authority,
+    /// Path of the upstream URL without its trailing slash ("" for `/`), prepended to
+    /// every forwarded path.
+    base_path: String,
+    timeout: Duration,
+}
+
+impl Upstream {
+    /// Builds the upstream's client; fails for what this build cannot do yet.
+    pub fn new(config: &UpstreamConfig) -> Result<Upstream, String> {
+        let scheme = config.url.scheme().cloned().unwrap_or(Scheme::HTTP);
+        if scheme != Scheme::HTTP {
+            return Err(format!(
+                "upstreams.{}.url: https upstreams are not supported yet",
+                config.name
+            ));
+        }
+        let authority = config
+            .url
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("upstreams.{}.url has no host", config.name))?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        // Latency over throughput: small request heads must not wait for Nagle.
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector);
+        Ok(Upstream {
+            name: config.name.clone(),
+            client,
+            scheme,
+            authority,
+            base_path: config.url.path().trim_end_matches('/').to_owned(),
+            timeout: config.timeout,
+        })
+    }
+
+    /// The URI to request upstream for a (normalized) `path` and the original query.
+    /// Reuses the client's path-and-query bytes when nothing changed.
+    pub fn target(
+        &self,
+        original: &Uri,
+        path: &str,
+        path_changed: bool,
+    ) -> Result<Uri, GatewayError> {
+        let path_and_query = if !path_changed && self.base_path.is_empty() {
+            original
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"))
+        } else {
+            let mut s = String::with_capacity(
+                self.base_path.len() + path.len() + 1 + original.query().map_or(0, str::len),
+            );
+            s.push_str(&self.base_path);
+            s.push_str(path);
+            if let Some(q) = original.query() {
+                s.push('?');
+                s.push_str(q);
+            }
+            PathAndQuery::try_from(s).map_err(|_| GatewayError::BadRequest)?
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| GatewayError::BadRequest)
+    }
+
+    /// Sends `request` and waits for the response head within the upstream's `timeout`.
+    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
+        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = %self.name, error = %error_chain(&e), "upstream request failed");
+                Err(GatewayError::Upstream)
+            }
+            Err(_) => {
+                tracing::warn!(upstream = %self.name, timeout = ?self.timeout, "upstream timed out");
+                Err(GatewayError::UpstreamTimeout)
+            }
+        }
+    }
+}
+
+/// An error and its sources on one line, for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
