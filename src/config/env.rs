@@ -41,9 +41,11 @@ pub fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<St
         match (lookup(name), default) {
             (Some(value), _) => out.push_str(&value),
             (None, Some(default)) => out.push_str(default),
-            (None, None) => return Err(format!(
+            (None, None) => {
+                return Err(format!(
                 "environment variable {name} is not set (use ${{{name}:-default}} for a fallback)"
-            )),
+            ))
+            }
         }
         rest = &body_start[close + 1..];
     }

@@ -1,0 +1,229 @@
+//! Durability of logout (CONTRACT §3): "200 Logged out" only once the sqlite store has
+//! committed, so a SIGKILL right after cannot lose a revocation; and a store that cannot
+//! write answers 503 RevocationStoreError and claims nothing.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Distinct tokens logged out before the kill.
+const TOKENS: usize = 200;
+/// Logouts in flight at once.
+const CONCURRENCY: usize = 8;
+
+/// An upstream and a gateway on the sqlite store at `<config dir>/<db>` (`db` may
+/// name a subdirectory, created here).
+async fn start_sqlite(db: &str) -> (Upstream, Gateway) {
+    let up = Upstream::start().await;
+    let mut cfg = Config::new(up.addr);
+    cfg.set("blocklist.store", json!("sqlite"));
+    cfg.set("blocklist.sqlite_path", json!(db));
+    if let Some(parent) = Path::new(db).parent() {
+        std::fs::create_dir_all(cfg.dir.path().join(parent)).expect("create the db directory");
+    }
+    let gw = Gateway::start(cfg).await;
+    let path = gw.config.dir.path().join(db);
+    assert!(
+        path.exists(),
+        "the sqlite store should be at {}",
+        path.display()
+    );
+    (up, gw)
+}
+
+fn db_path(gw: &Gateway, db: &str) -> PathBuf {
+    gw.config.dir.path().join(db)
+}
+
+/// SIGKILLs the gateway (dropping a [`Gateway`] kills it and reaps it) and starts a
+/// new one on the same config directory, hence the same sqlite file.
+async fn kill_and_restart(mut gw: Gateway) -> Gateway {
+    let placeholder = Config {
+        doc: json!({}),
+        dir: tempfile::tempdir().expect("tempdir"),
+    };
+    let config = std::mem::replace(&mut gw.config, placeholder);
+    drop(gw);
+    Gateway::start(config).await
+}
+
+async fn get_with_token(gw: &Gateway, path: &str, token: &str) -> Reply {
+    get(gw.edge, path, &[("Authorization", &bearer(token))]).await
+}
+
+async fn logout(edge: std::net::SocketAddr, token: &str) -> Reply {
+    request(
+        edge,
+        "POST",
+        "/logout",
+        &[("Authorization", &bearer(token))],
+        "",
+    )
+    .await
+}
+
+#[track_caller]
+fn assert_logged_out(reply: &Reply) {
+    let (status, headers, body) = reply;
+    let got: Value = serde_json::from_str(body).unwrap_or_else(|_| {
+        panic!("expected 200 Logged out, got {status} with a non-JSON body: {body:?}")
+    });
+    assert_eq!(
+        (*status, &got),
+        (200, &json!({ "message": "Logged out" })),
+        "expected the logout to succeed"
+    );
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(
+        content_type.starts_with("application/json"),
+        "content-type of the logout answer: {content_type:?}"
+    );
+}
+
+#[track_caller]
+fn assert_store_unavailable(reply: &Reply) {
+    assert_refused(
+        reply,
+        503,
+        "RevocationStoreError",
+        "Revocation store unavailable",
+    );
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+// ---------------------------------------------------------------------------
+// Acknowledged logouts survive SIGKILL
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_logout_survives_sigkill() {
+    let (_up, gw) = start_sqlite("revocations.db").await;
+    let tokens: Vec<String> = (0..TOKENS)
+        .map(|i| token(&access(&format!("user-{i}"))))
+        .collect();
+    let bystander = token(&access("user-0"));
+
+    let limit = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let mut logouts = tokio::task::JoinSet::new();
+    for (i, t) in tokens.iter().cloned().enumerate() {
+        let limit = limit.clone();
+        let edge = gw.edge;
+        logouts.spawn(async move {
+            let _permit = limit.acquire_owned().await.unwrap();
+            (i, logout(edge, &t).await)
+        });
+    }
+    let mut acknowledged = 0;
+    while let Some(done) = logouts.join_next().await {
+        let (i, reply) = done.expect("logout task");
+        assert_eq!(
+            reply.0, 200,
+            "logout of token {i} was not acknowledged: {}",
+            reply.2
+        );
+        assert_logged_out(&reply);
+        acknowledged += 1;
+    }
+    assert_eq!(acknowledged, TOKENS);
+
+    // SIGKILL right after the last acknowledgement: no graceful shutdown, no flush.
+    let gw = kill_and_restart(gw).await;
+
+    let limit = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let mut checks = tokio::task::JoinSet::new();
+    for (i, t) in tokens.iter().cloned().enumerate() {
+        let limit = limit.clone();
+        let edge = gw.edge;
+        checks.spawn(async move {
+            let _permit = limit.acquire_owned().await.unwrap();
+            (i, get(edge, "/x", &[("Authorization", &bearer(&t))]).await)
+        });
+    }
+    let mut lost = Vec::new();
+    while let Some(done) = checks.join_next().await {
+        let (i, reply) = done.expect("check task");
+        if reply.0 != 401 {
+            lost.push((i, reply.0, reply.2.clone()));
+            continue;
+        }
+        assert_refused(&reply, 401, "RevokedTokenError", "Invalid token");
+    }
+    lost.sort();
+    assert!(
+        lost.is_empty(),
+        "{} of {TOKENS} acknowledged logouts were lost across SIGKILL: {lost:?}",
+        lost.len()
+    );
+    // The restarted gateway still serves tokens nobody revoked.
+    let echo = assert_forwarded(&get_with_token(&gw, "/x", &bystander).await);
+    assert_eq!(echo["headers"]["x-auth-subject"], "user-0");
+}
+
+// ---------------------------------------------------------------------------
+// A store that cannot write claims nothing
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn read_only_db_file_answers_503_and_revokes_nothing() {
+    let db = "revocations.db";
+    let (_up, gw) = start_sqlite(db).await;
+    let path = db_path(&gw, db);
+    let t = token(&access("alice"));
+    assert_forwarded(&get_with_token(&gw, "/x", &t).await);
+
+    chmod(&path, 0o444);
+    let reply = logout(gw.edge, &t).await;
+    // Restore before asserting, so a failure leaves a writable store behind.
+    chmod(&path, 0o644);
+    assert_store_unavailable(&reply);
+
+    // Writable again: after the next poll of the store the gateway is healthy, and
+    // the failed logout left the token valid.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let echo = assert_forwarded(&get_with_token(&gw, "/x", &t).await);
+    assert_eq!(echo["headers"]["x-auth-subject"], "alice");
+
+    // ... also after a restart (nothing half-written reached the file).
+    let gw = kill_and_restart(gw).await;
+    assert_forwarded(&get_with_token(&gw, "/x", &t).await);
+
+    // And logout works again.
+    assert_logged_out(&logout(gw.edge, &t).await);
+    assert_refused(
+        &get_with_token(&gw, "/x", &t).await,
+        401,
+        "RevokedTokenError",
+        "Invalid token",
+    );
+}
+
+#[tokio::test]
+async fn removed_db_directory_answers_503() {
+    let db = "store/revocations.db";
+    let (_up, gw) = start_sqlite(db).await;
+    let dir = gw.config.dir.path().join("store");
+    let t = token(&access("alice"));
+    assert_forwarded(&get_with_token(&gw, "/x", &t).await);
+
+    std::fs::remove_dir_all(&dir).expect("rm -rf the db directory");
+    assert_store_unavailable(&logout(gw.edge, &t).await);
+
+    // The store cannot be read either: with on_store_error: deny (the default),
+    // protected requests fail closed.
+    assert_store_unavailable(&get_with_token(&gw, "/x", &t).await);
+    // Public routes need no store.
+    let reply = get(gw.edge, "/public/x", &[]).await;
+    assert_forwarded(&reply);
+}
