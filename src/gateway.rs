@@ -146,7 +146,7 @@ impl Gateway {
     /// cannot be trusted.
     pub async fn check_revocation(&self, auth: &Authenticated) -> Result<(), GatewayError> {
         let verdict = match self.blocklist.check(&auth.token).await {
-            Verdict::Allowed if !self.blocklist.store_healthy() => Verdict::Unknown,
+            Verdict::Allowed if self.blocklist.is_stale() => Verdict::Unknown,
             v => v,
         };
         match verdict {

@@ -59,13 +59,14 @@ impl Store for MemoryStore {
 
     fn changes_since(
         &self,
-        cursor: u64,
-    ) -> BoxFuture<'_, Result<(Vec<Revocation>, u64), StoreError>> {
+        cursor: &str,
+    ) -> BoxFuture<'_, Result<(Vec<Revocation>, String), StoreError>> {
+        let cursor = cursor.to_owned();
         Box::pin(async move { Ok((Vec::new(), cursor)) })
     }
 
-    fn cursor(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(async { Ok(0) })
+    fn cursor(&self) -> BoxFuture<'_, Result<String, StoreError>> {
+        Box::pin(async { Ok(String::new()) })
     }
 
     fn lookup(

@@ -65,13 +65,19 @@ pub trait Store: Send + Sync + 'static {
     fn record(&self, revocations: Vec<Revocation>) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Every live revocation, for filling the cache at start.
     fn load_live(&self, now: u64) -> BoxFuture<'_, Result<Vec<Revocation>, StoreError>>;
-    /// Revocations recorded after `cursor` (by anyone), and the new cursor.
+    /// Revocations recorded after `cursor` (by anyone), and the new cursor. Cursors are
+    /// opaque to the blocklist: a sequence number for SQLite, a stream id for Redis.
     fn changes_since(
         &self,
-        cursor: u64,
-    ) -> BoxFuture<'_, Result<(Vec<Revocation>, u64), StoreError>>;
-    /// The current end of the change feed (so start-up loading and polling do not overlap).
-    fn cursor(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+        cursor: &str,
+    ) -> BoxFuture<'_, Result<(Vec<Revocation>, String), StoreError>>;
+    /// The current end of the change feed, taken before loading so that nothing written
+    /// during the load is missed (applying a change twice is harmless).
+    fn cursor(&self) -> BoxFuture<'_, Result<String, StoreError>>;
+    /// Whether the store answers (for `/readyz`).
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { self.cursor().await.map(|_| ()) })
+    }
     /// Looks one revocation up (cache overflow, admin API).
     fn lookup(
         &self,
@@ -133,6 +139,19 @@ pub struct Blocklist {
     overflowed: Arc<AtomicBool>,
     store_healthy: AtomicBool,
     store_errors: AtomicU64,
+    /// Unix millis of the last successful read of the store (load or change feed).
+    last_sync: AtomicU64,
+}
+
+/// How long the local copy may go without a successful read of the store before
+/// `on_store_error` applies to requests.
+pub const STALE_AFTER: Duration = Duration::from_secs(1);
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Blocklist {
@@ -164,17 +183,19 @@ impl Blocklist {
             overflowed,
             store_healthy: AtomicBool::new(true),
             store_errors: AtomicU64::new(0),
+            last_sync: AtomicU64::new(now_millis()),
         })
     }
 
     /// Fills the cache with every live revocation and returns the change-feed cursor
     /// to poll from.
-    pub async fn load(&self) -> Result<u64, StoreError> {
+    pub async fn load(&self) -> Result<String, StoreError> {
         let cursor = self.store.cursor().await?;
         let live = self.store.load_live(now_unix()).await?;
         for revocation in &live {
             self.remember(revocation);
         }
+        self.mark_synced();
         Ok(cursor)
     }
 
@@ -225,7 +246,8 @@ impl Blocklist {
         self.check_store(token).await
     }
 
-    fn is_revoked_in_memory(&self, token: &VerifiedToken) -> bool {
+    /// The request-path check: memory only, no await, no allocation.
+    pub fn is_revoked_in_memory(&self, token: &VerifiedToken) -> bool {
         if self.tokens.contains_key(token.revocation_key.as_str()) {
             return true;
         }
@@ -309,6 +331,19 @@ impl Blocklist {
         self.store_healthy.load(Ordering::Relaxed)
     }
 
+    fn mark_synced(&self) {
+        self.last_sync.store(now_millis(), Ordering::Relaxed);
+    }
+
+    /// Whether the local copy may have missed revocations for longer than
+    /// [`STALE_AFTER`]: the store is failing and has not been read successfully since.
+    /// A short blip (one failed poll) does not count; an outage does.
+    pub fn is_stale(&self) -> bool {
+        !self.store_healthy()
+            && now_millis().saturating_sub(self.last_sync.load(Ordering::Relaxed))
+                > STALE_AFTER.as_millis() as u64
+    }
+
     /// Store operations that failed since start.
     pub fn store_errors(&self) -> u64 {
         self.store_errors.load(Ordering::Relaxed)
@@ -325,17 +360,18 @@ impl Blocklist {
     }
 
     /// Polls the store's change feed and purges expired rows until `shutdown` fires.
-    pub async fn follow(self: Arc<Self>, mut cursor: u64, interval: Duration) {
+    pub async fn follow(self: Arc<Self>, mut cursor: String, interval: Duration) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_purge = std::time::Instant::now();
         loop {
             ticker.tick().await;
-            match self.store.changes_since(cursor).await {
+            match self.store.changes_since(&cursor).await {
                 Ok((changes, next)) => {
                     if !self.store_healthy.swap(true, Ordering::Relaxed) {
                         tracing::info!("revocation store reachable again");
                     }
+                    self.mark_synced();
                     let now = now_unix();
                     for r in changes.iter().filter(|r| r.is_live(now)) {
                         self.remember(r);

@@ -255,8 +255,9 @@ impl Store for SqliteStore {
 
     fn changes_since(
         &self,
-        cursor: u64,
-    ) -> BoxFuture<'_, Result<(Vec<Revocation>, u64), StoreError>> {
+        cursor: &str,
+    ) -> BoxFuture<'_, Result<(Vec<Revocation>, String), StoreError>> {
+        let cursor: u64 = cursor.parse().unwrap_or(0);
         let from = i64::try_from(cursor).unwrap_or(i64::MAX);
         self.read(move |conn| {
             let mut stmt = conn
@@ -281,16 +282,16 @@ impl Store for SqliteStore {
                 next = next.max(u64::try_from(seq).unwrap_or(0));
                 out.extend(row_to_revocation(&kind, key, value));
             }
-            Ok((out, next))
+            Ok((out, next.to_string()))
         })
     }
 
-    fn cursor(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+    fn cursor(&self) -> BoxFuture<'_, Result<String, StoreError>> {
         self.read(|conn| {
             conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| {
                 r.get::<_, i64>(0)
             })
-            .map(|v| u64::try_from(v).unwrap_or(0))
+            .map(|v| v.to_string())
             .map_err(err)
         })
     }
