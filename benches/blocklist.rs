@@ -26,7 +26,14 @@ fn rss_mib() -> f64 {
 
 fn jti(i: u64) -> String {
     // Shaped like a UUID, the common jti format (36 bytes).
-    format!("{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}", i, i % 0xffff, i % 0xfff, i % 0xfff, i * 7919)
+    format!(
+        "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+        i,
+        i % 0xffff,
+        i % 0xfff,
+        i % 0xfff,
+        i * 7919
+    )
 }
 
 fn token(key: String) -> VerifiedToken {
@@ -65,10 +72,16 @@ fn main() {
         let store = SqliteStore::open(&path).expect("open");
         let started = Instant::now();
         for chunk in (0..entries).collect::<Vec<_>>().chunks(50_000) {
-            let batch = chunk.iter().map(|&i| Revocation::Token { key: jti(i), exp }).collect();
+            let batch = chunk
+                .iter()
+                .map(|&i| Revocation::Token { key: jti(i), exp })
+                .collect();
             store.record(batch).await.expect("record");
         }
-        println!("seeded {entries} revocations into SQLite in {:.2?}", started.elapsed());
+        println!(
+            "seeded {entries} revocations into SQLite in {:.2?}",
+            started.elapsed()
+        );
     });
 
     let before = rss_mib();

@@ -128,7 +128,9 @@ pub async fn revoke(path: &Path, target: RevokeTarget) -> Result<String, Command
         ));
     }
     let revocation = revocation_for(target)?;
-    let store = server::open_store(&config.blocklist).map_err(|e| CommandError(e.to_string()))?;
+    let store = server::open_store(&config.blocklist)
+        .await
+        .map_err(|e| CommandError(e.to_string()))?;
     let blocklist = Blocklist::new(store, 16);
     let described = format!("{revocation:?}");
     blocklist

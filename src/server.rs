@@ -57,9 +57,6 @@ fn refuse_unsupported(config: &Config) -> Result<(), StartError> {
     if config.jwt.jwks_url.is_some() || config.jwt.discovery {
         missing.push("jwt.jwks_url / jwt.discovery");
     }
-    if config.blocklist.store == StoreKind::Redis {
-        missing.push("blocklist.store: redis");
-    }
     if config.logout.backchannel_path.is_some() {
         missing.push("logout.backchannel_path");
     }
@@ -74,23 +71,22 @@ fn refuse_unsupported(config: &Config) -> Result<(), StartError> {
 }
 
 /// Opens the configured revocation store.
-pub fn open_store(config: &config::BlocklistConfig) -> Result<Arc<dyn Store>, StartError> {
-    match config.store {
-        StoreKind::Memory => Ok(Arc::new(blocklist::memory::MemoryStore::default())),
-        StoreKind::Sqlite => Ok(Arc::new(blocklist::sqlite::SqliteStore::open(
-            &config.sqlite_path,
-        )?)),
-        StoreKind::Redis => Err(StartError::Unsupported(
-            "not supported yet by this build: blocklist.store: redis".into(),
-        )),
-    }
+pub async fn open_store(config: &config::BlocklistConfig) -> Result<Arc<dyn Store>, StartError> {
+    Ok(match config.store {
+        StoreKind::Memory => Arc::new(blocklist::memory::MemoryStore::default()),
+        StoreKind::Sqlite => Arc::new(blocklist::sqlite::SqliteStore::open(&config.sqlite_path)?),
+        StoreKind::Redis => {
+            let url = config.redis_url.as_deref().unwrap_or_default();
+            Arc::new(blocklist::redis::RedisStore::open(url, &config.key_prefix).await?)
+        }
+    })
 }
 
 /// Runs the gateway on the config at `path` until SIGTERM/SIGINT.
 pub async fn run(path: PathBuf) -> Result<(), StartError> {
     let config = Arc::new(config::load(&path)?);
     refuse_unsupported(&config)?;
-    let store = open_store(&config.blocklist)?;
+    let store = open_store(&config.blocklist).await?;
     let blocklist = Blocklist::new(store, config.blocklist.cache_max_entries);
     let started = std::time::Instant::now();
     let cursor = blocklist.load().await?;

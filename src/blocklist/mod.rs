@@ -13,6 +13,7 @@
 //! revocation is never forgotten, only slower to find.
 
 pub mod memory;
+pub mod redis;
 pub mod sqlite;
 
 use crate::auth::verify::{now_unix, VerifiedToken};
