@@ -34,13 +34,10 @@ fn config_for(alg: &str, dir: &Path) -> Config {
 fn verifier(config: &Config, cache_entries: u64) -> Verifier {
     let jwt = &config.jwt;
     Verifier::new(
-        &jwt.algorithms,
-        jwt.keys.clone(),
-        jwt.issuer.as_deref(),
-        &jwt.audience,
-        jwt.leeway,
+        jwt,
         config.forward.identity_headers.clone(),
         cache_entries,
+        Default::default(),
     )
 }
 

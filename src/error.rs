@@ -67,6 +67,31 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    /// Every variant, in declaration order (`ALL[e as usize] == e`), for metrics.
+    pub const ALL: [GatewayError; 18] = {
+        use GatewayError::*;
+        [
+            MissingToken,
+            RevokedToken,
+            Decode,
+            BadSignature,
+            Expired,
+            BadAudience,
+            BadIssuer,
+            AccessTokenRequired,
+            RefreshTokenRequired,
+            FreshTokenRequired,
+            Csrf,
+            InsufficientScope,
+            NoRoute,
+            BadRequest,
+            HeadersTooLarge,
+            StoreUnavailable,
+            Upstream,
+            UpstreamTimeout,
+        ]
+    };
+
     /// HTTP status of the refusal.
     pub fn status(self) -> StatusCode {
         use GatewayError::*;
@@ -255,6 +280,13 @@ mod tests {
         }
         assert_eq!(HeadersTooLarge.status().as_u16(), 431);
         assert!(HeadersTooLarge.body().is_empty());
+    }
+
+    #[test]
+    fn all_is_in_declaration_order() {
+        for (i, e) in GatewayError::ALL.iter().enumerate() {
+            assert_eq!(*e as usize, i);
+        }
     }
 
     #[test]

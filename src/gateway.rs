@@ -6,11 +6,12 @@
 //! authenticate → revocation → authorize → forward.
 
 use crate::auth::extract::TokenSource;
-use crate::auth::verify::Verifier;
+use crate::auth::verify::{VerifiedToken, Verifier};
 use crate::auth::{self, Authenticated};
 use crate::blocklist::{Blocklist, Verdict};
 use crate::config::{AuthMode, Config, OnStoreError, RouteConfig};
 use crate::error::GatewayError;
+use crate::metrics::{Histogram, Metrics, Outcome, RouteStats};
 use crate::net::forwarding;
 use crate::upstream::{full, Body, Upstream};
 use crate::{logout, path};
@@ -21,6 +22,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Everything a request needs, built from one [`Config`]. A reload builds a new one and
 /// swaps it in atomically; requests in flight finish on the one they started with.
@@ -29,6 +31,31 @@ pub struct Gateway {
     pub verifier: Verifier,
     pub upstreams: Vec<Upstream>,
     pub blocklist: Arc<Blocklist>,
+    /// The edge's TLS acceptor (certificate re-read on every reload).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub metrics: Arc<Metrics>,
+    /// Counters per route, in route order, then one for the logout path.
+    route_stats: Vec<Arc<RouteStats>>,
+    /// Latency histogram per upstream, in upstream order.
+    upstream_latency: Vec<Arc<Histogram>>,
+}
+
+/// Where a request is going: its original URI, the normalized path, and its connection.
+pub struct Target<'a> {
+    pub uri: &'a Uri,
+    pub path: &'a str,
+    /// Whether normalization changed the path (else the client's bytes are reused).
+    pub path_changed: bool,
+    pub conn: &'a ConnInfo,
+}
+
+/// What the pipeline learned about a request, for metrics and the access log.
+#[derive(Default)]
+pub struct Trace {
+    /// Index into the route counters (the logout slot for logouts).
+    pub(crate) stats: Option<usize>,
+    pub(crate) token: Option<Arc<VerifiedToken>>,
+    pub(crate) upstream_elapsed: Option<Duration>,
 }
 
 /// What the accept loop knows about a connection.
@@ -41,46 +68,104 @@ pub struct ConnInfo {
 
 impl Gateway {
     /// Builds the request-time state for `config`.
-    pub fn build(config: Arc<Config>, blocklist: Arc<Blocklist>) -> Result<Gateway, String> {
+    pub fn build(
+        config: Arc<Config>,
+        blocklist: Arc<Blocklist>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Gateway, String> {
         let jwt = &config.jwt;
         let verifier = Verifier::new(
-            &jwt.algorithms,
-            jwt.keys.clone(),
-            jwt.issuer.as_deref(),
-            &jwt.audience,
-            jwt.leeway,
+            jwt,
             config.forward.identity_headers.clone(),
             crate::auth::verify::VERIFIED_CACHE_ENTRIES,
+            metrics.token_cache.clone(),
         );
         let upstreams = config
             .upstreams
             .iter()
             .map(Upstream::new)
             .collect::<Result<Vec<_>, _>>()?;
+        let tls = match &config.server.tls {
+            Some(files) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                &files.cert_file,
+                &files.key_file,
+            )?)),
+            None => None,
+        };
+        let mut route_stats: Vec<_> = config
+            .routes
+            .iter()
+            .map(|r| metrics.route(&r.prefix))
+            .collect();
+        route_stats.push(metrics.route(&format!("logout {}", config.logout.path)));
+        let upstream_latency = config
+            .upstreams
+            .iter()
+            .map(|u| metrics.upstream(&u.name))
+            .collect();
         Ok(Gateway {
             config,
             verifier,
             upstreams,
             blocklist,
+            tls,
+            metrics,
+            route_stats,
+            upstream_latency,
         })
     }
 
     /// Answers one request; never fails (errors become their contract responses).
+    /// Counts it, and writes the access-log line when `server.access_log` is on.
     pub async fn handle(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
-        let method = request.method().clone();
-        match self.handle_inner(request, conn).await {
-            Ok(response) => response,
-            Err(error) => {
-                tracing::debug!(%method, error_type = error.error_type(), "refused");
-                error.into_response(full)
+        let started = Instant::now();
+        // Only the access log needs these after the request is consumed.
+        let logged = self
+            .config
+            .server
+            .access_log
+            .then(|| (request.method().clone(), request.uri().path().to_owned()));
+        let mut trace = Trace::default();
+        let (response, error) = match self.handle_inner(request, conn, &mut trace).await {
+            Ok(response) => (response, None),
+            Err(error) => (error.into_response(full), Some(error)),
+        };
+        match (trace.stats, error) {
+            (Some(i), None) => self.route_stats[i].record(Outcome::Forwarded),
+            (Some(i), Some(GatewayError::Upstream | GatewayError::UpstreamTimeout)) => {
+                self.route_stats[i].record(Outcome::UpstreamFailed)
             }
+            (Some(i), Some(_)) => self.route_stats[i].record(Outcome::Refused),
+            (None, _) => self.metrics.unrouted(),
         }
+        if let Some(error) = error {
+            self.metrics.refused(error);
+        }
+        if let Some((method, path)) = logged {
+            let route = trace.stats.map_or("", |i| match self.config.routes.get(i) {
+                Some(r) => r.prefix.as_str(),
+                None => self.config.logout.path.as_str(),
+            });
+            tracing::info!(
+                target: "access",
+                %method,
+                path,
+                route,
+                status = response.status().as_u16(),
+                upstream_ms = trace.upstream_elapsed.map(|d| d.as_secs_f64() * 1e3),
+                total_ms = started.elapsed().as_secs_f64() * 1e3,
+                error_type = error.map(GatewayError::error_type),
+                sub = trace.token.as_ref().and_then(|t| t.sub.as_deref()),
+            );
+        }
+        response
     }
 
     async fn handle_inner(
         &self,
         request: Request<Incoming>,
         conn: &ConnInfo,
+        trace: &mut Trace,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
         if self.config.server.max_header_bytes < crate::server::MIN_HYPER_BUF {
@@ -89,15 +174,22 @@ impl Gateway {
         // The URI is moved out so the normalized path can borrow it while `parts` is edited.
         let uri = std::mem::take(&mut parts.uri);
         let path = path::normalize(uri.path()).map_err(|_| GatewayError::BadRequest)?;
-        let path_changed = matches!(path, Cow::Owned(_));
+        let target = Target {
+            uri: &uri,
+            path: &path,
+            path_changed: matches!(path, Cow::Owned(_)),
+            conn,
+        };
 
         let logout = &self.config.logout;
         if *path == *logout.path && logout.methods.contains(&parts.method) {
             forwarding::strip_matching(&mut parts.headers, &self.config.forward.strip_headers);
-            return logout::handle(self, parts, body, &uri, &path, path_changed, conn).await;
+            trace.stats = Some(self.config.routes.len());
+            return logout::handle(self, parts, body, &target, trace).await;
         }
 
-        let route = self.match_route(&path).ok_or(GatewayError::NoRoute)?;
+        let (index, route) = self.match_route(&path).ok_or(GatewayError::NoRoute)?;
+        trace.stats = Some(index);
         forwarding::strip_matching(&mut parts.headers, &self.config.forward.strip_headers);
         let authenticated = match route.auth {
             AuthMode::None => None,
@@ -109,6 +201,9 @@ impl Gateway {
                     &self.config.jwt,
                     &self.verifier,
                 )?;
+                if self.config.server.access_log {
+                    trace.token = Some(auth.token.clone());
+                }
                 self.check_revocation(&auth).await?;
                 auth::authorize(
                     &auth,
@@ -124,22 +219,21 @@ impl Gateway {
             route,
             parts,
             Either::Left(body),
-            &uri,
-            &path,
-            path_changed,
+            &target,
             authenticated.as_ref(),
-            conn,
+            trace,
         )
         .await
     }
 
     /// First route whose prefix matches `path` on a segment boundary (`/admin` matches
     /// `/admin` and `/admin/x`, never `/administrator`).
-    pub fn match_route(&self, path: &str) -> Option<&RouteConfig> {
+    pub fn match_route(&self, path: &str) -> Option<(usize, &RouteConfig)> {
         self.config
             .routes
             .iter()
-            .find(|r| prefix_matches(&r.prefix, path))
+            .enumerate()
+            .find(|(_, r)| prefix_matches(&r.prefix, path))
     }
 
     /// Refuses revoked tokens, from memory; applies `on_store_error` when the store
@@ -163,18 +257,16 @@ impl Gateway {
     }
 
     /// Rewrites the request for `route`'s upstream, sends it, and relays the response.
-    #[allow(clippy::too_many_arguments)]
     pub async fn forward(
         &self,
         route: &RouteConfig,
         mut parts: Parts,
         body: Body,
-        uri: &Uri,
-        path: &str,
-        path_changed: bool,
+        target: &Target<'_>,
         auth: Option<&Authenticated>,
-        conn: &ConnInfo,
+        trace: &mut Trace,
     ) -> Result<Response<Body>, GatewayError> {
+        let (uri, conn) = (target.uri, target.conn);
         let upstream = &self.upstreams[route.upstream];
         let upgrade = forwarding::is_upgrade(&parts.headers) && auth.is_some();
         let client_upgrade = if upgrade {
@@ -192,7 +284,7 @@ impl Gateway {
             parts.headers.insert(header::HOST, host.clone());
         }
         forwarding::set_forwarded(&mut parts.headers, &conn.client_ip, conn.https, host);
-        let mut target_uri = upstream.target(uri, path, path_changed)?;
+        let mut target_uri = upstream.target(uri, target.path, target.path_changed)?;
         if let Some(auth) = auth {
             for (name, value) in &auth.token.identity {
                 parts.headers.insert(name.clone(), value.clone());
@@ -203,7 +295,12 @@ impl Gateway {
         }
         parts.uri = target_uri;
         parts.version = Version::HTTP_11;
-        let mut response = upstream.send(Request::from_parts(parts, body)).await?;
+        let sent = Instant::now();
+        let result = upstream.send(Request::from_parts(parts, body)).await;
+        let elapsed = sent.elapsed();
+        self.upstream_latency[route.upstream].observe(elapsed);
+        trace.upstream_elapsed = Some(elapsed);
+        let mut response = result?;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
             let upstream_upgrade = hyper::upgrade::on(&mut response);

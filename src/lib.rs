@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod admin;
 pub mod auth;
 pub mod blocklist;
 pub mod commands;
@@ -16,9 +17,11 @@ pub mod demo;
 pub mod error;
 pub mod gateway;
 pub mod logout;
+pub mod metrics;
 pub mod net;
 pub mod path;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 pub use error::GatewayError;

@@ -12,11 +12,11 @@ use crate::auth::{self, Authenticated};
 use crate::blocklist::Revocation;
 use crate::config::AuthMode;
 use crate::error::GatewayError;
-use crate::gateway::{json_response, ConnInfo, Gateway};
+use crate::gateway::{json_response, Gateway, Target, Trace};
 use crate::upstream::{full, Body};
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderName, Response, StatusCode, Uri};
+use http::{HeaderName, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Limited};
 use hyper::body::Incoming;
 
@@ -35,19 +35,20 @@ pub async fn handle(
     gw: &Gateway,
     parts: Parts,
     body: Incoming,
-    uri: &Uri,
-    path: &str,
-    path_changed: bool,
-    conn: &ConnInfo,
+    target: &Target<'_>,
+    trace: &mut Trace,
 ) -> Result<Response<Body>, GatewayError> {
     let jwt = &gw.config.jwt;
     let auth = auth::authenticate(
         &parts.headers,
-        uri.query(),
+        target.uri.query(),
         AuthMode::Access,
         jwt,
         &gw.verifier,
     )?;
+    if gw.config.server.access_log {
+        trace.token = Some(auth.token.clone());
+    }
     gw.check_revocation(&auth).await?;
     auth::check_csrf(&auth, &parts, jwt)?;
 
@@ -80,18 +81,9 @@ pub async fn handle(
     tracing::info!(sub = token.sub.as_deref().unwrap_or(""), "logged out");
 
     if gw.config.logout.forward {
-        if let Some(route) = gw.match_route(path) {
+        if let Some((_, route)) = gw.match_route(target.path) {
             return gw
-                .forward(
-                    route,
-                    parts,
-                    body,
-                    uri,
-                    path,
-                    path_changed,
-                    Some(&auth),
-                    conn,
-                )
+                .forward(route, parts, body, target, Some(&auth), trace)
                 .await;
         }
     }

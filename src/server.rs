@@ -1,21 +1,26 @@
-//! Listeners and the process lifecycle: accept loops with a connection limit, hyper's
-//! HTTP/1.1 + HTTP/2 auto builder, graceful shutdown on SIGTERM/SIGINT, and config
-//! reload on SIGHUP (build the new gateway first, swap only if it is valid).
+//! Listeners and the process lifecycle: accept loops with a connection limit, TLS
+//! handshakes under a timeout, hyper's HTTP/1.1 + HTTP/2 auto builder, graceful shutdown
+//! on SIGTERM/SIGINT, and config reload on SIGHUP (build the new gateway first, swap
+//! only if it is valid).
 
+use crate::admin::Admin;
 use crate::blocklist::{self, Blocklist, Store};
 use crate::config::{self, Config, StoreKind};
 use crate::gateway::{ConnInfo, Gateway};
+use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
@@ -48,12 +53,6 @@ pub enum StartError {
 /// rather than silently ignored.
 fn refuse_unsupported(config: &Config) -> Result<(), StartError> {
     let mut missing = Vec::new();
-    if config.server.tls.is_some() {
-        missing.push("server.tls");
-    }
-    if config.admin.is_some() {
-        missing.push("admin");
-    }
     if config.jwt.jwks_url.is_some() || config.jwt.discovery {
         missing.push("jwt.jwks_url / jwt.discovery");
     }
@@ -82,6 +81,16 @@ pub async fn open_store(config: &config::BlocklistConfig) -> Result<Arc<dyn Stor
     })
 }
 
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, bound))
+}
+
 /// Runs the gateway on the config at `path` until SIGTERM/SIGINT.
 pub async fn run(path: PathBuf) -> Result<(), StartError> {
     let config = Arc::new(config::load(&path)?);
@@ -97,28 +106,39 @@ pub async fn run(path: PathBuf) -> Result<(), StartError> {
     );
     tokio::spawn(blocklist.clone().follow(cursor, CHANGE_FEED_INTERVAL));
 
-    let gateway = Gateway::build(config.clone(), blocklist.clone()).map_err(StartError::Build)?;
+    let metrics = Arc::new(Metrics::default());
+    let gateway =
+        Gateway::build(config.clone(), blocklist, metrics.clone()).map_err(StartError::Build)?;
     let state = Arc::new(ArcSwap::from_pointee(gateway));
-    let edge = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.server.listen,
-            source,
-        })?;
-    let edge_addr = edge.local_addr().map_err(|source| StartError::Bind {
-        addr: config.server.listen,
-        source,
-    })?;
-    tracing::info!("portcullis ready edge={edge_addr}");
+    let (edge, edge_addr) = bind(config.server.listen).await?;
+    let admin = match &config.admin {
+        Some(admin) => Some(bind(admin.listen).await?),
+        None => None,
+    };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    tokio::spawn(watch_signals(path, state.clone(), shutdown_tx));
+    let mut ready = format!("portcullis ready edge={edge_addr}");
+    if let Some((listener, addr)) = admin {
+        ready.push_str(&format!(" admin={addr}"));
+        let admin = Arc::new(Admin {
+            gateway: state.clone(),
+            metrics: metrics.clone(),
+        });
+        tokio::spawn(serve_admin(listener, admin, shutdown_rx.clone()));
+    }
+    tracing::info!("{ready}");
+    tokio::spawn(watch_signals(path, state.clone(), metrics, shutdown_tx));
     serve_edge(edge, state, &config, shutdown_rx).await;
     Ok(())
 }
 
 /// SIGTERM/SIGINT: begin shutdown. SIGHUP: reload.
-async fn watch_signals(path: PathBuf, state: Arc<ArcSwap<Gateway>>, shutdown: watch::Sender<bool>) {
+async fn watch_signals(
+    path: PathBuf,
+    state: Arc<ArcSwap<Gateway>>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -132,51 +152,60 @@ async fn watch_signals(path: PathBuf, state: Arc<ArcSwap<Gateway>>, shutdown: wa
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&path, &state),
+            _ = hup.recv() => {
+                let counter = if reload(&path, &state) { &metrics.reloads_ok } else { &metrics.reloads_failed };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
     tracing::info!("shutting down: no new connections, finishing requests in flight");
     let _ = shutdown.send(true);
 }
 
-/// Builds a gateway from the current file and swaps it in; on any error the old one
-/// stays in force.
-pub fn reload(path: &Path, state: &ArcSwap<Gateway>) {
+/// Builds a gateway from the current file (re-reading key and TLS files) and swaps it
+/// in; on any error the old one stays in force. Returns whether it was swapped.
+pub fn reload(path: &Path, state: &ArcSwap<Gateway>) -> bool {
     let current = state.load();
     let result = config::load(path)
         .map_err(|e| e.to_string())
         .and_then(|config| {
             refuse_unsupported(&config).map_err(|e| e.to_string())?;
-            if config.blocklist.store != current.config.blocklist.store
-                || config.blocklist.sqlite_path != current.config.blocklist.sqlite_path
+            let old = &current.config;
+            if config.blocklist.store != old.blocklist.store
+                || config.blocklist.sqlite_path != old.blocklist.sqlite_path
+                || config.blocklist.redis_url != old.blocklist.redis_url
+                || config.blocklist.key_prefix != old.blocklist.key_prefix
             {
                 tracing::warn!("blocklist store settings changed: restart to apply them");
             }
-            if config.server.listen != current.config.server.listen {
-                tracing::warn!("server.listen changed: restart to apply it");
+            if config.server.listen != old.server.listen
+                || config.admin.as_ref().map(|a| a.listen) != old.admin.as_ref().map(|a| a.listen)
+            {
+                tracing::warn!("listen addresses changed: restart to apply them");
             }
-            Gateway::build(Arc::new(config), current.blocklist.clone())
+            Gateway::build(
+                Arc::new(config),
+                current.blocklist.clone(),
+                current.metrics.clone(),
+            )
         });
     match result {
         Ok(gateway) => {
             state.store(Arc::new(gateway));
             tracing::info!("config reloaded");
+            true
         }
         Err(errors) => {
             for line in errors.lines() {
                 tracing::error!("reload refused, keeping the running config: {line}");
             }
+            false
         }
     }
 }
 
-/// Accepts edge connections until shutdown, then drains them within `shutdown_grace`.
-async fn serve_edge(
-    listener: TcpListener,
-    state: Arc<ArcSwap<Gateway>>,
-    config: &Config,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// The HTTP/1.1 + HTTP/2 connection builder with the configured limits.
+fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let limits = &config.server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -189,8 +218,19 @@ async fn serve_edge(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    builder
+}
+
+/// Accepts edge connections until shutdown, then drains them within `shutdown_grace`.
+async fn serve_edge(
+    listener: TcpListener,
+    state: Arc<ArcSwap<Gateway>>,
+    config: &Config,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let builder = Arc::new(connection_builder(config));
+    let handshake_timeout = config.server.header_read_timeout;
+    let permits = Arc::new(Semaphore::new(config.server.max_connections));
     let graceful = GracefulShutdown::new();
 
     loop {
@@ -215,29 +255,43 @@ async fn serve_edge(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let info = Arc::new(ConnInfo {
-            client_ip: HeaderValue::from_str(&peer.ip().to_string())
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-            https: false,
-        });
+        let client_ip = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let tls = state.load().tls.clone();
         let state = state.clone();
-        let service = service_fn(move |request| {
-            let gateway = state.load_full();
-            let info = info.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(request, &info).await) }
-        });
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match tls {
+                None => {
+                    let info = ConnInfo {
+                        client_ip,
+                        https: false,
+                    };
+                    serve_connection(stream, info, state, &builder, watcher, peer).await;
+                }
+                Some(acceptor) => {
+                    // A client that never finishes its handshake costs one connection
+                    // for at most header_read_timeout; a plain-HTTP client, one error line.
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            let info = ConnInfo {
+                                client_ip,
+                                https: true,
+                            };
+                            serve_connection(tls_stream, info, state, &builder, watcher, peer)
+                                .await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });
     }
     drop(listener);
-    let grace = limits.shutdown_grace;
+    let grace = config.server.shutdown_grace;
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
@@ -246,5 +300,63 @@ async fn serve_edge(
             ?grace,
             "shutdown_grace elapsed with requests still in flight"
         );
+    }
+}
+
+/// Serves HTTP on one accepted (and, for TLS, handshaken) connection.
+async fn serve_connection<I>(
+    io: I,
+    info: ConnInfo,
+    state: Arc<ArcSwap<Gateway>>,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    peer: SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let info = Arc::new(info);
+    let service = service_fn(move |request| {
+        // One atomic load per request: a reload swaps the gateway for new requests only.
+        let gateway = state.load_full();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(gateway.handle(request, &info).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(connection).await {
+        // Includes header_read_timeout cut-offs of slow clients.
+        tracing::debug!(%peer, error = %e, "connection closed with an error");
+    }
+}
+
+/// Serves the admin listener (HTTP/1.1) until shutdown.
+async fn serve_admin(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.handle(request).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }

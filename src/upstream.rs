@@ -8,6 +8,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -25,7 +26,7 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 /// One upstream app and its connection pool.
 pub struct Upstream {
     pub name: String,
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     scheme: Scheme,
     authority: Authority,
     /// Path of the upstream URL without its trailing slash ("" for `/`), prepended to
@@ -38,22 +39,25 @@ impl Upstream {
     /// Builds the upstream's client; fails for what this build cannot do yet.
     pub fn new(config: &UpstreamConfig) -> Result<Upstream, String> {
         let scheme = config.url.scheme().cloned().unwrap_or(Scheme::HTTP);
-        if scheme != Scheme::HTTP {
-            return Err(format!(
-                "upstreams.{}.url: https upstreams are not supported yet",
-                config.name
-            ));
-        }
         let authority = config
             .url
             .authority()
             .cloned()
             .ok_or_else(|| format!("upstreams.{}.url has no host", config.name))?;
         let mut connector = HttpConnector::new();
+        // The TLS wrapper below decides per URI scheme; the TCP layer must accept both.
+        connector.enforce_http(false);
         connector.set_connect_timeout(Some(config.connect_timeout));
         // Latency over throughput: small request heads must not wait for Nagle.
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(60)));
+        let tls = crate::tls::client_config(config.ca_file.as_deref())
+            .map_err(|e| format!("upstreams.{}.ca_file: {e}", config.name))?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(hyper_util::rt::TokioTimer::new())

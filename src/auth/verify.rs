@@ -7,11 +7,14 @@
 //! so a revoked token is refused at once despite this cache.
 
 use crate::auth::keys::KeySet;
+use crate::config::JwtConfig;
 use crate::error::GatewayError;
+use crate::metrics::CacheStats;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +55,7 @@ pub struct Verifier {
     leeway: u64,
     identity_headers: Vec<(String, HeaderName)>,
     cache: moka::sync::Cache<Box<str>, Arc<VerifiedToken>>,
+    stats: Arc<CacheStats>,
 }
 
 /// How many verified tokens are remembered (each a few hundred bytes).
@@ -82,16 +86,17 @@ pub fn now_unix() -> u64 {
 }
 
 impl Verifier {
-    /// Builds a verifier; `algorithms` must not contain duplicates (config guarantees it).
+    /// Builds a verifier for `jwt`'s algorithms, keys and claim rules.
     pub fn new(
-        algorithms: &[Algorithm],
-        keys: KeySet,
-        issuer: Option<&str>,
-        audience: &[String],
-        leeway: Duration,
+        jwt: &JwtConfig,
         identity_headers: Vec<(String, HeaderName)>,
         cache_entries: u64,
+        stats: Arc<CacheStats>,
     ) -> Verifier {
+        let (algorithms, issuer, audience) =
+            (&jwt.algorithms, jwt.issuer.as_deref(), &jwt.audience);
+        let leeway = jwt.leeway;
+        let keys = jwt.keys.clone();
         let validations = algorithms
             .iter()
             .map(|&alg| {
@@ -122,6 +127,7 @@ impl Verifier {
                 .max_capacity(cache_entries)
                 .expire_after(UntilExp)
                 .build(),
+            stats,
         }
     }
 
@@ -129,11 +135,13 @@ impl Verifier {
     pub fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, GatewayError> {
         let now = now_unix();
         if let Some(hit) = self.cache.get(token) {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
             if hit.exp.saturating_add(self.leeway) < now {
                 return Err(GatewayError::Expired);
             }
             return Ok(hit);
         }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let verified = Arc::new(self.verify_uncached(token, now)?);
         self.cache.insert(token.into(), verified.clone());
         Ok(verified)

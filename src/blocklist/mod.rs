@@ -315,7 +315,12 @@ impl Blocklist {
         }
     }
 
-    /// Looks a token revocation up by jti, in the cache then the store (admin API).
+    /// Whether the store answers (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
+    /// Looks a revocation up in the store (admin API).
     pub async fn lookup(&self, kind: Kind, key: &str) -> Result<Option<Revocation>, StoreError> {
         self.store.lookup(kind, key).await
     }

@@ -18,6 +18,7 @@ pub struct ServerFile {
     pub header_read_timeout: Option<String>,
     pub max_header_bytes: Option<u64>,
     pub shutdown_grace: Option<String>,
+    pub access_log: Option<bool>,
 }
 
 /// `server.tls:`

@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub shutdown_grace: Duration,
+    /// One info line per request (method, path, route, status, latency, error, subject).
+    pub access_log: bool,
 }
 
 /// A PEM certificate chain and its key.
@@ -488,6 +490,7 @@ impl Checker {
             header_read_timeout: None,
             max_header_bytes: None,
             shutdown_grace: None,
+            access_log: None,
         });
         let listen = self.socket_addr(f.listen.as_deref(), "server.listen", "0.0.0.0:8000");
         let tls = f.tls.map(|t| {
@@ -499,10 +502,16 @@ impl Checker {
             if key.is_empty() {
                 self.error("server.tls.key_file", "required when server.tls is set");
             }
-            TlsFiles {
+            let files = TlsFiles {
                 cert_file: self.file_exists(&cert, "server.tls.cert_file"),
                 key_file: self.file_exists(&key, "server.tls.key_file"),
+            };
+            if files.cert_file.is_file() && files.key_file.is_file() {
+                if let Err(e) = crate::tls::server_config(&files.cert_file, &files.key_file) {
+                    self.error("server.tls", e);
+                }
             }
+            files
         });
         let max_connections = f.max_connections.unwrap_or(10_000);
         if max_connections == 0 {
@@ -530,6 +539,7 @@ impl Checker {
                 "server.shutdown_grace",
                 Duration::from_secs(30),
             ),
+            access_log: f.access_log.unwrap_or(true),
         }
     }
 
@@ -886,6 +896,11 @@ impl Checker {
                 .ca_file
                 .as_deref()
                 .map(|p| self.file_exists(p, &format!("{path}.ca_file")));
+            if let Some(ca) = ca_file.as_deref().filter(|p| p.is_file()) {
+                if let Err(e) = crate::tls::read_certs(ca) {
+                    self.error(&format!("{path}.ca_file"), e);
+                }
+            }
             out.push(UpstreamConfig {
                 name,
                 url,

@@ -1,0 +1,229 @@
+//! The admin listener: health, readiness, metrics and the revocation API.
+//!
+//! `/healthz`, `/readyz` and `/metrics` need no credentials (bind the listener to a
+//! private address); `/revocations` needs `Authorization: Bearer <admin.token>`,
+//! compared in constant time.
+
+use crate::blocklist::{Kind, Revocation};
+use crate::commands::{revocation_for, RevokeTarget};
+use crate::gateway::Gateway;
+use crate::metrics::{Gauges, Metrics};
+use crate::upstream::{full, Body};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the admin handlers read: the current gateway and the metrics.
+pub struct Admin {
+    pub gateway: Arc<ArcSwap<Gateway>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Largest revocation request body.
+const MAX_BODY: usize = 64 * 1024;
+
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut response = Response::new(full(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn json_reply(status: StatusCode, body: Value) -> Response<Body> {
+    respond(status, "application/json", body.to_string())
+}
+
+fn error_reply(status: StatusCode, error_type: &str, message: &str) -> Response<Body> {
+    let mut response = json_reply(
+        status,
+        json!({"message": message, "error_type": error_type}),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+/// The JSON form of a revocation record.
+pub fn revocation_json(r: &Revocation) -> Value {
+    match r {
+        Revocation::Token { key, exp } => json!({"jti": key, "exp": exp}),
+        Revocation::Session { sid, exp } => json!({"sid": sid, "exp": exp}),
+        Revocation::Subject { sub, at } => json!({"sub": sub, "revoked_at": at}),
+    }
+}
+
+impl Admin {
+    /// Answers one admin request.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let gateway = self.gateway.load_full();
+        let path = request.uri().path().to_owned();
+        match (request.method(), path.as_str()) {
+            (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok"),
+            (&Method::GET, "/readyz") => self.ready(&gateway).await,
+            (&Method::GET, "/metrics") => self.metrics(&gateway),
+            (&Method::POST, "/revocations") => {
+                if !authorized(&gateway, &request) {
+                    return unauthorized();
+                }
+                self.revoke(&gateway, request.into_body()).await
+            }
+            (&Method::GET, p) if p.starts_with("/revocations/") => {
+                if !authorized(&gateway, &request) {
+                    return unauthorized();
+                }
+                let jti = percent_encoding::percent_decode_str(&p["/revocations/".len()..])
+                    .decode_utf8_lossy()
+                    .into_owned();
+                match gateway.blocklist.lookup(Kind::Token, &jti).await {
+                    Ok(Some(record)) => json_reply(StatusCode::OK, revocation_json(&record)),
+                    Ok(None) => error_reply(
+                        StatusCode::NOT_FOUND,
+                        "NotFoundError",
+                        "No revocation for this jti",
+                    ),
+                    Err(_) => store_unavailable(),
+                }
+            }
+            _ => error_reply(StatusCode::NOT_FOUND, "NoRouteError", "Not found"),
+        }
+    }
+
+    async fn ready(&self, gateway: &Gateway) -> Response<Body> {
+        let mut reasons = Vec::new();
+        match tokio::time::timeout(Duration::from_secs(2), gateway.blocklist.ping()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => reasons.push(format!("revocation store unreachable: {e}")),
+            Err(_) => reasons.push("revocation store did not answer within 2s".to_owned()),
+        }
+        for (i, upstream) in gateway.config.upstreams.iter().enumerate() {
+            if !gateway.config.routes.iter().any(|r| r.upstream == i) {
+                reasons.push(format!("upstream {} has no route", upstream.name));
+            }
+        }
+        if reasons.is_empty() {
+            respond(StatusCode::OK, "text/plain", "ready")
+        } else {
+            respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {}", reasons.join("; ")),
+            )
+        }
+    }
+
+    fn metrics(&self, gateway: &Gateway) -> Response<Body> {
+        let gauges = Gauges {
+            blocklist_entries: gateway.blocklist.entries(),
+            blocklist_store_up: gateway.blocklist.store_healthy(),
+            store_errors: gateway.blocklist.store_errors(),
+            verified_tokens_cached: gateway.verifier.cached_tokens(),
+        };
+        respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            self.metrics.render(&gauges),
+        )
+    }
+
+    async fn revoke(&self, gateway: &Gateway, body: Incoming) -> Response<Body> {
+        let bytes = match Limited::new(body, MAX_BODY).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => return bad_request("body too large or unreadable"),
+        };
+        let Ok(request) = serde_json::from_slice::<Value>(&bytes) else {
+            return bad_request("body must be JSON");
+        };
+        let revocation = match parse_revocation(&request) {
+            Ok(r) => r,
+            Err(message) => return bad_request(&message),
+        };
+        let record = revocation_json(&revocation);
+        match gateway.blocklist.revoke(vec![revocation]).await {
+            Ok(()) => {
+                self.metrics.revocations_api.fetch_add(1, Ordering::Relaxed);
+                json_reply(StatusCode::CREATED, json!({"revoked": record}))
+            }
+            Err(_) => store_unavailable(),
+        }
+    }
+}
+
+/// `{"token": T}`, `{"jti": J, "exp": E}`, `{"sid": S, "exp": E}` or `{"sub": S}`.
+fn parse_revocation(body: &Value) -> Result<Revocation, String> {
+    let text = |key: &str| {
+        body.get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let exp = body.get("exp").and_then(Value::as_u64);
+    match (text("token"), text("jti"), text("sid"), text("sub")) {
+        (Some(token), None, None, None) => {
+            revocation_for(RevokeTarget::Token(token.to_owned())).map_err(|e| e.0)
+        }
+        (None, Some(jti), None, None) => Ok(Revocation::Token {
+            key: jti.to_owned(),
+            exp: exp.ok_or("jti needs a numeric exp")?,
+        }),
+        (None, None, Some(sid), None) => Ok(Revocation::Session {
+            sid: sid.to_owned(),
+            exp: exp.ok_or("sid needs a numeric exp")?,
+        }),
+        (None, None, None, Some(sub)) => {
+            revocation_for(RevokeTarget::Subject(sub.to_owned())).map_err(|e| e.0)
+        }
+        _ => Err("expected exactly one of token, jti (+exp), sid (+exp) or sub".to_owned()),
+    }
+}
+
+fn authorized(gateway: &Gateway, request: &Request<Incoming>) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(admin) = &gateway.config.admin else {
+        return false;
+    };
+    let Some(sent) = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+    else {
+        return false;
+    };
+    sent.len() == admin.token.len() && bool::from(sent.as_bytes().ct_eq(admin.token.as_bytes()))
+}
+
+fn unauthorized() -> Response<Body> {
+    error_reply(
+        StatusCode::UNAUTHORIZED,
+        "UnauthorizedError",
+        "Admin token required",
+    )
+}
+
+fn bad_request(message: &str) -> Response<Body> {
+    error_reply(StatusCode::BAD_REQUEST, "BadRequestError", message)
+}
+
+fn store_unavailable() -> Response<Body> {
+    error_reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "RevocationStoreError",
+        "Revocation store unavailable",
+    )
+}
