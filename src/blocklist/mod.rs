@@ -1,4 +1,4 @@
-//! The revocation blocklist: a moka cache holding every live revocation, in front of a
+//! The revocation blocklist: an in-memory copy of every live revocation, in front of a
 //! durable store.
 //!
 //! The request path ([`Blocklist::check`]) reads memory only. Writes
@@ -7,20 +7,24 @@
 //! background task polls the store's change feed, so revocations written by another
 //! process (`portcullis revoke`, another replica) are enforced here too.
 //!
-//! Bounded memory: the cache holds at most `blocklist.cache_max_entries` entries. If more
-//! revocations are live than fit, moka evicts some; the blocklist notices (eviction
-//! listener), logs it, and from then on answers a cache miss by asking the store, so a
+//! Bounded memory: memory holds at most `blocklist.cache_max_entries` jti/sid entries
+//! (see [`set`] for why this is not moka). If more revocations are live than fit, the
+//! blocklist logs it and from then on answers a miss by asking the store, so a
 //! revocation is never forgotten, only slower to find.
 
 pub mod memory;
 pub mod redis;
+pub mod set;
 pub mod sqlite;
 
 use crate::auth::verify::{now_unix, VerifiedToken};
+use set::RevocationSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::time::Duration;
 
 /// A boxed future, for the object-safe [`Store`] trait.
@@ -89,37 +93,6 @@ pub trait Store: Send + Sync + 'static {
     fn purge_expired(&self, now: u64) -> BoxFuture<'_, Result<u64, StoreError>>;
 }
 
-/// Value kept per cached revocation: when it stops mattering (`u64::MAX`: never), and
-/// for subjects the revocation time.
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    expires_at: u64,
-    at: u64,
-}
-
-struct UntilExpiry;
-
-impl moka::Expiry<Box<str>, Entry> for UntilExpiry {
-    fn expire_after_create(
-        &self,
-        _k: &Box<str>,
-        v: &Entry,
-        _c: std::time::Instant,
-    ) -> Option<Duration> {
-        (v.expires_at != u64::MAX)
-            .then(|| Duration::from_secs(v.expires_at.saturating_sub(now_unix()).saturating_add(1)))
-    }
-    fn expire_after_update(
-        &self,
-        k: &Box<str>,
-        v: &Entry,
-        c: std::time::Instant,
-        _d: Option<Duration>,
-    ) -> Option<Duration> {
-        self.expire_after_create(k, v, c)
-    }
-}
-
 /// Why a token was found revoked, or that the answer is unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -129,15 +102,19 @@ pub enum Verdict {
     Unknown,
 }
 
-/// The cache and its store.
+/// The in-memory copy of every live revocation, and its store.
 pub struct Blocklist {
-    tokens: moka::sync::Cache<Box<str>, Entry>,
-    sessions: moka::sync::Cache<Box<str>, Entry>,
-    subjects: moka::sync::Cache<Box<str>, Entry>,
-    /// Subject revocations ever cached: lets the common case skip that lookup.
-    subject_count: AtomicU64,
+    tokens: RevocationSet,
+    sessions: RevocationSet,
+    /// `sub` -> revocation time. Few and never expiring, so a plain map.
+    subjects: RwLock<HashMap<String, u64>>,
+    /// Mirrors `subjects.is_empty()` so the common case skips that lock.
+    has_subjects: AtomicBool,
+    /// `blocklist.cache_max_entries`: jti + sid entries held in memory at most.
+    max_entries: u64,
     store: Arc<dyn Store>,
-    overflowed: Arc<AtomicBool>,
+    /// Set once a revocation did not fit in memory: from then on a miss asks the store.
+    overflowed: AtomicBool,
     store_healthy: AtomicBool,
     store_errors: AtomicU64,
     /// Unix millis of the last successful read of the store (load or change feed).
@@ -158,30 +135,14 @@ fn now_millis() -> u64 {
 impl Blocklist {
     /// Creates an empty blocklist over `store`; call [`Blocklist::load`] before serving.
     pub fn new(store: Arc<dyn Store>, max_entries: u64) -> Arc<Blocklist> {
-        let overflowed = Arc::new(AtomicBool::new(false));
-        let cache = || {
-            let flag = overflowed.clone();
-            moka::sync::Cache::builder()
-                .max_capacity(max_entries)
-                .expire_after(UntilExpiry)
-                .eviction_listener(move |_k, _v, cause| {
-                    if cause == moka::notification::RemovalCause::Size
-                        && !flag.swap(true, Ordering::Relaxed)
-                    {
-                        tracing::warn!(
-                            "blocklist cache is full (blocklist.cache_max_entries): cache misses now ask the store"
-                        );
-                    }
-                })
-                .build()
-        };
         Arc::new(Blocklist {
-            tokens: cache(),
-            sessions: cache(),
-            subjects: cache(),
-            subject_count: AtomicU64::new(0),
+            tokens: RevocationSet::default(),
+            sessions: RevocationSet::default(),
+            subjects: RwLock::new(HashMap::new()),
+            has_subjects: AtomicBool::new(false),
+            max_entries,
             store,
-            overflowed,
+            overflowed: AtomicBool::new(false),
             store_healthy: AtomicBool::new(true),
             store_errors: AtomicU64::new(0),
             last_sync: AtomicU64::new(now_millis()),
@@ -200,39 +161,30 @@ impl Blocklist {
         Ok(cursor)
     }
 
-    /// Puts one revocation in the cache (after the store has it).
+    /// Puts one revocation in memory (after the store has it).
     fn remember(&self, revocation: &Revocation) {
-        match revocation {
-            Revocation::Token { key, exp } => self.tokens.insert(
-                key.as_str().into(),
-                Entry {
-                    expires_at: *exp,
-                    at: 0,
-                },
-            ),
-            Revocation::Session { sid, exp } => self.sessions.insert(
-                sid.as_str().into(),
-                Entry {
-                    expires_at: *exp,
-                    at: 0,
-                },
-            ),
+        let (set, key, exp) = match revocation {
+            Revocation::Token { key, exp } => (&self.tokens, key, *exp),
+            Revocation::Session { sid, exp } => (&self.sessions, sid, *exp),
             Revocation::Subject { sub, at } => {
+                let mut subjects = self.subjects.write().unwrap_or_else(|p| p.into_inner());
                 // A later revocation replaces an earlier one, never the reverse.
-                let at = match self.subjects.get(sub.as_str()) {
-                    Some(old) if old.at > *at => old.at,
-                    _ => *at,
-                };
-                self.subject_count.fetch_add(1, Ordering::Relaxed);
-                self.subjects.insert(
-                    sub.as_str().into(),
-                    Entry {
-                        expires_at: u64::MAX,
-                        at,
-                    },
+                let entry = subjects.entry(sub.clone()).or_insert(*at);
+                *entry = (*entry).max(*at);
+                self.has_subjects.store(true, Ordering::Relaxed);
+                return;
+            }
+        };
+        if self.tokens.len() + self.sessions.len() >= self.max_entries {
+            if !self.overflowed.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    max = self.max_entries,
+                    "blocklist.cache_max_entries reached: further revocations stay in the store only, and requests not found in memory now ask the store"
                 );
             }
+            return;
         }
+        set.insert(key, exp);
     }
 
     /// Whether `token` is revoked, from memory. Only when the cache has overflowed does
@@ -249,19 +201,21 @@ impl Blocklist {
 
     /// The request-path check: memory only, no await, no allocation.
     pub fn is_revoked_in_memory(&self, token: &VerifiedToken) -> bool {
-        if self.tokens.contains_key(token.revocation_key.as_str()) {
+        let now = now_unix();
+        if self.tokens.contains(&token.revocation_key, now) {
             return true;
         }
         if let Some(sid) = &token.sid {
-            if self.sessions.contains_key(sid.as_str()) {
+            if !self.sessions.is_empty() && self.sessions.contains(sid, now) {
                 return true;
             }
         }
-        if self.subject_count.load(Ordering::Relaxed) > 0 {
+        if self.has_subjects.load(Ordering::Relaxed) {
             if let Some(sub) = &token.sub {
-                if let Some(entry) = self.subjects.get(sub.as_str()) {
+                let subjects = self.subjects.read().unwrap_or_else(|p| p.into_inner());
+                if let Some(&at) = subjects.get(sub.as_str()) {
                     // Tokens without `iat` cannot prove they are newer: refused.
-                    return token.iat.is_none_or(|iat| iat <= entry.at);
+                    return token.iat.is_none_or(|iat| iat <= at);
                 }
             }
         }
@@ -355,14 +309,14 @@ impl Blocklist {
         self.store_errors.load(Ordering::Relaxed)
     }
 
-    /// Live revocations held in memory.
+    /// Live revocations held in memory (expired ones count until the next purge).
     pub fn entries(&self) -> u64 {
-        // moka counts lazily; settle pending inserts/evictions first (cheap, off the
-        // request path: only metrics and start-up logging ask).
-        self.tokens.run_pending_tasks();
-        self.sessions.run_pending_tasks();
-        self.subjects.run_pending_tasks();
-        self.tokens.entry_count() + self.sessions.entry_count() + self.subjects.entry_count()
+        let subjects = self
+            .subjects
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len() as u64;
+        self.tokens.len() + self.sessions.len() + subjects
     }
 
     /// Polls the store's change feed and purges expired rows until `shutdown` fires.
@@ -388,6 +342,9 @@ impl Blocklist {
             }
             if last_purge.elapsed() > Duration::from_secs(60) {
                 last_purge = std::time::Instant::now();
+                let now = now_unix();
+                self.tokens.purge(now);
+                self.sessions.purge(now);
                 if let Err(e) = self.store.purge_expired(now_unix()).await {
                     tracing::warn!(error = %e, "purging expired revocations failed");
                 }
