@@ -38,6 +38,7 @@ fn verifier(config: &Config, cache_entries: u64) -> Verifier {
         config.forward.identity_headers.clone(),
         cache_entries,
         Default::default(),
+        None,
     )
 }
 

@@ -110,6 +110,11 @@ impl Admin {
             Ok(Err(e)) => reasons.push(format!("revocation store unreachable: {e}")),
             Err(_) => reasons.push("revocation store did not answer within 2s".to_owned()),
         }
+        if let Some(jwks) = gateway.verifier.jwks() {
+            if !jwks.is_ready() {
+                reasons.push("the JWKS key set has not been fetched yet".to_owned());
+            }
+        }
         for (i, upstream) in gateway.config.upstreams.iter().enumerate() {
             if !gateway.config.routes.iter().any(|r| r.upstream == i) {
                 reasons.push(format!("upstream {} has no route", upstream.name));
@@ -132,6 +137,15 @@ impl Admin {
             blocklist_store_up: gateway.blocklist.store_healthy(),
             store_errors: gateway.blocklist.store_errors(),
             verified_tokens_cached: gateway.verifier.cached_tokens(),
+            jwks: gateway.verifier.jwks().map(|j| {
+                let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+                (
+                    load(&j.stats.fetches),
+                    load(&j.stats.failures),
+                    load(&j.stats.unknown_kid_refetches),
+                    j.keys().len() as u64,
+                )
+            }),
         };
         respond(
             StatusCode::OK,
@@ -220,7 +234,7 @@ fn bad_request(message: &str) -> Response<Body> {
     error_reply(StatusCode::BAD_REQUEST, "BadRequestError", message)
 }
 
-fn store_unavailable() -> Response<Body> {
+pub(crate) fn store_unavailable() -> Response<Body> {
     error_reply(
         StatusCode::SERVICE_UNAVAILABLE,
         "RevocationStoreError",

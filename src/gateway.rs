@@ -6,7 +6,8 @@
 //! authenticate → revocation → authorize → forward.
 
 use crate::auth::extract::TokenSource;
-use crate::auth::verify::{VerifiedToken, Verifier};
+use crate::auth::jwks::{Jwks, JwksSettings};
+use crate::auth::verify::{AuthError, VerifiedToken, Verifier};
 use crate::auth::{self, Authenticated};
 use crate::blocklist::{Blocklist, Verdict};
 use crate::config::{AuthMode, Config, OnStoreError, RouteConfig};
@@ -68,17 +69,32 @@ pub struct ConnInfo {
 
 impl Gateway {
     /// Builds the request-time state for `config`.
+    ///
+    /// `previous` is the running gateway on a reload: its JWKS key set is kept when the
+    /// JWKS settings did not change. A new key set still needs [`Jwks::start`].
     pub fn build(
         config: Arc<Config>,
         blocklist: Arc<Blocklist>,
         metrics: Arc<Metrics>,
+        previous: Option<&Gateway>,
     ) -> Result<Gateway, String> {
         let jwt = &config.jwt;
+        let jwks = match JwksSettings::of(jwt) {
+            None => None,
+            Some(settings) => match previous
+                .and_then(|p| p.verifier.jwks())
+                .filter(|j| j.settings == settings)
+            {
+                Some(running) => Some(running.clone()),
+                None => Some(Jwks::new(settings, &jwt.algorithms)?),
+            },
+        };
         let verifier = Verifier::new(
             jwt,
             config.forward.identity_headers.clone(),
             crate::auth::verify::VERIFIED_CACHE_ENTRIES,
             metrics.token_cache.clone(),
+            jwks,
         );
         let upstreams = config
             .upstreams
@@ -182,6 +198,11 @@ impl Gateway {
         };
 
         let logout = &self.config.logout;
+        if parts.method == http::Method::POST && logout.backchannel_path.as_deref() == Some(&*path)
+        {
+            trace.stats = Some(self.config.routes.len());
+            return Ok(crate::backchannel::handle(self, body).await);
+        }
         if *path == *logout.path && logout.methods.contains(&parts.method) {
             forwarding::strip_matching(&mut parts.headers, &self.config.forward.strip_headers);
             trace.stats = Some(self.config.routes.len());
@@ -194,13 +215,7 @@ impl Gateway {
         let authenticated = match route.auth {
             AuthMode::None => None,
             mode => {
-                let auth = auth::authenticate(
-                    &parts.headers,
-                    uri.query(),
-                    mode,
-                    &self.config.jwt,
-                    &self.verifier,
-                )?;
+                let auth = self.authenticate(&parts.headers, uri.query(), mode).await?;
                 if self.config.server.access_log {
                     trace.token = Some(auth.token.clone());
                 }
@@ -224,6 +239,28 @@ impl Gateway {
             trace,
         )
         .await
+    }
+
+    /// Finds and verifies the token for `mode`; a `kid` the JWKS does not know yet gets
+    /// one (rate-limited) refetch of the key set and a second try.
+    pub async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+        mode: AuthMode,
+    ) -> Result<Authenticated, GatewayError> {
+        let jwt = &self.config.jwt;
+        match auth::authenticate(headers, query, mode, jwt, &self.verifier) {
+            Ok(auth) => Ok(auth),
+            Err(AuthError::UnknownKid) => {
+                if let Some(jwks) = self.verifier.jwks() {
+                    jwks.refetch_for_unknown_kid().await;
+                }
+                auth::authenticate(headers, query, mode, jwt, &self.verifier)
+                    .map_err(AuthError::refusal)
+            }
+            Err(AuthError::Refused(e)) => Err(e),
+        }
     }
 
     /// First route whose prefix matches `path` on a segment boundary (`/admin` matches

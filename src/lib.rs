@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backchannel;
 pub mod blocklist;
 pub mod commands;
 pub mod config;

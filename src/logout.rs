@@ -39,13 +39,9 @@ pub async fn handle(
     trace: &mut Trace,
 ) -> Result<Response<Body>, GatewayError> {
     let jwt = &gw.config.jwt;
-    let auth = auth::authenticate(
-        &parts.headers,
-        target.uri.query(),
-        AuthMode::Access,
-        jwt,
-        &gw.verifier,
-    )?;
+    let auth = gw
+        .authenticate(&parts.headers, target.uri.query(), AuthMode::Access)
+        .await?;
     if gw.config.server.access_log {
         trace.token = Some(auth.token.clone());
     }

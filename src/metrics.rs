@@ -97,6 +97,8 @@ pub struct Gauges {
     pub blocklist_store_up: bool,
     pub store_errors: u64,
     pub verified_tokens_cached: u64,
+    /// JWKS fetches, failed fetches, unknown-`kid` refetches, keys held.
+    pub jwks: Option<(u64, u64, u64, u64)>,
 }
 
 impl Metrics {
@@ -257,6 +259,39 @@ impl Metrics {
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
+        }
+        if let Some((fetches, failures, refetches, keys)) = gauges.jwks {
+            for (name, kind, help, value) in [
+                (
+                    "portcullis_jwks_fetches_total",
+                    "counter",
+                    "JWKS fetches attempted.",
+                    fetches,
+                ),
+                (
+                    "portcullis_jwks_fetch_failures_total",
+                    "counter",
+                    "JWKS fetches that failed (the last good key set stayed).",
+                    failures,
+                ),
+                (
+                    "portcullis_jwks_unknown_kid_refetches_total",
+                    "counter",
+                    "Refetches triggered by an unknown kid (at most one per second).",
+                    refetches,
+                ),
+                (
+                    "portcullis_jwks_keys",
+                    "gauge",
+                    "Usable keys in the current JWKS.",
+                    keys,
+                ),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+                );
+            }
         }
         out
     }

@@ -37,8 +37,6 @@ pub enum StartError {
     #[error("{0}")]
     Config(#[from] config::ConfigErrors),
     #[error("{0}")]
-    Unsupported(String),
-    #[error("{0}")]
     Store(#[from] blocklist::StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -47,26 +45,6 @@ pub enum StartError {
     },
     #[error("{0}")]
     Build(String),
-}
-
-/// Features whose keys `check` accepts but this build cannot run yet: refused loudly
-/// rather than silently ignored.
-fn refuse_unsupported(config: &Config) -> Result<(), StartError> {
-    let mut missing = Vec::new();
-    if config.jwt.jwks_url.is_some() || config.jwt.discovery {
-        missing.push("jwt.jwks_url / jwt.discovery");
-    }
-    if config.logout.backchannel_path.is_some() {
-        missing.push("logout.backchannel_path");
-    }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(StartError::Unsupported(format!(
-            "not supported yet by this build: {}",
-            missing.join(", ")
-        )))
-    }
 }
 
 /// Opens the configured revocation store.
@@ -94,7 +72,6 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 /// Runs the gateway on the config at `path` until SIGTERM/SIGINT.
 pub async fn run(path: PathBuf) -> Result<(), StartError> {
     let config = Arc::new(config::load(&path)?);
-    refuse_unsupported(&config)?;
     let store = open_store(&config.blocklist).await?;
     let blocklist = Blocklist::new(store, config.blocklist.cache_max_entries);
     let started = std::time::Instant::now();
@@ -107,8 +84,12 @@ pub async fn run(path: PathBuf) -> Result<(), StartError> {
     tokio::spawn(blocklist.clone().follow(cursor, CHANGE_FEED_INTERVAL));
 
     let metrics = Arc::new(Metrics::default());
-    let gateway =
-        Gateway::build(config.clone(), blocklist, metrics.clone()).map_err(StartError::Build)?;
+    let gateway = Gateway::build(config.clone(), blocklist, metrics.clone(), None)
+        .map_err(StartError::Build)?;
+    if let Some(jwks) = gateway.verifier.jwks() {
+        // The ready line waits for the first key set (up to the fetch timeout).
+        jwks.start().await;
+    }
     let state = Arc::new(ArcSwap::from_pointee(gateway));
     let (edge, edge_addr) = bind(config.server.listen).await?;
     let admin = match &config.admin {
@@ -153,7 +134,7 @@ async fn watch_signals(
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                let counter = if reload(&path, &state) { &metrics.reloads_ok } else { &metrics.reloads_failed };
+                let counter = if reload(&path, &state).await { &metrics.reloads_ok } else { &metrics.reloads_failed };
                 counter.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -164,12 +145,11 @@ async fn watch_signals(
 
 /// Builds a gateway from the current file (re-reading key and TLS files) and swaps it
 /// in; on any error the old one stays in force. Returns whether it was swapped.
-pub fn reload(path: &Path, state: &ArcSwap<Gateway>) -> bool {
-    let current = state.load();
+pub async fn reload(path: &Path, state: &ArcSwap<Gateway>) -> bool {
+    let current = state.load_full();
     let result = config::load(path)
         .map_err(|e| e.to_string())
         .and_then(|config| {
-            refuse_unsupported(&config).map_err(|e| e.to_string())?;
             let old = &current.config;
             if config.blocklist.store != old.blocklist.store
                 || config.blocklist.sqlite_path != old.blocklist.sqlite_path
@@ -187,10 +167,14 @@ pub fn reload(path: &Path, state: &ArcSwap<Gateway>) -> bool {
                 Arc::new(config),
                 current.blocklist.clone(),
                 current.metrics.clone(),
+                Some(&current),
             )
         });
     match result {
         Ok(gateway) => {
+            if let Some(jwks) = gateway.verifier.jwks() {
+                jwks.start().await;
+            }
             state.store(Arc::new(gateway));
             tracing::info!("config reloaded");
             true

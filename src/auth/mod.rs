@@ -2,6 +2,7 @@
 //! its type, then (after the revocation check) freshness, CSRF and required claims.
 
 pub mod extract;
+pub mod jwks;
 pub mod keys;
 pub mod verify;
 
@@ -12,7 +13,7 @@ use http::request::Parts;
 use http::HeaderMap;
 use serde_json::Value;
 use std::sync::Arc;
-use verify::{TokenType, VerifiedToken, Verifier};
+use verify::{AuthError, TokenType, VerifiedToken, Verifier};
 
 /// A request's verified token and where it came from.
 pub struct Authenticated {
@@ -27,7 +28,7 @@ pub fn authenticate(
     mode: AuthMode,
     jwt: &JwtConfig,
     verifier: &Verifier,
-) -> Result<Authenticated, GatewayError> {
+) -> Result<Authenticated, AuthError> {
     let cookie = match mode {
         AuthMode::Refresh => CookieKind::Refresh,
         AuthMode::Any => CookieKind::Either,
@@ -41,8 +42,10 @@ pub fn authenticate(
         | (AuthMode::Refresh, TokenType::Refresh)
         | (AuthMode::Any, TokenType::Access | TokenType::Refresh)
         | (AuthMode::None, _) => {}
-        (AuthMode::Refresh, _) => return Err(GatewayError::RefreshTokenRequired),
-        (AuthMode::Access | AuthMode::Any, _) => return Err(GatewayError::AccessTokenRequired),
+        (AuthMode::Refresh, _) => return Err(GatewayError::RefreshTokenRequired.into()),
+        (AuthMode::Access | AuthMode::Any, _) => {
+            return Err(GatewayError::AccessTokenRequired.into())
+        }
     }
     Ok(Authenticated { token, source })
 }

@@ -6,13 +6,14 @@
 //! Revocation is not cached here; it is checked on every request against the blocklist,
 //! so a revoked token is refused at once despite this cache.
 
+use crate::auth::jwks::Jwks;
 use crate::auth::keys::KeySet;
 use crate::config::JwtConfig;
 use crate::error::GatewayError;
 use crate::metrics::CacheStats;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -56,6 +57,32 @@ pub struct Verifier {
     identity_headers: Vec<(String, HeaderName)>,
     cache: moka::sync::Cache<Box<str>, Arc<VerifiedToken>>,
     stats: Arc<CacheStats>,
+    jwks: Option<Arc<Jwks>>,
+}
+
+/// Why verification did not produce a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// Refused, with the contract's answer.
+    Refused(GatewayError),
+    /// Signed with a `kid` the JWKS does not (yet) have: worth one refetch.
+    UnknownKid,
+}
+
+impl From<GatewayError> for AuthError {
+    fn from(e: GatewayError) -> Self {
+        AuthError::Refused(e)
+    }
+}
+
+impl AuthError {
+    /// The answer when no refetch is possible (or it did not help).
+    pub fn refusal(self) -> GatewayError {
+        match self {
+            AuthError::Refused(e) => e,
+            AuthError::UnknownKid => GatewayError::Decode,
+        }
+    }
 }
 
 /// How many verified tokens are remembered (each a few hundred bytes).
@@ -92,6 +119,7 @@ impl Verifier {
         identity_headers: Vec<(String, HeaderName)>,
         cache_entries: u64,
         stats: Arc<CacheStats>,
+        jwks: Option<Arc<Jwks>>,
     ) -> Verifier {
         let (algorithms, issuer, audience) =
             (&jwt.algorithms, jwt.issuer.as_deref(), &jwt.audience);
@@ -128,16 +156,17 @@ impl Verifier {
                 .expire_after(UntilExp)
                 .build(),
             stats,
+            jwks,
         }
     }
 
     /// Verifies `token`, from the cache when it was seen before.
-    pub fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, GatewayError> {
+    pub fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, AuthError> {
         let now = now_unix();
         if let Some(hit) = self.cache.get(token) {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             if hit.exp.saturating_add(self.leeway) < now {
-                return Err(GatewayError::Expired);
+                return Err(GatewayError::Expired.into());
             }
             return Ok(hit);
         }
@@ -147,27 +176,76 @@ impl Verifier {
         Ok(verified)
     }
 
-    /// The full check, without the cache (also used by logout for the refresh token).
-    pub fn verify_uncached(&self, token: &str, now: u64) -> Result<VerifiedToken, GatewayError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| GatewayError::Decode)?;
-        let Some((_, validation)) = self.validations.iter().find(|(alg, _)| *alg == header.alg)
-        else {
-            return Err(GatewayError::Decode);
-        };
-        let mut result = Err(GatewayError::Decode);
-        for key in self.keys.candidates(header.alg) {
-            result = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
+    /// The JWKS this verifier takes keys from, if any.
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        self.jwks.as_ref()
+    }
+
+    /// Verifies `claims` of `token` as jsonwebtoken decodes them with `validation`,
+    /// trying each candidate key in turn.
+    fn decode_with<'k>(
+        token: &str,
+        validation: &Validation,
+        keys: impl Iterator<Item = &'k DecodingKey>,
+    ) -> Option<Result<Map<String, Value>, GatewayError>> {
+        let mut result = None;
+        for key in keys {
+            let attempt = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
                 .map(|data| data.claims)
                 .map_err(|e| map_error(e.kind()));
-            // Rotation: only a bad signature moves on to the previous key.
-            if result != Err(GatewayError::BadSignature) {
+            // Rotation: only a bad signature moves on to the next key.
+            let done = attempt != Err(GatewayError::BadSignature);
+            result = Some(attempt);
+            if done {
                 break;
             }
         }
-        let claims = result?;
+        result
+    }
+
+    /// Checks `token`'s signature with the trusted keys for its header (static keys,
+    /// then the JWKS by `kid`) and its claims with `validation`.
+    pub fn decode_claims(
+        &self,
+        token: &str,
+        header: &jsonwebtoken::Header,
+        validation: &Validation,
+    ) -> Result<Map<String, Value>, AuthError> {
+        let mut result = Self::decode_with(token, validation, self.keys.candidates(header.alg));
+        if !matches!(result, Some(Ok(_))) {
+            if let Some(jwks) = &self.jwks {
+                let set = jwks.keys();
+                let kid = header.kid.as_deref();
+                let matching = set.iter().filter(|k| {
+                    k.algorithms.contains(&header.alg) && (kid.is_none() || k.kid.as_deref() == kid)
+                });
+                match Self::decode_with(token, validation, matching.map(|k| &k.key)) {
+                    Some(outcome) => result = Some(outcome),
+                    // A key id we have never seen: maybe the provider rotated.
+                    None if kid.is_some() && result.is_none() => return Err(AuthError::UnknownKid),
+                    None => {}
+                }
+            }
+        }
+        Ok(result.unwrap_or(Err(GatewayError::Decode))?)
+    }
+
+    /// Whether `alg` is one of `jwt.algorithms`.
+    pub fn allows(&self, alg: Algorithm) -> bool {
+        self.validations.iter().any(|(a, _)| *a == alg)
+    }
+
+    /// The full check, without the cache (also used by logout for the refresh token).
+    pub fn verify_uncached(&self, token: &str, now: u64) -> Result<VerifiedToken, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| GatewayError::Decode)?;
+        let Some((_, validation)) = self.validations.iter().find(|(alg, _)| *alg == header.alg)
+        else {
+            return Err(GatewayError::Decode.into());
+        };
+        let claims = self.decode_claims(token, &header, validation)?;
         let iat = claims.get("iat").and_then(numeric_date);
         if matches!(iat, Some(iat) if iat > now.saturating_add(self.leeway)) {
-            return Err(GatewayError::Decode);
+            return Err(GatewayError::Decode.into());
         }
         let exp = claims
             .get("exp")

@@ -464,7 +464,7 @@ impl Checker {
         let blocklist_file: Option<file::BlocklistFile> = self.section(map, "blocklist");
         let blocklist = self.blocklist(blocklist_file);
         let logout_file: Option<file::LogoutFile> = self.section(map, "logout");
-        let logout = self.logout(logout_file);
+        let logout = self.logout(logout_file, jwt.as_ref());
         let upstreams = self.upstreams(map.get("upstreams"));
         let routes = self.routes(map.get("routes"), &upstreams);
         let forward_file: Option<file::ForwardFile> = self.section(map, "forward");
@@ -813,7 +813,7 @@ impl Checker {
         }
     }
 
-    fn logout(&mut self, f: Option<file::LogoutFile>) -> LogoutConfig {
+    fn logout(&mut self, f: Option<file::LogoutFile>, jwt: Option<&JwtConfig>) -> LogoutConfig {
         let f = f.unwrap_or(file::LogoutFile {
             path: None,
             methods: None,
@@ -825,6 +825,17 @@ impl Checker {
         self.absolute_path(&path, "logout.path");
         if let Some(p) = &f.backchannel_path {
             self.absolute_path(p, "logout.backchannel_path");
+            if let Some(jwt) = jwt {
+                if jwt.jwks_url.is_none() && !jwt.discovery {
+                    self.error(
+                        "logout.backchannel_path",
+                        "needs jwt.jwks_url or jwt.discovery (the provider's keys)",
+                    );
+                }
+                if jwt.issuer.is_none() || jwt.audience.is_empty() {
+                    self.error("logout.backchannel_path", "needs jwt.issuer and jwt.audience (logout tokens are checked against both)");
+                }
+            }
         }
         LogoutConfig {
             path,

@@ -1,0 +1,393 @@
+//! Keys from an identity provider's JWKS (`jwt.jwks_url`, or found by OIDC discovery).
+//!
+//! The key set is fetched at start, refreshed in the background (every `jwks_refresh`,
+//! sooner when the provider's `Cache-Control: max-age` says so, never below 30 s), and
+//! swapped atomically; a failed refresh keeps the last good set. A token whose `kid` is
+//! unknown triggers an immediate refetch, at most one per second whatever the number of
+//! such tokens (single flight behind an async mutex), so random `kid`s cannot hammer
+//! the provider. That refetch is the only network wait on the request path.
+//!
+//! Only asymmetric keys are taken from a JWKS (an `oct` key published by a provider is
+//! ignored), and each key verifies only the algorithms it can: its own `alg` when it
+//! names one, else those of its type and curve that `jwt.algorithms` allows.
+
+use crate::config::JwtConfig;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, Request, Uri};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// Shortest background refresh interval, whatever `max-age` says.
+pub const MIN_REFRESH: Duration = Duration::from_secs(30);
+/// Retry interval while no key set was ever fetched, or after a failure.
+pub const RETRY: Duration = Duration::from_secs(5);
+/// At most one unknown-`kid` refetch per this interval.
+pub const UNKNOWN_KID_INTERVAL: Duration = Duration::from_secs(1);
+/// Limit on one fetch (discovery document + key set).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest JWKS or discovery document accepted.
+const MAX_DOCUMENT: usize = 1 << 20;
+
+/// One usable key of the set.
+pub struct JwkKey {
+    pub kid: Option<String>,
+    /// The algorithms this key may verify (a subset of `jwt.algorithms`).
+    pub algorithms: Vec<Algorithm>,
+    pub key: DecodingKey,
+}
+
+/// Where the key set comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// `jwt.jwks_url`.
+    Url(String),
+    /// `jwt.discovery: true`: `jwks_uri` from `{issuer}/.well-known/openid-configuration`.
+    Discovery { issuer: String },
+}
+
+/// Everything that, when unchanged across a reload, lets the running key set be kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksSettings {
+    pub source: JwksSource,
+    pub ca_file: Option<PathBuf>,
+    pub refresh: Duration,
+    pub algorithms: Vec<String>,
+}
+
+impl JwksSettings {
+    /// The JWKS settings of `jwt`, if it uses a JWKS.
+    pub fn of(jwt: &JwtConfig) -> Option<JwksSettings> {
+        let source = match (&jwt.jwks_url, jwt.discovery, &jwt.issuer) {
+            (Some(url), _, _) => JwksSource::Url(url.clone()),
+            (None, true, Some(issuer)) => JwksSource::Discovery {
+                issuer: issuer.clone(),
+            },
+            _ => return None,
+        };
+        Some(JwksSettings {
+            source,
+            ca_file: jwt.jwks_ca_file.clone(),
+            refresh: jwt.jwks_refresh,
+            algorithms: jwt.algorithms.iter().map(|a| format!("{a:?}")).collect(),
+        })
+    }
+}
+
+/// Fetch counters, for `/metrics`.
+#[derive(Default)]
+pub struct JwksStats {
+    pub fetches: AtomicU64,
+    pub failures: AtomicU64,
+    pub unknown_kid_refetches: AtomicU64,
+}
+
+/// A provider's key set, kept fresh.
+pub struct Jwks {
+    pub settings: JwksSettings,
+    allowed: Vec<Algorithm>,
+    keys: ArcSwap<Vec<JwkKey>>,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    /// Single flight for unknown-`kid` refetches, holding when the last one started.
+    refetch: tokio::sync::Mutex<Option<Instant>>,
+    ready: AtomicBool,
+    started: AtomicBool,
+    pub stats: JwksStats,
+}
+
+impl Jwks {
+    /// Prepares (does not fetch) the key set for `settings`.
+    pub fn new(settings: JwksSettings, allowed: &[Algorithm]) -> Result<Arc<Jwks>, String> {
+        let tls = crate::tls::client_config(settings.ca_file.as_deref())
+            .map_err(|e| format!("jwt.jwks_ca_file: {e}"))?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(2)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Ok(Arc::new(Jwks {
+            settings,
+            allowed: allowed.to_vec(),
+            keys: ArcSwap::from_pointee(Vec::new()),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            refetch: tokio::sync::Mutex::new(None),
+            ready: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+            stats: JwksStats::default(),
+        }))
+    }
+
+    /// Whether a key set was fetched at least once.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The current keys.
+    pub fn keys(&self) -> arc_swap::Guard<Arc<Vec<JwkKey>>> {
+        self.keys.load()
+    }
+
+    /// Fetches the key set now and swaps it in. Returns the provider's `max-age`.
+    pub async fn fetch(&self) -> Result<Option<Duration>, String> {
+        self.stats.fetches.fetch_add(1, Ordering::Relaxed);
+        let result = tokio::time::timeout(FETCH_TIMEOUT, self.fetch_inner())
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {FETCH_TIMEOUT:?}")));
+        match &result {
+            Ok(_) => self.ready.store(true, Ordering::Relaxed),
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "JWKS fetch failed; keeping the last good key set");
+            }
+        }
+        result
+    }
+
+    async fn fetch_inner(&self) -> Result<Option<Duration>, String> {
+        let url = match &self.settings.source {
+            JwksSource::Url(url) => url.clone(),
+            JwksSource::Discovery { issuer } => {
+                let discovery_url = format!(
+                    "{}/.well-known/openid-configuration",
+                    issuer.trim_end_matches('/')
+                );
+                let (document, _) = self.get_json(&discovery_url).await?;
+                document
+                    .get("jwks_uri")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("{discovery_url} has no jwks_uri"))?
+                    .to_owned()
+            }
+        };
+        let (document, max_age) = self.get_json(&url).await?;
+        let keys = parse_key_set(&document, &self.allowed)?;
+        tracing::debug!(url, keys = keys.len(), "JWKS fetched");
+        self.keys.store(Arc::new(keys));
+        Ok(max_age)
+    }
+
+    async fn get_json(&self, url: &str) -> Result<(Value, Option<Duration>), String> {
+        let uri: Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+        let request = Request::get(uri)
+            .header(header::ACCEPT, "application/json")
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| format!("GET {url}: {}", crate::upstream::error_chain(&e)))?;
+        if !response.status().is_success() {
+            return Err(format!("GET {url}: status {}", response.status()));
+        }
+        let max_age = response
+            .headers()
+            .get(header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_max_age);
+        let body = Limited::new(response.into_body(), MAX_DOCUMENT)
+            .collect()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?
+            .to_bytes();
+        let json =
+            serde_json::from_slice(&body).map_err(|e| format!("GET {url}: not JSON: {e}"))?;
+        Ok((json, max_age))
+    }
+
+    /// Refetches for a token with an unknown `kid`: at once, unless another refetch
+    /// started less than a second ago (then this waits for that one, if it is still
+    /// running, and does not fetch again).
+    pub async fn refetch_for_unknown_kid(&self) {
+        let mut last = self.refetch.lock().await;
+        if last.is_some_and(|at| at.elapsed() < UNKNOWN_KID_INTERVAL) {
+            return;
+        }
+        *last = Some(Instant::now());
+        self.stats
+            .unknown_kid_refetches
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = self.fetch().await;
+    }
+
+    /// First fetch, then the background refresh; does nothing if already started (a
+    /// reload that keeps the JWKS settings keeps the running key set).
+    pub async fn start(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = self.fetch().await {
+            tracing::error!(error = %e, "no JWKS yet: /readyz answers 503 and fetches retry every 5s");
+        }
+        self.spawn_refresh();
+    }
+
+    /// Spawns the background refresh; it stops when the key set is dropped.
+    fn spawn_refresh(self: &Arc<Self>) {
+        let weak: Weak<Jwks> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut delay = match weak.upgrade() {
+                Some(jwks) if jwks.is_ready() => jwks.settings.refresh,
+                _ => RETRY,
+            };
+            loop {
+                tokio::time::sleep(delay).await;
+                let Some(jwks) = weak.upgrade() else { return };
+                delay = match jwks.fetch().await {
+                    Ok(max_age) => next_refresh(jwks.settings.refresh, max_age),
+                    Err(_) => RETRY,
+                };
+            }
+        });
+    }
+}
+
+/// The next refresh delay: the configured interval, shortened by `max-age`, never
+/// below [`MIN_REFRESH`].
+pub fn next_refresh(configured: Duration, max_age: Option<Duration>) -> Duration {
+    let wanted = match max_age {
+        Some(age) => configured.min(age),
+        None => configured,
+    };
+    wanted.max(MIN_REFRESH)
+}
+
+/// `max-age=N` from a `Cache-Control` value.
+fn parse_max_age(value: &str) -> Option<Duration> {
+    value.split(',').find_map(|directive| {
+        let (name, seconds) = directive.trim().split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("max-age") {
+            return None;
+        }
+        seconds
+            .trim()
+            .trim_matches('"')
+            .parse()
+            .ok()
+            .map(Duration::from_secs)
+    })
+}
+
+/// The usable keys of a JWKS document. Keys that are malformed, symmetric, or fit none
+/// of `allowed` are skipped (a provider may publish keys for other purposes).
+pub fn parse_key_set(document: &Value, allowed: &[Algorithm]) -> Result<Vec<JwkKey>, String> {
+    let items = document
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or("the JWKS has no \"keys\" array")?;
+    let mut keys = Vec::new();
+    for item in items {
+        let Ok(jwk) = serde_json::from_value::<Jwk>(item.clone()) else {
+            continue;
+        };
+        if let Some(key) = usable_key(&jwk, allowed) {
+            keys.push(key);
+        }
+    }
+    Ok(keys)
+}
+
+fn usable_key(jwk: &Jwk, allowed: &[Algorithm]) -> Option<JwkKey> {
+    use jsonwebtoken::jwk::PublicKeyUse;
+    if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
+        return None;
+    }
+    let by_type: &[Algorithm] = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => &[
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        AlgorithmParameters::EllipticCurve(p) => match p.curve {
+            EllipticCurve::P256 => &[Algorithm::ES256],
+            EllipticCurve::P384 => &[Algorithm::ES384],
+            _ => &[],
+        },
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            &[Algorithm::EdDSA]
+        }
+        // Symmetric keys are never taken from a JWKS, nor unknown key types.
+        _ => &[],
+    };
+    let named = match jwk.common.key_algorithm {
+        Some(ka) => Some(Algorithm::from_str(&ka.to_string()).ok()?),
+        None => None,
+    };
+    let algorithms: Vec<Algorithm> = by_type
+        .iter()
+        .copied()
+        .filter(|a| allowed.contains(a) && named.is_none_or(|n| n == *a))
+        .collect();
+    if algorithms.is_empty() {
+        return None;
+    }
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    Some(JwkKey {
+        kid: jwk.common.key_id.clone(),
+        algorithms,
+        key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn refresh_interval_honours_max_age_within_bounds() {
+        let five_min = Duration::from_secs(300);
+        assert_eq!(next_refresh(five_min, None), five_min);
+        assert_eq!(
+            next_refresh(five_min, Some(Duration::from_secs(60))),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            next_refresh(five_min, Some(Duration::from_secs(5))),
+            MIN_REFRESH
+        );
+        assert_eq!(
+            next_refresh(five_min, Some(Duration::from_secs(900))),
+            five_min
+        );
+        assert_eq!(
+            parse_max_age("public, max-age=120"),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_max_age("no-cache"), None);
+    }
+
+    #[test]
+    fn skips_symmetric_unknown_and_disallowed_keys() {
+        let doc = json!({"keys": [
+            {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
+            {"kty": "EC", "kid": "p256", "crv": "P-256",
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+             "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+            {"kty": "weird", "kid": "w"},
+        ]});
+        let keys = parse_key_set(&doc, &[Algorithm::ES256, Algorithm::HS256]).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].kid.as_deref(), Some("p256"));
+        assert_eq!(keys[0].algorithms, vec![Algorithm::ES256]);
+        assert!(parse_key_set(&doc, &[Algorithm::RS256]).unwrap().is_empty());
+        assert!(parse_key_set(&json!({}), &[Algorithm::RS256]).is_err());
+    }
+}
