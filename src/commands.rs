@@ -139,3 +139,45 @@ pub async fn revoke(path: &Path, target: RevokeTarget) -> Result<String, Command
         .map_err(|e| CommandError(e.to_string()))?;
     Ok(format!("revoked: {described}"))
 }
+
+/// `portcullis probe`: GETs `url` (default: the admin listener's `/readyz`) and succeeds
+/// on a 2xx answer. For container health checks in images without curl.
+pub async fn probe(path: &Path, url: Option<String>) -> Result<String, CommandError> {
+    use http_body_util::BodyExt;
+    let url = match url {
+        Some(url) => url,
+        None => {
+            let config = config::load(path)?;
+            let admin = config.admin.ok_or_else(|| {
+                CommandError("no admin listener configured: pass --url".into())
+            })?;
+            let mut addr = admin.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}/readyz")
+        }
+    };
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| CommandError(format!("{url:?} is not a URL")))?;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let response = tokio::time::timeout(Duration::from_secs(3), client.get(uri))
+        .await
+        .map_err(|_| CommandError(format!("{url}: no answer within 3s")))?
+        .map_err(|e| CommandError(format!("{url}: {e}")))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
+    if status.is_success() {
+        Ok(format!("{status} {body}"))
+    } else {
+        Err(CommandError(format!("{url}: {status} {body}")))
+    }
+}

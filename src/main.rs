@@ -30,6 +30,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// GET the admin listener's /readyz (or --url); exit 0 on 2xx. For health checks.
+    Probe {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// URL to probe instead of http://<admin.listen>/readyz.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Validate the config and print a summary, or every error.
     Check {
         #[arg(long)]
@@ -129,6 +137,19 @@ fn main() -> ExitCode {
             };
             match rt.block_on(portcullis::demo::run(resolve_path(config))) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        Command::Probe { config, url } => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => return fail(e),
+            };
+            match rt.block_on(commands::probe(&resolve_path(config), url)) {
+                Ok(answer) => {
+                    println!("{answer}");
+                    ExitCode::SUCCESS
+                }
                 Err(e) => fail(e),
             }
         }
