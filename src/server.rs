@@ -17,10 +17,12 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
@@ -97,6 +99,12 @@ pub async fn run(path: PathBuf) -> Result<(), StartError> {
         None => None,
     };
 
+    // Handlers are installed before the ready line: a supervisor may signal at once,
+    // and until installed the default action of SIGHUP/SIGTERM is to kill the process.
+    let signals = Signals::install().map_err(|source| StartError::Bind {
+        addr: edge_addr,
+        source,
+    })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut ready = format!("portcullis ready edge={edge_addr}");
     if let Some((listener, addr)) = admin {
@@ -108,27 +116,48 @@ pub async fn run(path: PathBuf) -> Result<(), StartError> {
         tokio::spawn(serve_admin(listener, admin, shutdown_rx.clone()));
     }
     tracing::info!("{ready}");
-    tokio::spawn(watch_signals(path, state.clone(), metrics, shutdown_tx));
+    tokio::spawn(watch_signals(
+        signals,
+        path,
+        state.clone(),
+        metrics,
+        shutdown_tx,
+    ));
     serve_edge(edge, state, &config, shutdown_rx).await;
     Ok(())
 }
 
+/// The signals the gateway handles, registered with the runtime.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// SIGTERM/SIGINT: begin shutdown. SIGHUP: reload.
 async fn watch_signals(
+    signals: Signals,
     path: PathBuf,
     state: Arc<ArcSwap<Gateway>>,
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -252,7 +281,16 @@ async fn serve_edge(
                         client_ip,
                         https: false,
                     };
-                    serve_connection(stream, info, state, &builder, watcher, peer).await;
+                    serve_connection(
+                        stream,
+                        info,
+                        state,
+                        &builder,
+                        watcher,
+                        peer,
+                        handshake_timeout,
+                    )
+                    .await;
                 }
                 Some(acceptor) => {
                     // A client that never finishes its handshake costs one connection
@@ -263,8 +301,16 @@ async fn serve_edge(
                                 client_ip,
                                 https: true,
                             };
-                            serve_connection(tls_stream, info, state, &builder, watcher, peer)
-                                .await;
+                            serve_connection(
+                                tls_stream,
+                                info,
+                                state,
+                                &builder,
+                                watcher,
+                                peer,
+                                handshake_timeout,
+                            )
+                            .await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
@@ -287,7 +333,11 @@ async fn serve_edge(
     }
 }
 
-/// Serves HTTP on one accepted (and, for TLS, handshaken) connection.
+/// Serves HTTP on one accepted (and, for TLS, handshaken) connection. A client that
+/// sends nothing within `first_byte_timeout` is disconnected: hyper's HTTP/1
+/// `header_read_timeout` only starts once the auto builder has seen enough bytes to
+/// tell HTTP/1 from HTTP/2, so a silent socket would otherwise hold a connection slot
+/// forever.
 async fn serve_connection<I>(
     io: I,
     info: ConnInfo,
@@ -295,9 +345,11 @@ async fn serve_connection<I>(
     builder: &auto::Builder<TokioExecutor>,
     watcher: Watcher,
     peer: SocketAddr,
+    first_byte_timeout: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (io, heard) = FirstByte::new(io);
     let info = Arc::new(info);
     let service = service_fn(move |request| {
         // One atomic load per request: a reload swaps the gateway for new requests only.
@@ -306,9 +358,83 @@ async fn serve_connection<I>(
         async move { Ok::<_, Infallible>(gateway.handle(request, &info).await) }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(connection).await {
+    let served = watcher.watch(connection);
+    tokio::pin!(served);
+    let silence = tokio::time::sleep(first_byte_timeout);
+    tokio::pin!(silence);
+    let result = tokio::select! {
+        result = &mut served => result,
+        _ = &mut silence => {
+            if !heard.load(Ordering::Relaxed) {
+                tracing::info!(%peer, "client sent nothing within header_read_timeout: closed");
+                return;
+            }
+            served.await
+        }
+    };
+    if let Err(e) = result {
         // Includes header_read_timeout cut-offs of slow clients.
         tracing::debug!(%peer, error = %e, "connection closed with an error");
+    }
+}
+
+/// Wraps a connection to note when the client has sent its first byte.
+struct FirstByte<I> {
+    inner: I,
+    heard: Arc<AtomicBool>,
+}
+
+impl<I> FirstByte<I> {
+    fn new(inner: I) -> (FirstByte<I>, Arc<AtomicBool>) {
+        let heard = Arc::new(AtomicBool::new(false));
+        (
+            FirstByte {
+                inner,
+                heard: heard.clone(),
+            },
+            heard,
+        )
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FirstByte<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.heard.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FirstByte<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
