@@ -23,6 +23,7 @@ use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
+use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -103,6 +104,12 @@ pub struct Jwks {
     refetch: tokio::sync::Mutex<Option<Instant>>,
     ready: AtomicBool,
     started: AtomicBool,
+    /// Bumped whenever a fetch ends (success or failure).
+    fetches_done: AtomicU64,
+    /// Bumped whenever a fetched key set differs from the previous one.
+    generation: AtomicU64,
+    /// Hash of the last fetched `keys` array.
+    fingerprint: AtomicU64,
     pub stats: JwksStats,
 }
 
@@ -127,6 +134,9 @@ impl Jwks {
             refetch: tokio::sync::Mutex::new(None),
             ready: AtomicBool::new(false),
             started: AtomicBool::new(false),
+            fetches_done: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            fingerprint: AtomicU64::new(0),
             stats: JwksStats::default(),
         }))
     }
@@ -134,6 +144,11 @@ impl Jwks {
     /// Whether a key set was fetched at least once.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Changes whenever the key set changes (verified tokens are re-checked then).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The current keys.
@@ -147,6 +162,7 @@ impl Jwks {
         let result = tokio::time::timeout(FETCH_TIMEOUT, self.fetch_inner())
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {FETCH_TIMEOUT:?}")));
+        self.fetches_done.fetch_add(1, Ordering::AcqRel);
         match &result {
             Ok(_) => self.ready.store(true, Ordering::Relaxed),
             Err(e) => {
@@ -177,6 +193,13 @@ impl Jwks {
         let keys = parse_key_set(&document, &self.allowed)?;
         tracing::debug!(url, keys = keys.len(), "JWKS fetched");
         self.keys.store(Arc::new(keys));
+        // Tokens verified under the old set must be checked again if the set changed (a
+        // withdrawn key must stop working at once); an unchanged refresh keeps them.
+        let fingerprint = foldhash::quality::FixedState::default()
+            .hash_one(document.get("keys").map(Value::to_string));
+        if self.fingerprint.swap(fingerprint, Ordering::AcqRel) != fingerprint {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         Ok(max_age)
     }
 
@@ -213,8 +236,11 @@ impl Jwks {
     /// started less than a second ago (then this waits for that one, if it is still
     /// running, and does not fetch again).
     pub async fn refetch_for_unknown_kid(&self) {
+        let seen = self.fetches_done.load(Ordering::Acquire);
         let mut last = self.refetch.lock().await;
-        if last.is_some_and(|at| at.elapsed() < UNKNOWN_KID_INTERVAL) {
+        if self.fetches_done.load(Ordering::Acquire) != seen
+            || last.is_some_and(|at| at.elapsed() < UNKNOWN_KID_INTERVAL)
+        {
             return;
         }
         *last = Some(Instant::now());
@@ -230,20 +256,21 @@ impl Jwks {
         if self.started.swap(true, Ordering::Relaxed) {
             return;
         }
-        if let Err(e) = self.fetch().await {
-            tracing::error!(error = %e, "no JWKS yet: /readyz answers 503 and fetches retry every 5s");
-        }
-        self.spawn_refresh();
+        let first = match self.fetch().await {
+            Ok(max_age) => next_refresh(self.settings.refresh, max_age),
+            Err(e) => {
+                tracing::error!(error = %e, "no JWKS yet: /readyz answers 503 and fetches retry every 5s");
+                RETRY
+            }
+        };
+        self.spawn_refresh(first);
     }
 
     /// Spawns the background refresh; it stops when the key set is dropped.
-    fn spawn_refresh(self: &Arc<Self>) {
+    fn spawn_refresh(self: &Arc<Self>, first: Duration) {
         let weak: Weak<Jwks> = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut delay = match weak.upgrade() {
-                Some(jwks) if jwks.is_ready() => jwks.settings.refresh,
-                _ => RETRY,
-            };
+            let mut delay = first;
             loop {
                 tokio::time::sleep(delay).await;
                 let Some(jwks) = weak.upgrade() else { return };
