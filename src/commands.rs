@@ -148,9 +148,9 @@ pub async fn probe(path: &Path, url: Option<String>) -> Result<String, CommandEr
         Some(url) => url,
         None => {
             let config = config::load(path)?;
-            let admin = config.admin.ok_or_else(|| {
-                CommandError("no admin listener configured: pass --url".into())
-            })?;
+            let admin = config
+                .admin
+                .ok_or_else(|| CommandError("no admin listener configured: pass --url".into()))?;
             let mut addr = admin.listen;
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
