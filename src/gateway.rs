@@ -134,13 +134,14 @@ impl Gateway {
     /// Answers one request; never fails (errors become their contract responses).
     /// Counts it, and writes the access-log line when `server.access_log` is on.
     pub async fn handle(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
-        let started = Instant::now();
         // Only the access log needs these after the request is consumed.
-        let logged = self
-            .config
-            .server
-            .access_log
-            .then(|| (request.method().clone(), request.uri().path().to_owned()));
+        let logged = self.config.server.access_log.then(|| {
+            (
+                Instant::now(),
+                request.method().clone(),
+                request.uri().path().to_owned(),
+            )
+        });
         let mut trace = Trace::default();
         let (response, error) = match self.handle_inner(request, conn, &mut trace).await {
             Ok(response) => (response, None),
@@ -157,7 +158,7 @@ impl Gateway {
         if let Some(error) = error {
             self.metrics.refused(error);
         }
-        if let Some((method, path)) = logged {
+        if let Some((started, method, path)) = logged {
             let route = trace.stats.map_or("", |i| match self.config.routes.get(i) {
                 Some(r) => r.prefix.as_str(),
                 None => self.config.logout.path.as_str(),

@@ -35,6 +35,15 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// `Upgrade` is kept and `Connection: upgrade` restored so the upstream sees the request
 /// to switch protocols.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none: one pass over the (few) names present is cheaper than
+    // nine hashed removals.
+    if !upgrade
+        && !headers
+            .keys()
+            .any(|name| HOP_BY_HOP.contains(name) || *name == PROXY_CONNECTION)
+    {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         // Rare (clients seldom name extra headers), so the allocation here is acceptable.
         let named: Vec<HeaderName> = headers
