@@ -340,7 +340,12 @@ impl Gateway {
         trace.upstream_elapsed = Some(elapsed);
         let mut response = result?;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        if switching {
+            // A 101 nobody asked for would leave the client talking to nothing.
+            let Some(client_upgrade) = client_upgrade else {
+                tracing::warn!(upstream = %upstream.name, "upstream switched protocols unasked");
+                return Err(GatewayError::Upstream);
+            };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
         }
