@@ -12,6 +12,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(!normal.contains("/../") && !normal.ends_with("/.."));
         assert!(!normal.contains("/./") && !normal.ends_with("/."));
         // Idempotent: a normalized path normalizes to itself.
-        assert_eq!(portcullis::path::normalize(&normal).as_deref(), Ok(&*normal));
+        assert_eq!(
+            portcullis::path::normalize(&normal).as_deref(),
+            Ok(&*normal)
+        );
     }
 });
