@@ -287,7 +287,14 @@ impl Gateway {
             Verdict::Unknown => match self.config.blocklist.on_store_error {
                 OnStoreError::Deny => Err(GatewayError::StoreUnavailable),
                 OnStoreError::Allow => {
-                    tracing::warn!("revocation store unavailable: serving from the local copy (on_store_error: allow)");
+                    let served = self
+                        .metrics
+                        .fail_open
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // Logged at the first and every 1000th such request, not each one.
+                    if served % 1000 == 0 {
+                        tracing::warn!(served = served + 1, "revocation store unavailable: serving from the local copy (on_store_error: allow)");
+                    }
                     Ok(())
                 }
             },

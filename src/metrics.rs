@@ -89,6 +89,9 @@ pub struct Metrics {
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub revocations_api: AtomicU64,
+    /// Requests served from the local copy while the store was unreachable
+    /// (`on_store_error: allow`).
+    pub fail_open: AtomicU64,
 }
 
 /// Values read from elsewhere at scrape time.
@@ -192,7 +195,7 @@ impl Metrics {
         } else {
             hits as f64 / (hits + misses) as f64
         };
-        let simple: [(&str, &str, &str, String); 10] = [
+        let simple: [(&str, &str, &str, String); 11] = [
             (
                 "portcullis_blocklist_entries",
                 "gauge",
@@ -246,6 +249,12 @@ impl Metrics {
                 "counter",
                 "Config reloads refused (the old config stayed).",
                 load(&self.reloads_failed).to_string(),
+            ),
+            (
+                "portcullis_fail_open_total",
+                "counter",
+                "Requests served from the local copy while the store was unreachable (on_store_error: allow).",
+                load(&self.fail_open).to_string(),
             ),
             (
                 "portcullis_admin_revocations_total",

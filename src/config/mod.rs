@@ -777,10 +777,12 @@ impl Checker {
             );
         }
         if let Some(url) = &f.redis_url {
-            if !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("unix://"))
-            {
+            if url.starts_with("rediss://") {
+                self.error(
+                    "blocklist.redis_url",
+                    "rediss:// (TLS to Redis) is not supported by this build; use redis:// on a private network or a local TLS tunnel",
+                );
+            } else if !(url.starts_with("redis://") || url.starts_with("unix://")) {
                 self.error(
                     "blocklist.redis_url",
                     format!("{url:?} is not a redis:// URL"),
