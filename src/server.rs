@@ -255,17 +255,8 @@ async fn serve_edge(
             },
             _ = shutdown.changed() => break,
         };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning; never exit.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
+        let Some((stream, peer)) = accept(&listener, &mut shutdown).await else {
+            break;
         };
         let _ = stream.set_nodelay(true);
         let client_ip = HeaderValue::from_str(&peer.ip().to_string())
@@ -438,6 +429,26 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FirstByte<I> {
     }
 }
 
+/// The next connection, or `None` once shutdown begins. Accept errors (EMFILE and
+/// friends) are logged and retried after a pause instead of spinning; never fatal.
+async fn accept(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => return Some(pair),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => return None,
+        }
+    }
+}
+
 /// Serves the admin listener (HTTP/1.1) until shutdown.
 async fn serve_admin(
     listener: TcpListener,
@@ -445,16 +456,8 @@ async fn serve_admin(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
+        let Some((stream, _)) = accept(&listener, &mut shutdown).await else {
+            return;
         };
         let admin = admin.clone();
         tokio::spawn(async move {

@@ -42,6 +42,32 @@ pub enum Revocation {
 }
 
 impl Revocation {
+    /// The kind, key and value (`exp`, or the revocation time of a subject): the form
+    /// stores keep it in.
+    pub fn parts(&self) -> (Kind, &str, u64) {
+        match self {
+            Revocation::Token { key, exp } => (Kind::Token, key, *exp),
+            Revocation::Session { sid, exp } => (Kind::Session, sid, *exp),
+            Revocation::Subject { sub, at } => (Kind::Subject, sub, *at),
+        }
+    }
+
+    /// Rebuilds a revocation from a stored kind name (`jti`, `sid`, `sub`), key and value.
+    pub fn from_parts(kind: &str, key: String, value: u64) -> Option<Revocation> {
+        match kind {
+            "jti" => Some(Revocation::Token { key, exp: value }),
+            "sid" => Some(Revocation::Session {
+                sid: key,
+                exp: value,
+            }),
+            "sub" => Some(Revocation::Subject {
+                sub: key,
+                at: value,
+            }),
+            _ => None,
+        }
+    }
+
     /// Whether it still has an effect at `now`.
     pub fn is_live(&self, now: u64) -> bool {
         match self {
@@ -57,6 +83,17 @@ pub enum Kind {
     Token,
     Session,
     Subject,
+}
+
+impl Kind {
+    /// The name stores use for this kind: `jti`, `sid` or `sub`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Token => "jti",
+            Kind::Session => "sid",
+            Kind::Subject => "sub",
+        }
+    }
 }
 
 /// Why the store could not do what was asked.

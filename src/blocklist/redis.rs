@@ -136,14 +136,6 @@ fn redact(url: &str) -> String {
     }
 }
 
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Token => "jti",
-        Kind::Session => "sid",
-        Kind::Subject => "sub",
-    }
-}
-
 /// A value written by this store or by hand (`SET ... 1767225600`); scores come back
 /// from Redis as decimal text, possibly with a fraction if someone typed one.
 fn parse_time(raw: &[u8]) -> Option<u64> {
@@ -154,21 +146,6 @@ fn parse_time(raw: &[u8]) -> Option<u64> {
             .filter(|v| *v >= 0.0)
             .map(|v| v as u64)
     })
-}
-
-fn revocation(kind: &str, key: String, value: u64) -> Option<Revocation> {
-    match kind {
-        "jti" => Some(Revocation::Token { key, exp: value }),
-        "sid" => Some(Revocation::Session {
-            sid: key,
-            exp: value,
-        }),
-        "sub" => Some(Revocation::Subject {
-            sub: key,
-            at: value,
-        }),
-        _ => None,
-    }
 }
 
 /// A change-feed entry back into a revocation. Entries this build does not understand
@@ -183,7 +160,7 @@ fn parse_entry(fields: &[Vec<u8>]) -> Option<Revocation> {
             _ => {}
         }
     }
-    revocation(kind?, key?, value?)
+    Revocation::from_parts(kind?, key?, value?)
 }
 
 /// A flat `[member, score, member, score, ...]` reply as pairs, without copying.
@@ -472,7 +449,7 @@ impl Store for RedisStore {
                     return;
                 };
                 if let Some((kind, key)) = member.split_once(':') {
-                    out.extend(revocation(kind, key.to_owned(), exp));
+                    out.extend(Revocation::from_parts(kind, key.to_owned(), exp));
                 }
             })
             .await?;
@@ -614,7 +591,7 @@ impl Store for RedisStore {
                     .and_then(|at| parse_time(&at))
                     .map(|at| Revocation::Subject { sub: key, at }));
             }
-            let name = kind_name(kind);
+            let name = kind.name();
             let mut pipe = redis::pipe();
             let item = self.item_key(name, &key);
             pipe.cmd("GET").arg(&item).cmd("TTL").arg(&item);
@@ -629,7 +606,7 @@ impl Store for RedisStore {
                 Ok(ttl) => now_unix().saturating_add(ttl),
                 Err(_) => MAX_TIME,
             });
-            Ok(revocation(name, key, exp))
+            Ok(Revocation::from_parts(name, key, exp))
         })
     }
 

@@ -63,37 +63,8 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Token => "jti",
-        Kind::Session => "sid",
-        Kind::Subject => "sub",
-    }
-}
-
 fn row_to_revocation(kind: &str, key: String, value: i64) -> Option<Revocation> {
-    let value = u64::try_from(value).unwrap_or(0);
-    match kind {
-        "jti" => Some(Revocation::Token { key, exp: value }),
-        "sid" => Some(Revocation::Session {
-            sid: key,
-            exp: value,
-        }),
-        "sub" => Some(Revocation::Subject {
-            sub: key,
-            at: value,
-        }),
-        _ => None,
-    }
-}
-
-fn split(r: &Revocation) -> (&'static str, &str, i64) {
-    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    match r {
-        Revocation::Token { key, exp } => ("jti", key, clamp(*exp)),
-        Revocation::Session { sid, exp } => ("sid", sid, clamp(*exp)),
-        Revocation::Subject { sub, at } => ("sub", sub, clamp(*at)),
-    }
+    Revocation::from_parts(kind, key, u64::try_from(value).unwrap_or(0))
 }
 
 /// Identity of the database file, to notice it being removed or replaced under us
@@ -204,7 +175,8 @@ fn write_batch<'a>(
             )
             .map_err(err)?;
         for r in revocations {
-            let (kind, key, value) = split(r);
+            let (kind, key, value) = r.parts();
+            let (kind, value) = (kind.name(), i64::try_from(value).unwrap_or(i64::MAX));
             upsert
                 .execute(params![kind, key, value, seq])
                 .map_err(err)?;
@@ -302,7 +274,7 @@ impl Store for SqliteStore {
         key: &str,
     ) -> BoxFuture<'_, Result<Option<Revocation>, StoreError>> {
         let key = key.to_owned();
-        let kind = kind_name(kind);
+        let kind = kind.name();
         self.read(move |conn| {
             let value: Option<i64> = conn
                 .prepare_cached("SELECT exp FROM revocations WHERE kind = ?1 AND key = ?2")
