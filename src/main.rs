@@ -104,10 +104,21 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// One worker per CPU this process may run on (its affinity mask, so `taskset` and
+/// container CPU sets count). With a single CPU the current-thread scheduler does the
+/// same work without cross-thread wake-ups and work-stealing bookkeeping.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cpus)
+            .enable_all()
+            .build()
+    }
 }
 
 fn main() -> ExitCode {
