@@ -4,7 +4,7 @@
 //! `cargo bench --bench blocklist` (set `BLOCKLIST_ENTRIES` for another size)
 //!
 //! Memory is measured as the process's resident set (VmRSS) before opening the store
-//! and after loading, so it includes moka's per-entry overhead and the allocator's
+//! and after loading, so it includes the set's per-entry overhead and the allocator's
 //! retention, which is what an operator sees.
 
 use portcullis::auth::verify::{now_unix, TokenType, VerifiedToken};

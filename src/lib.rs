@@ -1,6 +1,6 @@
 //! portcullis: a reverse-proxy auth gateway.
 //!
-//! It terminates HTTP(S), validates JWTs, refuses revoked tokens from a moka-cached
+//! It terminates HTTP(S), validates JWTs, refuses revoked tokens from an in-memory
 //! blocklist backed by a durable store, forwards allowed requests to unmodified upstream
 //! apps with the caller's identity in headers, and answers a logout path by revoking the
 //! caller's tokens. Start reading at [`gateway`]: one request, top to bottom.

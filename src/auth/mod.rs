@@ -1,6 +1,7 @@
 //! Authentication and authorization of one request: find the token, verify it, check
 //! its type, then (after the revocation check) freshness, CSRF and required claims.
 
+pub mod cache;
 pub mod extract;
 pub mod jwks;
 pub mod keys;

@@ -6,6 +6,7 @@
 //! Revocation is not cached here; it is checked on every request against the blocklist,
 //! so a revoked token is refused at once despite this cache.
 
+use crate::auth::cache::{Expiring, TokenCache};
 use crate::auth::jwks::Jwks;
 use crate::auth::keys::KeySet;
 use crate::config::JwtConfig;
@@ -17,7 +18,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// `type` claim of a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub struct Verifier {
     validations: Vec<(Algorithm, Validation)>,
     leeway: u64,
     identity_headers: Vec<(String, HeaderName)>,
-    cache: moka::sync::Cache<Box<str>, Cached, TokenHasher>,
+    cache: TokenCache<Cached>,
     stats: Arc<CacheStats>,
     jwks: Option<Arc<Jwks>>,
 }
@@ -85,12 +85,6 @@ impl AuthError {
     }
 }
 
-/// Hasher of the verified-token cache. Tokens are a few hundred bytes and hashed on
-/// every request; moka's default SipHash showed in profiles, foldhash hashes them
-/// several times faster. Its `quality` variant is seeded per process, and only tokens
-/// with a valid signature are ever inserted, so colliding keys cannot be planted.
-type TokenHasher = foldhash::quality::RandomState;
-
 /// How many verified tokens are remembered (each a few hundred bytes).
 pub const VERIFIED_CACHE_ENTRIES: u64 = 100_000;
 
@@ -101,19 +95,9 @@ struct Cached {
     generation: u64,
 }
 
-/// moka expiry policy: an entry lives until its token's `exp`.
-struct UntilExp;
-
-impl moka::Expiry<Box<str>, Cached> for UntilExp {
-    fn expire_after_create(
-        &self,
-        _key: &Box<str>,
-        value: &Cached,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(Duration::from_secs(
-            value.token.exp.saturating_sub(now_unix()).saturating_add(1),
-        ))
+impl Expiring for Cached {
+    fn expires_at(&self) -> u64 {
+        self.token.exp
     }
 }
 
@@ -164,10 +148,7 @@ impl Verifier {
             validations,
             leeway: leeway.as_secs(),
             identity_headers,
-            cache: moka::sync::Cache::builder()
-                .max_capacity(cache_entries)
-                .expire_after(UntilExp)
-                .build_with_hasher(TokenHasher::default()),
+            cache: TokenCache::new(cache_entries),
             stats,
             jwks,
         }
@@ -192,11 +173,12 @@ impl Verifier {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let verified = Arc::new(self.verify_uncached(token, now)?);
         self.cache.insert(
-            token.into(),
+            token,
             Cached {
                 token: verified.clone(),
                 generation,
             },
+            now,
         );
         Ok(verified)
     }
@@ -318,7 +300,7 @@ impl Verifier {
 
     /// Number of verified tokens currently cached.
     pub fn cached_tokens(&self) -> u64 {
-        self.cache.entry_count()
+        self.cache.len()
     }
 }
 
