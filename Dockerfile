@@ -12,7 +12,7 @@ WORKDIR /src
 # Dependencies first, so source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && for b in auth blocklist load redis; do echo 'fn main() {}' > benches/$b.rs; done \
+    && mkdir -p benches/support && for b in auth blocklist load redis; do echo 'fn main() {}' > benches/$b.rs; done \
     && cargo build --release --locked --bin portcullis || true
 COPY src ./src
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin portcullis

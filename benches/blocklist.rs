@@ -7,53 +7,14 @@
 //! and after loading, so it includes the set's per-entry overhead and the allocator's
 //! retention, which is what an operator sees.
 
-use portcullis::auth::verify::{now_unix, TokenType, VerifiedToken};
+mod support;
+
+use portcullis::auth::verify::{now_unix, VerifiedToken};
 use portcullis::blocklist::sqlite::SqliteStore;
 use portcullis::blocklist::{Blocklist, Revocation, Store};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
-
-fn jti(i: u64) -> String {
-    // Shaped like a UUID, the common jti format (36 bytes).
-    format!(
-        "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
-        i,
-        i % 0xffff,
-        i % 0xfff,
-        i % 0xfff,
-        i * 7919
-    )
-}
-
-fn token(key: String) -> VerifiedToken {
-    VerifiedToken {
-        claims: Default::default(),
-        token_type: TokenType::Access,
-        fresh: false,
-        csrf: None,
-        sub: Some("alice".into()),
-        sid: None,
-        iat: Some(now_unix()),
-        exp: now_unix() + 3600,
-        revocation_key: key,
-        identity: Vec::new(),
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p) as usize]
-}
+use std::time::Instant;
+use support::{jti, percentile, rss_mib, token};
 
 fn main() {
     let entries: u64 = std::env::var("BLOCKLIST_ENTRIES")

@@ -19,57 +19,18 @@
 //!    added, as in benches/blocklist.rs. `REDIS_BENCH_SAME_EXP=1` gives them all one
 //!    expiry instead, which makes the load fall back from paging by score to `ZSCAN`.
 
-use portcullis::auth::verify::{now_unix, TokenType, VerifiedToken};
+mod support;
+
+use portcullis::auth::verify::{now_unix, VerifiedToken};
 use portcullis::blocklist::redis::RedisStore;
 use portcullis::blocklist::{Blocklist, Revocation, Store};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
+use support::{jti, percentile, rss_mib, token};
 
 const PREFIX: &str = "portcullis:";
 const POLL: Duration = Duration::from_millis(250);
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
-
-fn jti(i: u64) -> String {
-    // Shaped like a UUID, the common jti format (36 bytes).
-    format!(
-        "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
-        i,
-        i % 0xffff,
-        i % 0xfff,
-        i % 0xfff,
-        i * 7919
-    )
-}
-
-fn token(key: String) -> VerifiedToken {
-    VerifiedToken {
-        claims: Default::default(),
-        token_type: TokenType::Access,
-        fresh: false,
-        csrf: None,
-        sub: Some("alice".into()),
-        sid: None,
-        iat: Some(now_unix()),
-        exp: now_unix() + 3600,
-        revocation_key: key,
-        identity: Vec::new(),
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p) as usize]
-}
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)

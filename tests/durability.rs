@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,10 +52,6 @@ async fn kill_and_restart(mut gw: Gateway) -> Gateway {
     Gateway::start(config).await
 }
 
-async fn get_with_token(gw: &Gateway, path: &str, token: &str) -> Reply {
-    get(gw.edge, path, &[("Authorization", &bearer(token))]).await
-}
-
 async fn logout(edge: std::net::SocketAddr, token: &str) -> Reply {
     request(
         edge,
@@ -65,37 +61,6 @@ async fn logout(edge: std::net::SocketAddr, token: &str) -> Reply {
         "",
     )
     .await
-}
-
-#[track_caller]
-fn assert_logged_out(reply: &Reply) {
-    let (status, headers, body) = reply;
-    let got: Value = serde_json::from_str(body).unwrap_or_else(|_| {
-        panic!("expected 200 Logged out, got {status} with a non-JSON body: {body:?}")
-    });
-    assert_eq!(
-        (*status, &got),
-        (200, &json!({ "message": "Logged out" })),
-        "expected the logout to succeed"
-    );
-    let content_type = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    assert!(
-        content_type.starts_with("application/json"),
-        "content-type of the logout answer: {content_type:?}"
-    );
-}
-
-#[track_caller]
-fn assert_store_unavailable(reply: &Reply) {
-    assert_refused(
-        reply,
-        503,
-        "RevocationStoreError",
-        "Revocation store unavailable",
-    );
 }
 
 fn chmod(path: &Path, mode: u32) {

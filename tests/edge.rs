@@ -25,11 +25,6 @@ async fn start_with(tweak: impl FnOnce(&mut Config)) -> (Upstream, Gateway) {
     (up, gw)
 }
 
-/// `GET path` with `Authorization: Bearer <token>`.
-async fn get_with_token(gw: &Gateway, path: &str, token: &str) -> Reply {
-    get(gw.edge, path, &[("Authorization", &bearer(token))]).await
-}
-
 /// Sends a hostile token, checks the refusal, then checks that the gateway
 /// still serves a valid token signed by `trusted`.
 async fn assert_token_refused(

@@ -341,10 +341,6 @@ fn config_path(gw: &Gateway) -> PathBuf {
     gw.config.dir.path().join("gateway.yaml")
 }
 
-async fn get_with_token(gw: &Gateway, path: &str, token: &str) -> Reply {
-    get(gw.edge, path, &[("Authorization", &bearer(token))]).await
-}
-
 async fn logout(gw: &Gateway, token: &str) -> Reply {
     request(
         gw.edge,
@@ -354,35 +350,6 @@ async fn logout(gw: &Gateway, token: &str) -> Reply {
         "",
     )
     .await
-}
-
-/// Asserts the gateway's own logout answer: `200 {"message": "Logged out"}`.
-#[track_caller]
-fn assert_logged_out(reply: &Reply) {
-    let (status, _, body) = reply;
-    let got: Value = serde_json::from_str(body).unwrap_or_else(|_| {
-        panic!("expected 200 Logged out, got {status} with a non-JSON body: {body:?}")
-    });
-    assert_eq!(
-        (*status, &got),
-        (200, &json!({ "message": "Logged out" })),
-        "expected the logout to succeed"
-    );
-}
-
-#[track_caller]
-fn assert_revoked(reply: &Reply) {
-    assert_refused(reply, 401, "RevokedTokenError", "Invalid token");
-}
-
-#[track_caller]
-fn assert_store_unavailable(reply: &Reply) {
-    assert_refused(
-        reply,
-        503,
-        "RevocationStoreError",
-        "Revocation store unavailable",
-    );
 }
 
 /// Asserts that `token` is forwarded on `path` with its subject.

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use jsonwebtoken::Algorithm;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -75,11 +75,6 @@ async fn kill_and_restart(mut gw: Gateway) -> Gateway {
     Gateway::start(config).await
 }
 
-/// `GET path` with `Authorization: Bearer <token>`.
-async fn get_with_token(gw: &Gateway, path: &str, token: &str) -> Reply {
-    get(gw.edge, path, &[("Authorization", &bearer(token))]).await
-}
-
 /// `POST /logout` with `Authorization: Bearer <token>` plus `extra` headers.
 async fn logout_with(gw: &Gateway, token: &str, extra: &[(&str, &str)], body: &str) -> Reply {
     let auth = bearer(token);
@@ -97,33 +92,6 @@ async fn logout_with(gw: &Gateway, token: &str, extra: &[(&str, &str)], body: &s
 
 async fn logout(gw: &Gateway, token: &str) -> Reply {
     logout_with(gw, token, &[], "").await
-}
-
-/// Asserts the gateway's own logout answer: `200 {"message": "Logged out"}`, JSON.
-#[track_caller]
-fn assert_logged_out(reply: &Reply) {
-    let (status, headers, body) = reply;
-    let got: Value = serde_json::from_str(body).unwrap_or_else(|_| {
-        panic!("expected 200 Logged out, got {status} with a non-JSON body: {body:?}")
-    });
-    assert_eq!(
-        (*status, &got),
-        (200, &json!({ "message": "Logged out" })),
-        "expected the logout to succeed"
-    );
-    let content_type = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    assert!(
-        content_type.starts_with("application/json"),
-        "content-type of the logout answer: {content_type:?}"
-    );
-}
-
-#[track_caller]
-fn assert_revoked(reply: &Reply) {
-    assert_refused(reply, 401, "RevokedTokenError", "Invalid token");
 }
 
 /// Asserts that `token` is forwarded on `path` (and that the upstream saw its subject).

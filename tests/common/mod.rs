@@ -1089,6 +1089,50 @@ pub fn parse_raw(response: &str) -> (u16, String, String) {
 // Assertions
 // ---------------------------------------------------------------------------
 
+/// `GET path` with `Authorization: Bearer <token>`.
+pub async fn get_with_token(gw: &Gateway, path: &str, token: &str) -> Reply {
+    get(gw.edge, path, &[("Authorization", &bearer(token))]).await
+}
+
+/// Asserts the gateway's own logout answer: `200 {"message": "Logged out"}`, JSON.
+#[track_caller]
+pub fn assert_logged_out(reply: &Reply) {
+    let (status, headers, body) = reply;
+    let got: Value = serde_json::from_str(body).unwrap_or_else(|_| {
+        panic!("expected 200 Logged out, got {status} with a non-JSON body: {body:?}")
+    });
+    assert_eq!(
+        (*status, &got),
+        (200, &json!({ "message": "Logged out" })),
+        "expected the logout to succeed"
+    );
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(
+        content_type.starts_with("application/json"),
+        "content-type of the logout answer: {content_type:?}"
+    );
+}
+
+/// Asserts 401 `RevokedTokenError`.
+#[track_caller]
+pub fn assert_revoked(reply: &Reply) {
+    assert_refused(reply, 401, "RevokedTokenError", "Invalid token");
+}
+
+/// Asserts 503 `RevocationStoreError`.
+#[track_caller]
+pub fn assert_store_unavailable(reply: &Reply) {
+    assert_refused(
+        reply,
+        503,
+        "RevocationStoreError",
+        "Revocation store unavailable",
+    );
+}
+
 /// Asserts a refusal from the CONTRACT §3 table: the status, the exact JSON
 /// body `{"message": .., "error_type": ..}`, and for 401s the
 /// `WWW-Authenticate` header (`Bearer` alone for a missing token, else
