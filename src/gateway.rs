@@ -65,6 +65,9 @@ pub struct ConnInfo {
     pub client_ip: HeaderValue,
     /// Whether the edge connection is TLS.
     pub https: bool,
+    /// The connection's `max_connections` slot, held as long as the connection or a
+    /// tunnel it became is open.
+    pub slot: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Gateway {
@@ -354,7 +357,7 @@ impl Gateway {
                 return Err(GatewayError::Upstream);
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, conn.slot.clone()));
         }
         forwarding::remove_hop_by_hop(response.headers_mut(), switching);
         Ok(response.map(Either::Left))
@@ -443,7 +446,12 @@ fn check_head_size(parts: &Parts, limit: usize) -> Result<(), GatewayError> {
 }
 
 /// Copies bytes both ways between an upgraded client and upstream connection.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// `_slot` is the connection's `max_connections` permit, released when the tunnel ends.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _slot: Arc<tokio::sync::OwnedSemaphorePermit>,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {

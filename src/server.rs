@@ -265,12 +265,16 @@ async fn serve_edge(
         let state = state.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        // Shared with any WebSocket tunnel the connection turns into, so an upgraded
+        // connection keeps counting against max_connections until the tunnel closes.
+        let slot = Arc::new(permit);
         tokio::spawn(async move {
             match tls {
                 None => {
                     let info = ConnInfo {
                         client_ip,
                         https: false,
+                        slot,
                     };
                     serve_connection(
                         stream,
@@ -291,6 +295,7 @@ async fn serve_edge(
                             let info = ConnInfo {
                                 client_ip,
                                 https: true,
+                                slot,
                             };
                             serve_connection(
                                 tls_stream,
@@ -308,7 +313,6 @@ async fn serve_edge(
                     }
                 }
             }
-            drop(permit);
         });
     }
     drop(listener);

@@ -1150,3 +1150,51 @@ async fn unasked_101_on_a_public_route_is_not_relayed() {
     );
     assert_refused(&raw_to_reply(&reply), 502, "UpstreamError", "Bad gateway");
 }
+
+/// An open tunnel still counts against `server.max_connections`: with one slot, a
+/// second connection waits until the tunnel closes, then is served.
+#[tokio::test]
+async fn an_open_tunnel_holds_its_connection_slot() {
+    let up = UpgradeUpstream::start().await;
+    let mut cfg = Config::new(up.addr);
+    cfg.set("server.max_connections", json!(1));
+    let gw = Gateway::start(cfg).await;
+    let t = token(&access("alice"));
+    let mut tunnel = RawConn::connect(gw.edge).await;
+    tunnel
+        .write(&upgrade_request(
+            gw.edge,
+            "/ws/chat",
+            &[format!("Authorization: {}", bearer(&t))],
+        ))
+        .await;
+    assert_eq!(tunnel.read_response().await.status, 101);
+    tunnel.write(b"ping").await;
+    assert_eq!(tunnel.read_exact(4).await, b"ping");
+
+    // While the tunnel is open, a second request gets no answer.
+    let edge = gw.edge;
+    let bearer_t = bearer(&t);
+    let waiting =
+        tokio::spawn(
+            async move { get(edge, "/plain", &[("Authorization", bearer_t.as_str())]).await },
+        );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a second connection was served while the only slot was a tunnel"
+    );
+
+    // Closing the tunnel frees the slot.
+    tunnel.stream.shutdown().await.expect("half-close");
+    assert!(
+        !tunnel.fill().await,
+        "the tunnel should end after the half-close"
+    );
+    drop(tunnel);
+    let (status, _, body) = tokio::time::timeout(LONG, waiting)
+        .await
+        .expect("served once the tunnel closed")
+        .expect("request task");
+    assert_eq!(status, 200, "{body}");
+}
