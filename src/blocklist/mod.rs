@@ -212,7 +212,9 @@ impl Blocklist {
                 return;
             }
         };
-        if self.tokens.len() + self.sessions.len() >= self.max_entries {
+        // A key already held (our own writes come back through the change feed) is
+        // only refreshed; only a new key can overflow memory.
+        if self.tokens.len() + self.sessions.len() >= self.max_entries && !set.contains(key, 0) {
             if !self.overflowed.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     max = self.max_entries,
@@ -387,5 +389,61 @@ impl Blocklist {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::verify::TokenType;
+
+    fn token(jti: &str) -> VerifiedToken {
+        VerifiedToken {
+            claims: Default::default(),
+            token_type: TokenType::Access,
+            fresh: false,
+            csrf: None,
+            sub: Some("alice".into()),
+            sid: None,
+            iat: Some(now_unix()),
+            exp: now_unix() + 600,
+            revocation_key: jti.into(),
+            identity: Vec::new(),
+        }
+    }
+
+    fn revoke(jti: &str) -> Revocation {
+        Revocation::Token {
+            key: jti.into(),
+            exp: now_unix() + 600,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_cache_never_forgets_a_revocation() {
+        let blocklist = Blocklist::new(Arc::new(memory::MemoryStore::default()), 2);
+        blocklist
+            .revoke(vec![revoke("a"), revoke("b")])
+            .await
+            .unwrap();
+        // Our own writes echo back through the change feed: not an overflow.
+        blocklist.remember(&revoke("a"));
+        assert!(!blocklist.overflowed.load(Ordering::Relaxed));
+        assert_eq!(blocklist.check(&token("fresh")).await, Verdict::Allowed);
+
+        blocklist.revoke(vec![revoke("c")]).await.unwrap();
+        assert!(blocklist.overflowed.load(Ordering::Relaxed));
+        assert!(
+            !blocklist.is_revoked_in_memory(&token("c")),
+            "c did not fit"
+        );
+        for jti in ["a", "b", "c"] {
+            assert_eq!(
+                blocklist.check(&token(jti)).await,
+                Verdict::Revoked,
+                "{jti}"
+            );
+        }
+        assert_eq!(blocklist.check(&token("fresh")).await, Verdict::Allowed);
     }
 }
