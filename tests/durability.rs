@@ -40,18 +40,6 @@ fn db_path(gw: &Gateway, db: &str) -> PathBuf {
     gw.config.dir.path().join(db)
 }
 
-/// SIGKILLs the gateway (dropping a [`Gateway`] kills it and reaps it) and starts a
-/// new one on the same config directory, hence the same sqlite file.
-async fn kill_and_restart(mut gw: Gateway) -> Gateway {
-    let placeholder = Config {
-        doc: json!({}),
-        dir: tempfile::tempdir().expect("tempdir"),
-    };
-    let config = std::mem::replace(&mut gw.config, placeholder);
-    drop(gw);
-    Gateway::start(config).await
-}
-
 async fn logout(edge: std::net::SocketAddr, token: &str) -> Reply {
     request(
         edge,

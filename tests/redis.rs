@@ -17,7 +17,6 @@ use portcullis::blocklist::redis::{RedisStore, LOAD_PAGE, STREAM_MAXLEN};
 use portcullis::blocklist::{Blocklist, Kind, Revocation, Store};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -337,10 +336,6 @@ fn on_store_error(mode: &'static str) -> impl FnOnce(&mut Config) {
     }
 }
 
-fn config_path(gw: &Gateway) -> PathBuf {
-    gw.config.dir.path().join("gateway.yaml")
-}
-
 async fn logout(gw: &Gateway, token: &str) -> Reply {
     request(
         gw.edge,
@@ -350,12 +345,6 @@ async fn logout(gw: &Gateway, token: &str) -> Reply {
         "",
     )
     .await
-}
-
-/// Asserts that `token` is forwarded on `path` with its subject.
-async fn assert_accepted(gw: &Gateway, path: &str, token: &str, sub: &str) {
-    let echo = assert_forwarded(&get_with_token(gw, path, token).await);
-    assert_eq!(echo["headers"]["x-auth-subject"], sub, "echo: {echo}");
 }
 
 /// Polls `GET path` with `token` until it is no longer forwarded; asserts it is then
@@ -404,31 +393,6 @@ async fn logout_works_again(gw: &Gateway, since: Instant) -> (Duration, String) 
         );
         tokio::time::sleep(POLL_EVERY).await;
     }
-}
-
-/// Runs `portcullis <args>` in `gw`'s config directory without blocking the runtime
-/// (the upstream and the proxy live on it): `(exit code, stdout, stderr)`.
-async fn cli(gw: &Gateway, args: &[&str]) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let dir = gw.config.dir.path().to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        portcullis(&args, &dir)
-    })
-    .await
-    .expect("run portcullis")
-}
-
-/// `portcullis revoke --config <gw's gateway.yaml> <what>`; asserts exit 0.
-async fn cli_revoke(gw: &Gateway, what: &[&str]) {
-    let config = config_path(gw).display().to_string();
-    let mut args = vec!["revoke", "--config", config.as_str()];
-    args.extend_from_slice(what);
-    let (code, stdout, stderr) = cli(gw, &args).await;
-    assert_eq!(
-        code, 0,
-        "portcullis {args:?} failed\nstdout: {stdout}\nstderr: {stderr}"
-    );
 }
 
 /// The jti and exp of a claims object built by `access`/`refresh`.

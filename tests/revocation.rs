@@ -59,22 +59,6 @@ fn db_path(gw: &Gateway) -> PathBuf {
     gw.config.dir.path().join("revocations.db")
 }
 
-fn config_path(gw: &Gateway) -> PathBuf {
-    gw.config.dir.path().join("gateway.yaml")
-}
-
-/// SIGKILLs the gateway (dropping a [`Gateway`] kills it and reaps it) and starts a
-/// new one on the same config directory, hence the same sqlite file.
-async fn kill_and_restart(mut gw: Gateway) -> Gateway {
-    let placeholder = Config {
-        doc: json!({}),
-        dir: tempfile::tempdir().expect("tempdir"),
-    };
-    let config = std::mem::replace(&mut gw.config, placeholder);
-    drop(gw);
-    Gateway::start(config).await
-}
-
 /// `POST /logout` with `Authorization: Bearer <token>` plus `extra` headers.
 async fn logout_with(gw: &Gateway, token: &str, extra: &[(&str, &str)], body: &str) -> Reply {
     let auth = bearer(token);
@@ -94,39 +78,8 @@ async fn logout(gw: &Gateway, token: &str) -> Reply {
     logout_with(gw, token, &[], "").await
 }
 
-/// Asserts that `token` is forwarded on `path` (and that the upstream saw its subject).
-async fn assert_accepted(gw: &Gateway, path: &str, token: &str, sub: &str) {
-    let echo = assert_forwarded(&get_with_token(gw, path, token).await);
-    assert_eq!(echo["headers"]["x-auth-subject"], sub, "echo: {echo}");
-}
-
 async fn assert_refused_as_revoked(gw: &Gateway, path: &str, token: &str) {
     assert_revoked(&get_with_token(gw, path, token).await);
-}
-
-/// Runs `portcullis <args>` in the config directory without blocking the runtime
-/// (the recording upstream lives on it): `(exit code, stdout, stderr)`.
-async fn cli(gw: &Gateway, args: &[&str]) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let dir = gw.config.dir.path().to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        portcullis(&args, &dir)
-    })
-    .await
-    .expect("run portcullis")
-}
-
-/// `portcullis revoke --config <gateway.yaml> <what>`; asserts exit 0.
-async fn cli_revoke(gw: &Gateway, what: &[&str]) {
-    let config = config_path(gw).display().to_string();
-    let mut args = vec!["revoke", "--config", config.as_str()];
-    args.extend_from_slice(what);
-    let (code, stdout, stderr) = cli(gw, &args).await;
-    assert_eq!(
-        code, 0,
-        "portcullis {args:?} failed\nstdout: {stdout}\nstderr: {stderr}"
-    );
 }
 
 /// Polls `GET path` with `token` every 50 ms until it is no longer forwarded;

@@ -1178,3 +1178,55 @@ pub fn assert_forwarded(reply: &Reply) -> Value {
     );
     echoed(body)
 }
+
+// ---------------------------------------------------------------------------
+// Shared by the revocation, durability and redis tests
+// ---------------------------------------------------------------------------
+
+/// The `gateway.yaml` the gateway runs on.
+pub fn config_path(gw: &Gateway) -> PathBuf {
+    gw.config.dir.path().join("gateway.yaml")
+}
+
+/// SIGKILLs the gateway (dropping a [`Gateway`] kills it and reaps it) and starts a
+/// new one on the same config directory, hence the same sqlite file.
+pub async fn kill_and_restart(mut gw: Gateway) -> Gateway {
+    let placeholder = Config {
+        doc: json!({}),
+        dir: tempfile::tempdir().expect("tempdir"),
+    };
+    let config = std::mem::replace(&mut gw.config, placeholder);
+    drop(gw);
+    Gateway::start(config).await
+}
+
+/// Asserts that `token` is forwarded on `path` (and that the upstream saw its subject).
+pub async fn assert_accepted(gw: &Gateway, path: &str, token: &str, sub: &str) {
+    let echo = assert_forwarded(&get_with_token(gw, path, token).await);
+    assert_eq!(echo["headers"]["x-auth-subject"], sub, "echo: {echo}");
+}
+
+/// Runs `portcullis <args>` in the config directory without blocking the runtime
+/// (the recording upstream lives on it): `(exit code, stdout, stderr)`.
+pub async fn cli(gw: &Gateway, args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let dir = gw.config.dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        portcullis(&args, &dir)
+    })
+    .await
+    .expect("run portcullis")
+}
+
+/// `portcullis revoke --config <gateway.yaml> <what>`; asserts exit 0.
+pub async fn cli_revoke(gw: &Gateway, what: &[&str]) {
+    let config = config_path(gw).display().to_string();
+    let mut args = vec!["revoke", "--config", config.as_str()];
+    args.extend_from_slice(what);
+    let (code, stdout, stderr) = cli(gw, &args).await;
+    assert_eq!(
+        code, 0,
+        "portcullis {args:?} failed\nstdout: {stdout}\nstderr: {stderr}"
+    );
+}
