@@ -68,51 +68,35 @@ fn bench_alg(c: &mut Criterion, alg: &str) {
     let (parts, ()) = request.into_parts();
     let route = &config.routes[0];
 
+    // One request's auth work: extract + verify + claim checks.
+    let check = |verifier: &Verifier| {
+        let auth = authenticate(
+            &parts.headers,
+            parts.uri.query(),
+            AuthMode::Access,
+            &config.jwt,
+            verifier,
+        )
+        .expect("valid");
+        authorize(
+            &auth,
+            &parts,
+            route.fresh,
+            &route.require_claims,
+            &config.jwt,
+        )
+        .expect("allowed");
+        auth
+    };
+
     let cached = verifier(&config, 100_000);
     c.bench_function(&format!("auth_path/{alg}/hit"), |b| {
-        b.iter(|| {
-            let auth = authenticate(
-                &parts.headers,
-                parts.uri.query(),
-                AuthMode::Access,
-                &config.jwt,
-                &cached,
-            )
-            .expect("valid");
-            authorize(
-                &auth,
-                &parts,
-                route.fresh,
-                &route.require_claims,
-                &config.jwt,
-            )
-            .expect("allowed");
-            auth
-        })
+        b.iter(|| check(&cached))
     });
-
     c.bench_function(&format!("auth_path/{alg}/miss"), |b| {
         b.iter_batched(
             || verifier(&config, 0),
-            |uncached| {
-                let auth = authenticate(
-                    &parts.headers,
-                    parts.uri.query(),
-                    AuthMode::Access,
-                    &config.jwt,
-                    &uncached,
-                )
-                .expect("valid");
-                authorize(
-                    &auth,
-                    &parts,
-                    route.fresh,
-                    &route.require_claims,
-                    &config.jwt,
-                )
-                .expect("allowed");
-                auth
-            },
+            |v| check(&v),
             BatchSize::SmallInput,
         )
     });
