@@ -44,6 +44,8 @@ async fn echo(request: Request<Incoming>) -> Result<Response<Body>, Infallible> 
 pub async fn serve_echo(listener: TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors and the like: pause instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         tokio::spawn(async move {
