@@ -62,7 +62,7 @@ fn error_reply(status: StatusCode, error_type: &str, message: &str) -> Response<
 pub fn revocation_json(r: &Revocation) -> Value {
     match r {
         Revocation::Token { key, exp } => json!({"jti": key, "exp": exp}),
-        Revocation::Session { sid, exp } => json!({"sid": sid, "exp": exp}),
+        Revocation::Session { sid, at, exp } => json!({"sid": sid, "exp": exp, "revoked_at": at}),
         Revocation::Subject { sub, at } => json!({"sub": sub, "revoked_at": at}),
     }
 }
@@ -195,6 +195,7 @@ fn parse_revocation(body: &Value) -> Result<Revocation, String> {
         }),
         (None, None, Some(sid), None) => Ok(Revocation::Session {
             sid: sid.to_owned(),
+            at: crate::auth::verify::now_unix(),
             exp: exp.ok_or("sid needs a numeric exp")?,
         }),
         (None, None, None, Some(sub)) => {

@@ -65,6 +65,9 @@ pub struct ConnInfo {
     pub client_ip: HeaderValue,
     /// Whether the edge connection is TLS.
     pub https: bool,
+    /// `server.max_header_bytes` of the config this connection was accepted under:
+    /// its read buffer was sized for it, so a reload never mixes the two.
+    pub max_header_bytes: usize,
     /// The connection's `max_connections` slot, held as long as the connection or a
     /// tunnel it became is open.
     pub slot: Arc<tokio::sync::OwnedSemaphorePermit>,
@@ -188,8 +191,8 @@ impl Gateway {
         trace: &mut Trace,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
-        if self.config.server.max_header_bytes < crate::server::MIN_HYPER_BUF {
-            check_head_size(&parts, self.config.server.max_header_bytes)?;
+        if conn.max_header_bytes < crate::server::MIN_HYPER_BUF {
+            check_head_size(&parts, conn.max_header_bytes)?;
         }
         // The URI is moved out so the normalized path can borrow it while `parts` is edited.
         let uri = std::mem::take(&mut parts.uri);

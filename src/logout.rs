@@ -65,8 +65,13 @@ pub async fn handle(
         }
     }
     if let Some(sid) = &token.sid {
+        // A cut-off as of now: the tokens of this session issued so far (the refresh
+        // token included, sent or not) are refused; a token the identity provider
+        // issues later in the same session is accepted, since its session outlives the
+        // gateway's logout. Kept as long as any refresh token of the session may live.
         revocations.push(Revocation::Session {
             sid: sid.clone(),
+            at: now,
             exp: token.exp.max(now + SESSION_REVOCATION_TTL),
         });
     }

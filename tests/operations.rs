@@ -1351,9 +1351,11 @@ async fn each_revocation_kind_via_the_api_is_refused_at_the_edge() {
     let by_jti_claims = access("bob");
     let by_jti = token(&by_jti_claims);
     let session_exp = now() + 600;
-    let by_sid = token(&access("carol").with(json!({ "sid": "session-42" })));
+    // Session and subject revocations are cut-offs: tokens issued before them.
+    let earlier = now() - 5;
+    let by_sid = token(&access("carol").with(json!({ "sid": "session-42", "iat": earlier })));
     let other_sid = token(&access("carol").with(json!({ "sid": "session-43" })));
-    let by_sub = token(&access("mallory"));
+    let by_sub = token(&access("mallory").with(json!({ "iat": earlier })));
     let bystander = token(&access("dave"));
     for t in [&by_token, &by_jti, &by_sid, &other_sid, &by_sub, &bystander] {
         assert_forwarded(&edge(t.clone()).await);
@@ -1383,16 +1385,20 @@ async fn each_revocation_kind_via_the_api_is_refused_at_the_edge() {
     revoked(&edge(by_jti.clone()).await);
 
     // {"sid": S, "exp": E}
+    let before = now();
     let reply = revoke(
         &gw,
         Some(&admin),
         &json!({ "sid": "session-42", "exp": session_exp }).to_string(),
     )
     .await;
-    assert_json(
-        &reply,
-        201,
-        json!({"revoked": {"sid": "session-42", "exp": session_exp}}),
+    assert_eq!(reply.0, 201, "{}", reply.2);
+    let got: Value = serde_json::from_str(&reply.2).unwrap();
+    let at = got["revoked"]["revoked_at"].as_i64().unwrap_or(0);
+    assert!(at >= before && at <= now() + 1, "revoked_at {at}: {got}");
+    assert_eq!(
+        got,
+        json!({"revoked": {"sid": "session-42", "exp": session_exp, "revoked_at": at}})
     );
     revoked(&edge(by_sid.clone()).await);
     assert_forwarded(&edge(other_sid.clone()).await);

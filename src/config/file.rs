@@ -110,6 +110,8 @@ pub struct LogoutFile {
     pub revoke_refresh: Option<bool>,
     pub forward: Option<bool>,
     pub backchannel_path: Option<String>,
+    pub backchannel_audience: Option<OneOrMany>,
+    pub backchannel_revokes: Option<String>,
 }
 
 /// `upstreams.<name>:`

@@ -5,6 +5,7 @@
 //! here, never on the request path). Every error carries the key path and line, and
 //! all of them are collected before failing.
 
+pub mod diff;
 pub mod env;
 pub mod file;
 pub mod lines;
@@ -35,6 +36,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub forward: ForwardConfig,
+    /// The whole tree as loaded (variables expanded), for [`diff`] on reload.
+    pub tree: Value,
 }
 
 /// `server:`
@@ -140,6 +143,19 @@ pub struct LogoutConfig {
     pub revoke_refresh: bool,
     pub forward: bool,
     pub backchannel_path: Option<String>,
+    /// The logout token's `aud` must be one of these (default: `jwt.audience`).
+    pub backchannel_audience: Vec<String>,
+    pub backchannel_revokes: BackchannelRevokes,
+}
+
+/// `logout.backchannel_revokes`: what a valid back-channel logout revokes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackchannelRevokes {
+    /// The logout token's `sid` when it has one, else its `sub`.
+    Session,
+    /// Every token of the logout token's `sub`, always (for providers whose access
+    /// tokens carry no `sid`).
+    Subject,
 }
 
 /// `upstreams.<name>:`
@@ -479,6 +495,7 @@ impl Checker {
             upstreams,
             routes,
             forward,
+            tree: root.clone(),
         })
     }
 
@@ -822,9 +839,35 @@ impl Checker {
             revoke_refresh: None,
             forward: None,
             backchannel_path: None,
+            backchannel_audience: None,
+            backchannel_revokes: None,
         });
         let path = f.path.unwrap_or_else(|| "/logout".to_owned());
         self.absolute_path(&path, "logout.path");
+        let backchannel_audience = match f.backchannel_audience {
+            Some(list) => {
+                let list = list.into_vec();
+                if list.iter().any(String::is_empty) || list.is_empty() {
+                    self.error(
+                        "logout.backchannel_audience",
+                        "must list the gateway's client_id(s) at the provider, none empty",
+                    );
+                }
+                list
+            }
+            None => jwt.map(|j| j.audience.clone()).unwrap_or_default(),
+        };
+        let backchannel_revokes = match f.backchannel_revokes.as_deref() {
+            None | Some("session") => BackchannelRevokes::Session,
+            Some("subject") => BackchannelRevokes::Subject,
+            Some(other) => {
+                self.error(
+                    "logout.backchannel_revokes",
+                    format!("{other:?} is not one of session, subject"),
+                );
+                BackchannelRevokes::Session
+            }
+        };
         if let Some(p) = &f.backchannel_path {
             self.absolute_path(p, "logout.backchannel_path");
             if let Some(jwt) = jwt {
@@ -834,8 +877,14 @@ impl Checker {
                         "needs jwt.jwks_url or jwt.discovery (the provider's keys)",
                     );
                 }
-                if jwt.issuer.is_none() || jwt.audience.is_empty() {
-                    self.error("logout.backchannel_path", "needs jwt.issuer and jwt.audience (logout tokens are checked against both)");
+                if jwt.issuer.is_none() {
+                    self.error(
+                        "logout.backchannel_path",
+                        "needs jwt.issuer (a logout token's iss must equal it)",
+                    );
+                }
+                if backchannel_audience.is_empty() {
+                    self.error("logout.backchannel_path", "needs logout.backchannel_audience or jwt.audience (the gateway's client_id, which a logout token's aud must hold)");
                 }
             }
         }
@@ -845,6 +894,8 @@ impl Checker {
             revoke_refresh: f.revoke_refresh.unwrap_or(true),
             forward: f.forward.unwrap_or(false),
             backchannel_path: f.backchannel_path,
+            backchannel_audience,
+            backchannel_revokes,
         }
     }
 

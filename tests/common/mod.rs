@@ -479,6 +479,12 @@ impl Gateway {
     /// Starts the gateway with this config and waits (at most 15 s) until it
     /// logs that it is ready.
     pub async fn start(config: Config) -> Gateway {
+        Gateway::start_with_env(config, &[]).await
+    }
+
+    /// [`Gateway::start`] with extra environment variables (e.g. the test-only
+    /// `PORTCULLIS_TEST_FAULT_DIR`).
+    pub async fn start_with_env(config: Config, env: &[(&str, &str)]) -> Gateway {
         let path = config.save();
         let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .arg("run")
@@ -487,6 +493,7 @@ impl Gateway {
             .current_dir(config.dir.path())
             .env_remove("PORTCULLIS_CONFIG")
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -526,6 +533,43 @@ impl Gateway {
             .unwrap_or_else(|| panic!("no edge=<addr> in the ready line: {line}"));
         gw.admin = listener_addr(&line, "admin");
         gw
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`"HUP"`, `"TERM"`) with `kill(1)`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed: {status}");
+    }
+
+    /// Waits (at most `within`) until the log holds `needle`; returns that line.
+    pub async fn wait_log(&self, needle: &str, within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(line) = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no log line with {needle:?} within {within:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Everything the gateway logged so far, one line each.
