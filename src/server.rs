@@ -74,6 +74,9 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 /// Runs the gateway on the config at `path` until SIGTERM/SIGINT.
 pub async fn run(path: PathBuf) -> Result<(), StartError> {
     let config = Arc::new(config::load(&path)?);
+    for warning in &config.warnings {
+        tracing::warn!("config: {warning}");
+    }
     let store = open_store(&config.blocklist).await?;
     let blocklist = Blocklist::new(store, config.blocklist.cache_max_entries);
     let started = std::time::Instant::now();
