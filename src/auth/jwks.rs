@@ -400,7 +400,8 @@ fn describe_keys(document: &Value) -> String {
                 ("alg", "alg="),
                 ("use", "use="),
             ] {
-                if let Some(value) = field(name) {
+                // `use: sig` is what a usable key says anyway.
+                if let Some(value) = field(name).filter(|v| !(name == "use" && *v == "sig")) {
                     d.push(' ');
                     d.push_str(shown);
                     d.push_str(value);
@@ -553,7 +554,7 @@ mod tests {
     #[test]
     fn unusable_key_sets_are_described_by_type_curve_and_kid() {
         let doc = json!({"keys": [
-            {"kty": "EC", "crv": "P-256", "kid": "a", "x": "", "y": ""},
+            {"kty": "EC", "crv": "P-256", "kid": "a", "use": "sig", "x": "", "y": ""},
             {"kty": "RSA", "kid": "b", "alg": "PS256", "use": "enc"},
             {"kty": "oct", "k": "c2VjcmV0"},
         ]});

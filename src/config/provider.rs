@@ -53,7 +53,7 @@ impl Checker {
             "jwt.algorithms",
             format!(
                 "allows only HMAC ({}), but the keys come from {source}: a JWKS provides public keys, \
-                 which never verify HMAC tokens (its symmetric keys are ignored), so every token would be refused; \
+                 which never verify HMAC tokens (its symmetric keys are ignored), so the provider's tokens would all be refused; \
                  list the provider's signing algorithms, e.g. algorithms: [RS256] or [ES256] \
                  (the `alg` of its keys, or id_token_signing_alg_values_supported in its discovery document)",
                 names.join(", ")
