@@ -110,10 +110,8 @@ impl Admin {
             Ok(Err(e)) => reasons.push(format!("revocation store unreachable: {e}")),
             Err(_) => reasons.push("revocation store did not answer within 2s".to_owned()),
         }
-        if let Some(jwks) = gateway.verifier.jwks() {
-            if !jwks.is_ready() {
-                reasons.push("the JWKS key set has not been fetched yet".to_owned());
-            }
+        if let Some(reason) = gateway.verifier.jwks().and_then(|j| j.not_ready_reason()) {
+            reasons.push(reason);
         }
         for (i, upstream) in gateway.config.upstreams.iter().enumerate() {
             if !gateway.config.routes.iter().any(|r| r.upstream == i) {

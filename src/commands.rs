@@ -19,9 +19,21 @@ impl From<config::ConfigErrors> for CommandError {
     }
 }
 
-/// `portcullis check`: the summary, or every error.
-pub fn check(path: &Path) -> Result<String, CommandError> {
-    Ok(config::load(path)?.summary())
+/// What `portcullis check` reports for a valid config.
+pub struct CheckReport {
+    /// The one-screen summary (stdout).
+    pub summary: String,
+    /// One line per warning, `key (line N): message` (stderr, exit still 0).
+    pub warnings: Vec<String>,
+}
+
+/// `portcullis check`: the summary and warnings, or every error.
+pub fn check(path: &Path) -> Result<CheckReport, CommandError> {
+    let config = config::load(path)?;
+    Ok(CheckReport {
+        summary: config.summary(),
+        warnings: config.warnings.iter().map(ToString::to_string).collect(),
+    })
 }
 
 /// What `portcullis token` should put in the token.
@@ -73,7 +85,11 @@ pub fn mint(config: &Config, request: &TokenRequest) -> Result<String, CommandEr
         let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned()));
         claims.insert(k.to_owned(), value);
     }
-    let header = jsonwebtoken::Header::new(signing.algorithm);
+    let mut header = jsonwebtoken::Header::new(signing.algorithm);
+    if let Some(typ) = &config.jwt.required_typ {
+        // The gateway's own tokens must pass its `required_typ` check.
+        header.typ = Some(typ.clone());
+    }
     jsonwebtoken::encode(&header, &claims, &signing.key)
         .map_err(|e| CommandError(format!("signing failed: {e}")))
 }

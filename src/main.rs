@@ -165,8 +165,11 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { config } => match commands::check(&resolve_path(config)) {
-            Ok(summary) => {
-                print!("{summary}");
+            Ok(report) => {
+                for warning in &report.warnings {
+                    eprintln!("warning: {warning}");
+                }
+                print!("{}", report.summary);
                 ExitCode::SUCCESS
             }
             Err(e) => fail(e),

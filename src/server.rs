@@ -74,6 +74,9 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 /// Runs the gateway on the config at `path` until SIGTERM/SIGINT.
 pub async fn run(path: PathBuf) -> Result<(), StartError> {
     let config = Arc::new(config::load(&path)?);
+    for warning in &config.warnings {
+        tracing::warn!("config: {warning}");
+    }
     let store = open_store(&config.blocklist).await?;
     let blocklist = Blocklist::new(store, config.blocklist.cache_max_entries);
     let started = std::time::Instant::now();
@@ -189,6 +192,9 @@ pub async fn reload(path: &Path, state: &ArcSwap<Gateway>, limit: &ConnectionLim
     let result = config::load(path)
         .map_err(|e| e.to_string())
         .and_then(|config| {
+            for warning in &config.warnings {
+                tracing::warn!("{warning}");
+            }
             let changed = config::diff::changed_keys(&current.config.tree, &config.tree);
             for key in changed.iter().filter(|k| config::diff::needs_restart(k)) {
                 tracing::warn!(key = %key, "{key} changed: restart to apply");

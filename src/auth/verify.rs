@@ -9,6 +9,7 @@
 use crate::auth::cache::{Expiring, TokenCache};
 use crate::auth::jwks::Jwks;
 use crate::auth::keys::KeySet;
+use crate::config::provider::typ_matches;
 use crate::config::JwtConfig;
 use crate::error::GatewayError;
 use crate::metrics::CacheStats;
@@ -54,6 +55,8 @@ pub struct Verifier {
     /// One prepared `Validation` per allowed algorithm.
     validations: Vec<(Algorithm, Validation)>,
     leeway: u64,
+    /// `jwt.required_typ`, normalized: checked by [`Verifier::verify_uncached`] only.
+    required_typ: Option<String>,
     identity_headers: Vec<(String, HeaderName)>,
     cache: TokenCache<Cached>,
     stats: Arc<CacheStats>,
@@ -147,6 +150,7 @@ impl Verifier {
             keys,
             validations,
             leeway: leeway.as_secs(),
+            required_typ: jwt.required_typ.clone(),
             identity_headers,
             cache: TokenCache::new(cache_entries),
             stats,
@@ -212,6 +216,10 @@ impl Verifier {
 
     /// Checks `token`'s signature with the trusted keys for its header (static keys,
     /// then the JWKS by `kid`) and its claims with `validation`.
+    ///
+    /// It does not apply `jwt.required_typ`: that rule is for the tokens of requests
+    /// ([`Verifier::verify_uncached`]); a back-channel logout token (`typ: logout+jwt`)
+    /// is checked through this function and must not be held to it.
     pub fn decode_claims(
         &self,
         token: &str,
@@ -245,6 +253,13 @@ impl Verifier {
     /// The full check, without the cache (also used by logout for the refresh token).
     pub fn verify_uncached(&self, token: &str, now: u64) -> Result<VerifiedToken, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| GatewayError::Decode)?;
+        if let Some(required) = &self.required_typ {
+            // RFC 9068 §4: an access token must carry the `typ` it is meant to; this keeps
+            // ID tokens (same issuer, same keys, client_id in `aud`) out.
+            if !typ_matches(header.typ.as_deref(), required) {
+                return Err(GatewayError::Decode.into());
+            }
+        }
         let Some((_, validation)) = self.validations.iter().find(|(alg, _)| *alg == header.alg)
         else {
             return Err(GatewayError::Decode.into());
@@ -328,5 +343,59 @@ fn map_error(kind: &ErrorKind) -> GatewayError {
         // Malformed, wrong algorithm for the key, bad claim types, not yet valid, and
         // anything jsonwebtoken adds later: all "Invalid Token".
         _ => GatewayError::Decode,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn verifier(required_typ: &str) -> Verifier {
+        let text = format!(
+            "jwt:\n  secret: {SECRET}\n  required_typ: {required_typ}\nblocklist:\n  store: memory\n\
+             upstreams:\n  app:\n    url: http://127.0.0.1:9\nroutes:\n  - prefix: /\n    upstream: app\n"
+        );
+        let config =
+            crate::config::parse(&text, std::path::Path::new("/nonexistent/g.yaml"), |_| None)
+                .unwrap();
+        Verifier::new(&config.jwt, Vec::new(), 100, Arc::default(), None)
+    }
+
+    fn token(typ: Option<&str>) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.typ = typ.map(str::to_owned);
+        let claims = json!({"sub": "alice", "exp": now_unix() + 600});
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn required_typ_applies_to_request_tokens_but_not_to_decode_claims() {
+        let v = verifier("at+jwt");
+        let now = now_unix();
+        for ok in ["at+jwt", "AT+JWT", "application/at+jwt"] {
+            assert!(v.verify_uncached(&token(Some(ok)), now).is_ok(), "{ok}");
+        }
+        for refused in [Some("JWT"), Some("logout+jwt"), None] {
+            assert_eq!(
+                v.verify_uncached(&token(refused), now).err(),
+                Some(AuthError::Refused(GatewayError::Decode)),
+                "{refused:?}"
+            );
+        }
+        // A back-channel logout token is validated through decode_claims, which does
+        // not look at `typ`.
+        let logout = token(Some("logout+jwt"));
+        let header = jsonwebtoken::decode_header(&logout).unwrap();
+        let validation = Validation::new(Algorithm::HS256);
+        assert!(v.decode_claims(&logout, &header, &validation).is_ok());
     }
 }

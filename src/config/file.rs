@@ -71,6 +71,7 @@ pub struct JwtFile {
     pub issuer: Option<String>,
     pub audience: Option<OneOrMany>,
     pub leeway: Option<String>,
+    pub required_typ: Option<String>,
     pub token_location: Option<OneOrMany>,
     pub header_name: Option<String>,
     pub header_type: Option<String>,

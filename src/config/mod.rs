@@ -9,6 +9,7 @@ pub mod diff;
 pub mod env;
 pub mod file;
 pub mod lines;
+pub mod provider;
 
 use crate::auth::keys::{KeySet, SigningKey};
 use crate::net::header_pattern::HeaderPattern;
@@ -38,6 +39,9 @@ pub struct Config {
     pub forward: ForwardConfig,
     /// The whole tree as loaded (variables expanded), for [`diff`] on reload.
     pub tree: Value,
+    /// Problems worth fixing that do not stop the gateway (e.g. a short HMAC secret):
+    /// printed by `check`, logged at startup.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// `server:`
@@ -90,6 +94,9 @@ pub struct JwtConfig {
     pub issuer: Option<String>,
     pub audience: Vec<String>,
     pub leeway: Duration,
+    /// `jwt.required_typ`, normalized by [`provider::normalize_typ`] (`at+jwt`): tokens
+    /// whose JOSE `typ` differs are refused.
+    pub required_typ: Option<String>,
     pub token_location: Vec<TokenLocation>,
     pub header_name: HeaderName,
     pub header_type: String,
@@ -269,6 +276,7 @@ pub fn parse(
     let mut cx = Checker {
         lines: LineIndex::new(text),
         errors: Vec::new(),
+        warnings: Vec::new(),
         base_dir,
     };
     let mut root: Value = match serde_yaml::from_str(text) {
@@ -285,7 +293,10 @@ pub fn parse(
     expand_strings(&mut root, String::new(), &env, &mut cx);
     let config = cx.build(&root, source);
     match config {
-        Some(config) if cx.errors.is_empty() => Ok(config),
+        Some(mut config) if cx.errors.is_empty() => {
+            config.warnings = std::mem::take(&mut cx.warnings);
+            Ok(config)
+        }
         _ => Err(ConfigErrors(cx.errors)),
     }
 }
@@ -336,12 +347,21 @@ fn key_name(key: &Value) -> String {
 struct Checker {
     lines: LineIndex,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
     base_dir: PathBuf,
 }
 
 impl Checker {
     fn error(&mut self, path: &str, message: impl Into<String>) {
         self.errors.push(ConfigError {
+            path: path.to_owned(),
+            line: self.lines.line(path),
+            message: message.into(),
+        });
+    }
+
+    fn warning(&mut self, path: &str, message: impl Into<String>) {
+        self.warnings.push(ConfigError {
             path: path.to_owned(),
             line: self.lines.line(path),
             message: message.into(),
@@ -496,6 +516,7 @@ impl Checker {
             routes,
             forward,
             tree: root.clone(),
+            warnings: Vec::new(),
         })
     }
 
@@ -659,6 +680,22 @@ impl Checker {
             self.error(path, message);
         }
         let uses_jwks = f.jwks_url.is_some() || discovery;
+        if uses_jwks {
+            let source = if f.jwks_url.is_some() {
+                "jwt.jwks_url"
+            } else {
+                "jwt.discovery"
+            };
+            self.check_jwks_algorithms(&algorithms, source);
+        }
+        self.warn_short_secrets(
+            &algorithms,
+            &[
+                ("jwt.secret", f.secret.as_deref()),
+                ("jwt.previous_secret", f.previous_secret.as_deref()),
+            ],
+        );
+        let required_typ = self.required_typ(f.required_typ.as_deref());
         for (i, alg) in algorithms.iter().enumerate() {
             if !keys.has_family(alg) && !uses_jwks {
                 self.error(
@@ -752,6 +789,7 @@ impl Checker {
                 .map(file::OneOrMany::into_vec)
                 .unwrap_or_default(),
             leeway: self.duration(f.leeway.as_deref(), "jwt.leeway", Duration::ZERO),
+            required_typ,
             token_location,
             header_name,
             header_type: f.header_type.unwrap_or_else(|| "Bearer".to_owned()),
@@ -1135,9 +1173,13 @@ impl Config {
             .collect();
         let _ = writeln!(
             s,
-            "  jwt       {} via {:?}",
+            "  jwt       {} via {:?}{}",
             algs.join(", "),
-            self.jwt.token_location
+            self.jwt.token_location,
+            match &self.jwt.required_typ {
+                Some(typ) => format!(", required typ {typ}"),
+                None => String::new(),
+            }
         );
         let _ = writeln!(
             s,
