@@ -454,3 +454,42 @@ async fn sighup_applies_max_connections_and_max_header_bytes_and_names_what_need
     );
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_header_read_timeout_to_new_connections() {
+    let up = Upstream::start().await;
+    let mut cfg = Config::new(up.addr);
+    cfg.set("server.header_read_timeout", json!("30s"));
+    let mut gw = Gateway::start(cfg).await;
+    reload(&mut gw, |cfg| {
+        cfg.set("server.header_read_timeout", json!("1s"));
+    })
+    .await;
+    // A client that sends half a head and stalls is cut off by the new bound.
+    let mut slow = TcpStream::connect(gw.edge).await.unwrap();
+    slow.write_all(b"GET /x HTTP/1.1\r\nHost: gw\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the stalled connection was not cut off within 5s"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut off only after {:?}",
+        started.elapsed()
+    );
+    assert_accepted(&gw, "/x", &token(&access("alice")), "alice").await;
+    assert!(up.seen().iter().all(|l| l == "GET /x"), "{:?}", up.seen());
+}
