@@ -13,7 +13,7 @@ use crate::blocklist::{Blocklist, Verdict};
 use crate::config::{AuthMode, Config, OnStoreError, RouteConfig};
 use crate::error::GatewayError;
 use crate::metrics::{Histogram, Metrics, Outcome, RouteStats};
-use crate::net::forwarding;
+use crate::net::{forwarding, head};
 use crate::upstream::{full, Body, Upstream};
 use crate::{logout, path};
 use http::request::Parts;
@@ -191,6 +191,7 @@ impl Gateway {
         if self.config.server.max_header_bytes < crate::server::MIN_HYPER_BUF {
             check_head_size(&parts, self.config.server.max_header_bytes)?;
         }
+        head::check(&parts, &self.config.jwt.header_name)?;
         // The URI is moved out so the normalized path can borrow it while `parts` is edited.
         let uri = std::mem::take(&mut parts.uri);
         let path = path::normalize(uri.path()).map_err(|_| GatewayError::BadRequest)?;
