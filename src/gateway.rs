@@ -324,14 +324,8 @@ impl Gateway {
             None
         };
         forwarding::remove_hop_by_hop(&mut parts.headers, upgrade);
-        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            uri.authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        if let (false, Some(host)) = (parts.headers.contains_key(header::HOST), &host) {
-            // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream wants Host.
-            parts.headers.insert(header::HOST, host.clone());
-        }
+        forwarding::join_cookies(&mut parts.headers);
+        let host = forwarding::set_upstream_host(&mut parts.headers, uri);
         forwarding::set_forwarded(&mut parts.headers, &conn.client_ip, conn.https, host);
         let mut target_uri = upstream.target(uri, target.path, target.path_changed)?;
         if let Some(auth) = auth {

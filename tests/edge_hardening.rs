@@ -174,6 +174,45 @@ async fn second_field_of_a_custom_token_header_is_refused() {
 }
 
 // ---------------------------------------------------------------------------
+// 3. h2c upgrades and HTTP2-Settings
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn h2c_upgrade_and_http2_settings_are_never_forwarded() {
+    let (up, gw) = start_with(|_| {}).await;
+    let t = token(&access("alice"));
+    let attempts = [
+        // The RFC 7540 §3.2 shape.
+        ("Upgrade, HTTP2-Settings, close", "h2c"),
+        // HTTP2-Settings not named in Connection.
+        ("Upgrade, close", "h2c"),
+        // h2c hidden behind websocket in the offer list.
+        ("Upgrade, close", "websocket, h2c"),
+    ];
+    for (path, authenticated) in [("/x", true), ("/public/x", false)] {
+        for (connection, upgrade) in attempts {
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer {t}\r\n\
+                 Connection: {connection}\r\nUpgrade: {upgrade}\r\n\
+                 HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+            );
+            let reply = raw_reply(gw.edge, &request).await;
+            // Served as the plain request it also is, never switched.
+            let echo = assert_forwarded(&reply);
+            for name in ["upgrade", "http2-settings", "connection"] {
+                assert_eq!(
+                    echoed_header(&echo, name),
+                    None,
+                    "{path} (authenticated: {authenticated}), Upgrade: {upgrade}: {echo}"
+                );
+            }
+        }
+    }
+    assert_eq!(up.seen().len(), 6, "{:?}", up.seen());
+    gw.assert_still_serving(&hs256()).await;
+}
+
+// ---------------------------------------------------------------------------
 // 6. Host on HTTP/1.1
 // ---------------------------------------------------------------------------
 
@@ -211,6 +250,170 @@ async fn missing_duplicate_or_userinfo_host_is_refused() {
         Some("a.example:8080")
     );
     gw.assert_still_serving(&hs256()).await;
+}
+
+// ---------------------------------------------------------------------------
+// 7. Absolute-form request targets
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn absolute_form_authority_wins_over_host() {
+    let (up, gw) = start_with(|_| {}).await;
+    let t = token(&access("alice"));
+    for path in ["/public/x", "/x"] {
+        let request = format!(
+            "GET http://a.example{path}?q=1 HTTP/1.1\r\nHost: b.example\r\n\
+             Authorization: Bearer {t}\r\nConnection: close\r\n\r\n"
+        );
+        let echo = assert_forwarded(&raw_reply(gw.edge, &request).await);
+        assert_eq!(echoed_header(&echo, "host"), Some("a.example"), "{echo}");
+        assert_eq!(
+            echoed_header(&echo, "x-forwarded-host"),
+            Some("a.example"),
+            "{echo}"
+        );
+        assert_eq!(echo["path"], path);
+        assert_eq!(echo["query"], "q=1");
+    }
+    assert_eq!(up.seen(), vec!["GET /public/x", "GET /x"]);
+    let echo = assert_forwarded(
+        &raw_reply(
+            gw.edge,
+            "GET /public/y HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+        )
+        .await,
+    );
+    assert_eq!(echoed_header(&echo, "host"), Some("b.example"));
+    gw.assert_still_serving(&hs256()).await;
+}
+
+// ---------------------------------------------------------------------------
+// 8. HTTP/2 host vs :authority
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn h2_host_disagreeing_with_authority_is_refused() {
+    let (up, gw) = start_with(|_| {}).await;
+    let t = token(&access("alice"));
+    let auth = bearer(&t);
+    for path in ["/x", "/public/x"] {
+        let reply = h2_get(
+            gw.edge,
+            "a.example",
+            path,
+            &[("authorization", &auth), ("host", "b.example")],
+        )
+        .await;
+        assert_bad_request(&reply);
+        let reply = h2_get(
+            gw.edge,
+            "a.example",
+            path,
+            &[
+                ("authorization", &auth),
+                ("host", "a.example"),
+                ("host", "b.example"),
+            ],
+        )
+        .await;
+        assert_bad_request(&reply);
+    }
+    assert_nothing_forwarded(&up);
+
+    // Agreeing (case aside) or absent: :authority is the upstream's Host.
+    for host in [Some("A.Example"), None] {
+        let mut headers = vec![("authorization", auth.as_str())];
+        headers.extend(host.map(|h| ("host", h)));
+        let echo = assert_forwarded(&h2_get(gw.edge, "a.example", "/x", &headers).await);
+        assert_eq!(echoed_header(&echo, "host"), Some("a.example"), "{echo}");
+        assert_eq!(
+            echoed_header(&echo, "x-forwarded-host"),
+            Some("a.example"),
+            "{echo}"
+        );
+    }
+    gw.assert_still_serving(&hs256()).await;
+}
+
+// ---------------------------------------------------------------------------
+// 9. HTTP/2 split cookies
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn h2_split_cookies_reach_the_upstream_as_one_line() {
+    let (up, gw) = start_with(|cfg| {
+        cfg.set("jwt.token_location", json!(["cookies"]));
+    })
+    .await;
+    let t = token(&access("alice"));
+    let token_cookie = format!("access_token_cookie={t}");
+    let authority = gw.edge.to_string();
+    let echo = assert_forwarded(
+        &h2_get(
+            gw.edge,
+            &authority,
+            "/x",
+            &[
+                ("cookie", "a=1"),
+                ("cookie", &token_cookie),
+                ("cookie", "b=2"),
+            ],
+        )
+        .await,
+    );
+    // The echo joins repeated fields with ", ": one "; "-joined line proves one field.
+    assert_eq!(
+        echoed_header(&echo, "cookie"),
+        Some(format!("a=1; {token_cookie}; b=2").as_str()),
+        "{echo}"
+    );
+    assert_eq!(echoed_header(&echo, "x-auth-subject"), Some("alice"));
+    // Public routes too.
+    let echo = assert_forwarded(
+        &h2_get(
+            gw.edge,
+            &authority,
+            "/public/x",
+            &[("cookie", "a=1"), ("cookie", "b=2")],
+        )
+        .await,
+    );
+    assert_eq!(echoed_header(&echo, "cookie"), Some("a=1; b=2"), "{echo}");
+    assert_eq!(up.seen(), vec!["GET /x", "GET /public/x"]);
+    // HTTP/1.1, one Cookie line: unchanged.
+    let line = format!("a=1; {token_cookie}");
+    let echo = assert_forwarded(&get(gw.edge, "/x", &[("Cookie", &line)]).await);
+    assert_eq!(
+        echoed_header(&echo, "cookie"),
+        Some(line.as_str()),
+        "{echo}"
+    );
+}
+
+#[tokio::test]
+async fn h2_split_cookies_without_the_token_when_forward_token_is_false() {
+    let (_up, gw) = start_with(|cfg| {
+        cfg.set("jwt.token_location", json!(["cookies"]));
+        cfg.set("forward.token", json!(false));
+    })
+    .await;
+    let t = token(&access("alice"));
+    let token_cookie = format!("access_token_cookie={t}");
+    let authority = gw.edge.to_string();
+    let echo = assert_forwarded(
+        &h2_get(
+            gw.edge,
+            &authority,
+            "/x",
+            &[
+                ("cookie", "a=1"),
+                ("cookie", &token_cookie),
+                ("cookie", "b=2"),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(echoed_header(&echo, "cookie"), Some("a=1; b=2"), "{echo}");
 }
 
 // ---------------------------------------------------------------------------
