@@ -174,6 +174,59 @@ async fn second_field_of_a_custom_token_header_is_refused() {
 }
 
 // ---------------------------------------------------------------------------
+// 2. Underscore spellings of identity headers
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn underscore_spellings_of_stripped_headers_never_reach_the_upstream() {
+    let (up, gw) = start_with(|cfg| {
+        cfg.set(
+            "forward.strip_headers",
+            json!(["X-Auth-*", "X-Internal_Role"]),
+        );
+    })
+    .await;
+    let t = token(&access("alice"));
+    let hostile = [
+        ("X_Auth_Subject", "admin"),
+        ("x_auth-token_id", "forged"),
+        ("X-Auth_Extra", "1"),
+        ("X_Internal_Role", "root"),
+        ("X-Internal-Role", "root"),
+    ];
+    for path in ["/x", "/public/x"] {
+        let auth = bearer(&t);
+        let mut headers = vec![("Authorization", auth.as_str()), ("X_Other", "kept")];
+        headers.extend_from_slice(&hostile);
+        let echo = assert_forwarded(&get(gw.edge, path, &headers).await);
+        let names: Vec<String> = echo["headers"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        for name in &names {
+            let folded = name.replace('_', "-");
+            assert!(
+                !(folded.starts_with("x-auth-") && name.contains('_'))
+                    && folded != "x-internal-role",
+                "{path}: the upstream saw {name}: {echo}"
+            );
+        }
+        // Headers that match no pattern pass, underscores and all.
+        assert_eq!(echoed_header(&echo, "x_other"), Some("kept"), "{echo}");
+        let expected_subject = if path == "/x" { Some("alice") } else { None };
+        assert_eq!(
+            echoed_header(&echo, "x-auth-subject"),
+            expected_subject,
+            "{path}: {echo}"
+        );
+    }
+    assert_eq!(up.seen(), vec!["GET /x", "GET /public/x"]);
+    gw.assert_still_serving(&hs256()).await;
+}
+
+// ---------------------------------------------------------------------------
 // 3. h2c upgrades and HTTP2-Settings
 // ---------------------------------------------------------------------------
 
