@@ -266,6 +266,30 @@ async fn h2c_upgrade_and_http2_settings_are_never_forwarded() {
 }
 
 // ---------------------------------------------------------------------------
+// 4. crit
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn crit_header_is_refused() {
+    let (up, gw) = start_with(|_| {}).await;
+    let signer = hs256();
+    for extra in [
+        json!({"crit": ["exp-ext"], "exp-ext": 1}),
+        json!({"crit": ["b64"], "b64": true}),
+        json!({"crit": []}),
+    ] {
+        let hostile = signer.token_with_header(extra.clone(), &access("alice"));
+        let reply = get_with_token(&gw, "/x", &hostile).await;
+        assert_refused(&reply, 401, "JWTDecodeError", "Invalid Token");
+        // Twice: the second attempt must not be served from the verified-token cache.
+        let reply = get_with_token(&gw, "/x", &hostile).await;
+        assert_refused(&reply, 401, "JWTDecodeError", "Invalid Token");
+    }
+    assert_nothing_forwarded(&up);
+    gw.assert_still_serving(&signer).await;
+}
+
+// ---------------------------------------------------------------------------
 // 6. Host on HTTP/1.1
 // ---------------------------------------------------------------------------
 

@@ -218,6 +218,13 @@ impl Verifier {
         header: &jsonwebtoken::Header,
         validation: &Validation,
     ) -> Result<Map<String, Value>, AuthError> {
+        // RFC 7515 §4.1.11: a `crit` extension the recipient does not understand makes
+        // the token invalid; the gateway understands none (and `crit: []` is itself
+        // invalid). jsonwebtoken parses the field but does not enforce it. Checked on
+        // this (uncached) path only: a hit in the verified-token cache was checked here.
+        if header.crit.is_some() {
+            return Err(GatewayError::Decode.into());
+        }
         let mut result = Self::decode_with(token, validation, self.keys.candidates(header.alg));
         if !matches!(result, Some(Ok(_))) {
             if let Some(jwks) = &self.jwks {
