@@ -60,10 +60,11 @@ pub async fn handle(gw: &Gateway, body: Incoming) -> Response<Body> {
         }
     };
     let now = now_unix();
+    // Read as every claim that becomes a revocation key is (numbers as decimal text).
     let text = |name: &str| {
         claims
             .get(name)
-            .and_then(Value::as_str)
+            .and_then(crate::auth::claim_text)
             .filter(|s| !s.is_empty())
     };
     let Some(jti) = text("jti") else {
@@ -82,11 +83,11 @@ pub async fn handle(gw: &Gateway, body: Incoming) -> Response<Body> {
     }];
     match (text("sid"), text("sub")) {
         (Some(sid), _) => revocations.push(Revocation::Session {
-            sid: sid.to_owned(),
+            sid: sid.into_owned(),
             exp: now + SESSION_REVOCATION_TTL,
         }),
         (None, Some(sub)) => revocations.push(Revocation::Subject {
-            sub: sub.to_owned(),
+            sub: sub.into_owned(),
             at: now,
         }),
         (None, None) => return invalid("logout token has neither sid nor sub"),
@@ -94,7 +95,11 @@ pub async fn handle(gw: &Gateway, body: Incoming) -> Response<Body> {
     if gw.blocklist.revoke(revocations).await.is_err() {
         return store_unavailable();
     }
-    tracing::info!(sid = text("sid"), sub = text("sub"), "back-channel logout");
+    tracing::info!(
+        sid = text("sid").as_deref(),
+        sub = text("sub").as_deref(),
+        "back-channel logout"
+    );
     let mut response = Response::new(full(Bytes::new()));
     response
         .headers_mut()

@@ -290,6 +290,180 @@ async fn crit_header_is_refused() {
 }
 
 // ---------------------------------------------------------------------------
+// 5. Numeric sub and sid
+// ---------------------------------------------------------------------------
+
+/// A gateway on sqlite (so the CLI can write) with the admin API and a route that
+/// requires `tenant: "42"`.
+async fn start_numeric() -> (Upstream, Gateway) {
+    start_with(|cfg| {
+        cfg.set("blocklist.store", json!("sqlite"));
+        cfg.set("blocklist.sqlite_path", json!("revocations.db"));
+        cfg.set(
+            "admin",
+            json!({"listen": "127.0.0.1:0", "token": ADMIN_TOKEN}),
+        );
+        cfg.route_first(json!({
+            "prefix": "/tenant", "upstream": "app", "auth": "access",
+            "require_claims": {"tenant": "42"}
+        }));
+    })
+    .await
+}
+
+async fn admin_revoke(gw: &Gateway, body: Value) -> Reply {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    request(
+        gw.admin.expect("admin listener"),
+        "POST",
+        "/revocations",
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+/// A token for a numeric subject, issued ten seconds ago (before any cut-off).
+fn numeric_subject_token(sub: u64) -> String {
+    token(&access("x").with(json!({"sub": sub, "iat": now() - 10})))
+}
+
+/// Polls until `token` is refused as revoked (a CLI write arrives via the change feed).
+async fn assert_revoked_soon(gw: &Gateway, token: &str) {
+    let started = Instant::now();
+    loop {
+        let reply = get_with_token(gw, "/x", token).await;
+        if reply.0 != 200 {
+            assert_revoked(&reply);
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still accepted after {:?}: {}",
+            started.elapsed(),
+            reply.2
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn numeric_sub_is_revoked_by_admin_and_cli_like_a_string_one() {
+    let (up, gw) = start_numeric().await;
+    let by_cli = numeric_subject_token(12345);
+    let by_admin_number = numeric_subject_token(23456);
+    let by_admin_string = numeric_subject_token(34567);
+    let untouched = numeric_subject_token(45678);
+    for (t, sub) in [
+        (&by_cli, "12345"),
+        (&by_admin_number, "23456"),
+        (&by_admin_string, "34567"),
+        (&untouched, "45678"),
+    ] {
+        // The identity header renders the number in decimal...
+        assert_accepted(&gw, "/x", t, sub).await;
+    }
+    // ...and every way of revoking that subject reads it the same way.
+    cli_revoke(&gw, &["--sub", "12345"]).await;
+    assert_revoked_soon(&gw, &by_cli).await;
+    let reply = admin_revoke(&gw, json!({"sub": 23456})).await;
+    assert_eq!(reply.0, 201, "{}", reply.2);
+    assert_revoked(&get_with_token(&gw, "/x", &by_admin_number).await);
+    let reply = admin_revoke(&gw, json!({"sub": "34567"})).await;
+    assert_eq!(reply.0, 201, "{}", reply.2);
+    assert_revoked(&get_with_token(&gw, "/x", &by_admin_string).await);
+
+    let seen = up.seen().len();
+    for t in [&by_cli, &by_admin_number, &by_admin_string] {
+        assert_revoked(&get_with_token(&gw, "/x", t).await);
+    }
+    assert_eq!(
+        up.seen().len(),
+        seen,
+        "a revoked token reached the upstream"
+    );
+    assert_accepted(&gw, "/x", &untouched, "45678").await;
+}
+
+#[tokio::test]
+async fn numeric_jti_and_sid_are_revoked_by_the_admin_api() {
+    let (_up, gw) = start_numeric().await;
+    let exp = now() + 600;
+    let by_jti = token(&access("alice").with(json!({"jti": 987654})));
+    let by_sid = token(&access("alice").with(json!({"sid": 4242})));
+    assert_accepted(&gw, "/x", &by_jti, "alice").await;
+    assert_accepted(&gw, "/x", &by_sid, "alice").await;
+    let reply = admin_revoke(&gw, json!({"jti": "987654", "exp": exp})).await;
+    assert_eq!(reply.0, 201, "{}", reply.2);
+    let reply = admin_revoke(&gw, json!({"sid": 4242, "exp": exp})).await;
+    assert_eq!(reply.0, 201, "{}", reply.2);
+    assert_revoked(&get_with_token(&gw, "/x", &by_jti).await);
+    assert_revoked(&get_with_token(&gw, "/x", &by_sid).await);
+    gw.assert_still_serving(&hs256()).await;
+}
+
+#[tokio::test]
+async fn logout_of_a_token_with_a_numeric_sid_revokes_the_session() {
+    let (up, gw) = start_numeric().await;
+    let old = now() - 10;
+    let first = token(&access("alice").with(json!({"sid": 777, "iat": old})));
+    // The same session, its sid written as a string by another issuer path.
+    let sibling = token(&access("alice").with(json!({"sid": "777", "iat": old})));
+    let other_session = token(&access("alice").with(json!({"sid": 778, "iat": old})));
+    assert_accepted(&gw, "/x", &sibling, "alice").await;
+
+    let reply = request(
+        gw.edge,
+        "POST",
+        "/logout",
+        &[("Authorization", &bearer(&first))],
+        Vec::new(),
+    )
+    .await;
+    assert_logged_out(&reply);
+    let seen = up.seen().len();
+    assert_revoked(&get_with_token(&gw, "/x", &first).await);
+    assert_revoked(&get_with_token(&gw, "/x", &sibling).await);
+    assert_eq!(
+        up.seen().len(),
+        seen,
+        "a revoked token reached the upstream"
+    );
+    assert_accepted(&gw, "/x", &other_session, "alice").await;
+}
+
+#[tokio::test]
+async fn require_claims_read_numbers_as_their_decimal_text() {
+    let (up, gw) = start_numeric().await;
+    for (claim, accepted) in [
+        (json!(42), true),
+        (json!("42"), true),
+        (json!(42.0), true),
+        (json!([7, 42]), true),
+        (json!("7 42"), true),
+        (json!(420), false),
+        (json!(true), false),
+    ] {
+        let t = token(&access("alice").with(json!({"tenant": claim})));
+        let reply = get_with_token(&gw, "/tenant/x", &t).await;
+        if accepted {
+            assert_forwarded(&reply);
+        } else {
+            assert_refused(
+                &reply,
+                403,
+                "InsufficientScopeError",
+                "Missing required claims",
+            );
+        }
+    }
+    assert_eq!(up.seen().len(), 5, "{:?}", up.seen());
+}
+
+// ---------------------------------------------------------------------------
 // 6. Host on HTTP/1.1
 // ---------------------------------------------------------------------------
 
