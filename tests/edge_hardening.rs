@@ -708,3 +708,155 @@ async fn unsupported_transfer_coding_is_501() {
     assert_eq!(assert_forwarded(&reply), json!({"bytes": 5}));
     assert_eq!(up.seen(), vec!["POST /upload"]);
 }
+
+// ---------------------------------------------------------------------------
+// 11. logout.forward with a large body; 16. the logout body is looked at, never waited on
+// ---------------------------------------------------------------------------
+
+/// Logout at `/upload` (the upstream counts the body it gets there), forwarded.
+async fn start_forwarding_logout() -> (Upstream, Gateway) {
+    start_with(|cfg| {
+        cfg.set("logout.path", json!("/upload"));
+        cfg.set("logout.forward", json!(true));
+        // The slow-body test finishes its body a second after the gateway forwarded it.
+        cfg.set("upstreams.app.timeout", json!("10s"));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn logout_forward_passes_a_large_json_body_whole() {
+    let (up, gw) = start_forwarding_logout().await;
+    // Over 64 KiB: not looked into, forwarded whole with its Content-Length.
+    let access_token = token(&access("alice"));
+    let refresh_token = token(&refresh("alice"));
+    let big = json!({"refresh_token": refresh_token, "pad": "x".repeat(200 * 1024)}).to_string();
+    let reply = request(
+        gw.edge,
+        "POST",
+        "/upload",
+        &[
+            ("Authorization", &bearer(&access_token)),
+            ("Content-Type", "application/json"),
+        ],
+        big.clone(),
+    )
+    .await;
+    assert_eq!(assert_forwarded(&reply), json!({"bytes": big.len()}));
+    assert_revoked(&get_with_token(&gw, "/x", &access_token).await);
+
+    // Under 64 KiB: looked into (the refresh token is revoked) and forwarded whole.
+    let access_token = token(&access("alice"));
+    let refresh_token = token(&refresh("alice"));
+    let small = json!({"refresh_token": refresh_token, "pad": "x".repeat(1000)}).to_string();
+    let reply = request(
+        gw.edge,
+        "POST",
+        "/upload",
+        &[
+            ("Authorization", &bearer(&access_token)),
+            ("Content-Type", "application/json"),
+        ],
+        small.clone(),
+    )
+    .await;
+    assert_eq!(assert_forwarded(&reply), json!({"bytes": small.len()}));
+    assert_revoked(&get_with_token(&gw, "/refresh", &refresh_token).await);
+
+    // Chunked (no Content-Length), 1 MiB and not JSON at all: streamed through whole.
+    let access_token = token(&access("alice"));
+    let mut req = build_request(
+        gw.edge,
+        "POST",
+        "/upload",
+        &[
+            ("Authorization", &bearer(&access_token)),
+            ("Content-Type", "application/json"),
+        ],
+        Pattern::new(1024 * 1024),
+    );
+    req.headers_mut().remove("content-length");
+    let reply = send(gw.edge, req).await;
+    assert_eq!(assert_forwarded(&reply), json!({"bytes": 1024 * 1024}));
+    assert_revoked(&get_with_token(&gw, "/x", &access_token).await);
+    assert_eq!(up.seen(), vec!["POST /upload"; 3]);
+    gw.assert_still_serving(&hs256()).await;
+}
+
+/// Sends a logout head announcing `total` JSON bytes and only the first 10 of them.
+async fn start_slow_logout(
+    gw: &Gateway,
+    path: &str,
+    access_token: &str,
+    total: usize,
+) -> TcpStream {
+    let mut stream = TcpStream::connect(gw.edge).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer {access_token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(b"{\"refresh_").await.unwrap();
+    stream
+}
+
+async fn read_to_end(stream: &mut TcpStream, within: Duration) -> String {
+    let mut buf = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut buf))
+        .await
+        .expect("the gateway answered in time")
+        .expect("read the answer");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn slow_logout_body_is_ignored_and_the_logout_still_happens() {
+    let (up, gw) = start_with(|_| {}).await;
+    let access_token = token(&access("alice"));
+    let started = Instant::now();
+    let mut stream = start_slow_logout(&gw, "/logout", &access_token, 100).await;
+    // The rest never comes: the gateway stops waiting and logs out anyway.
+    let answer = read_to_end(&mut stream, Duration::from_secs(10)).await;
+    assert_logged_out(&reply_of(&answer));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_revoked(&get_with_token(&gw, "/x", &access_token).await);
+    assert_nothing_forwarded(&up);
+
+    // Too large and not JSON: ignored too, never a reason to refuse.
+    for body in ["{not json".to_string(), "x".repeat(100 * 1024)] {
+        let access_token = token(&access("alice"));
+        let reply = request(
+            gw.edge,
+            "POST",
+            "/logout",
+            &[
+                ("Authorization", &bearer(&access_token)),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        )
+        .await;
+        assert_logged_out(&reply);
+        assert_revoked(&get_with_token(&gw, "/x", &access_token).await);
+    }
+    gw.assert_still_serving(&hs256()).await;
+}
+
+#[tokio::test]
+async fn slow_forwarded_logout_body_still_reaches_the_upstream_whole() {
+    let (up, gw) = start_forwarding_logout().await;
+    let access_token = token(&access("alice"));
+    let mut stream = start_slow_logout(&gw, "/upload", &access_token, 100).await;
+    // Past the gateway's look at the body: the logout is already recorded.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_revoked(&get_with_token(&gw, "/x", &access_token).await);
+    stream.write_all(&[b' '; 90]).await.unwrap();
+    let answer = read_to_end(&mut stream, Duration::from_secs(10)).await;
+    assert_eq!(assert_forwarded(&reply_of(&answer)), json!({"bytes": 100}));
+    assert_eq!(up.seen(), vec!["POST /upload"]);
+    gw.assert_still_serving(&hs256()).await;
+}
