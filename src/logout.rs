@@ -2,7 +2,8 @@
 //!
 //! Same checks as an `access` route (CSRF included). Revokes the access token; with
 //! `revoke_refresh`, the refresh token sent along (refresh cookie, `X-Refresh-Token`, or
-//! a JSON body `{"refresh_token": ...}`) when it is valid and has the same `sub`; with a
+//! a JSON body `{"refresh_token": ...}`, looked for in its first 64 KiB within 2 s and
+//! never a reason to refuse) when it is valid and has the same `sub`; with a
 //! `sid` claim, the whole session. Answers 200 only after the store committed every
 //! revocation, 503 `RevocationStoreError` when it could not.
 

@@ -48,8 +48,9 @@ pub struct Start {
 }
 
 /// Reads the start of `body` until it ends, more than `limit` bytes have arrived, or
-/// `wait` has passed, whichever comes first. A body announcing more than `limit` bytes
-/// (`Content-Length`) is not read at all. Never fails: what could not be read is simply
+/// `wait` has passed, whichever comes first (so at most `limit` bytes plus one frame,
+/// a frame being bounded by hyper's read buffer or the HTTP/2 frame size, are held). A
+/// body announcing more than `limit` bytes (`Content-Length`) is not read at all. Never fails: what could not be read is simply
 /// not `complete`, and stays in the returned body for whoever forwards it.
 pub async fn read_start(mut body: Incoming, limit: usize, wait: Duration) -> Start {
     if body.size_hint().lower() > limit as u64 {
