@@ -4,6 +4,7 @@
 //! private address); `/revocations` needs `Authorization: Bearer <admin.token>`,
 //! compared in constant time.
 
+use crate::auth::claim_text;
 use crate::blocklist::{Kind, Revocation};
 use crate::commands::{revocation_for, RevokeTarget};
 use crate::gateway::Gateway;
@@ -176,28 +177,26 @@ impl Admin {
 }
 
 /// `{"token": T}`, `{"jti": J, "exp": E}`, `{"sid": S, "exp": E}` or `{"sub": S}`.
+/// `jti`, `sid` and `sub` may be strings or numbers, read as a token's claims are
+/// ([`claim_text`]): `{"sub": 12345}` and `{"sub": "12345"}` are the same revocation.
 fn parse_revocation(body: &Value) -> Result<Revocation, String> {
-    let text = |key: &str| {
-        body.get(key)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-    };
+    let text = |key: &str| body.get(key).and_then(claim_text).filter(|s| !s.is_empty());
     let exp = body.get("exp").and_then(Value::as_u64);
     match (text("token"), text("jti"), text("sid"), text("sub")) {
         (Some(token), None, None, None) => {
-            revocation_for(RevokeTarget::Token(token.to_owned())).map_err(|e| e.0)
+            revocation_for(RevokeTarget::Token(token.into_owned())).map_err(|e| e.0)
         }
         (None, Some(jti), None, None) => Ok(Revocation::Token {
-            key: jti.to_owned(),
+            key: jti.into_owned(),
             exp: exp.ok_or("jti needs a numeric exp")?,
         }),
         (None, None, Some(sid), None) => Ok(Revocation::Session {
-            sid: sid.to_owned(),
+            sid: sid.into_owned(),
             at: crate::auth::verify::now_unix(),
             exp: exp.ok_or("sid needs a numeric exp")?,
         }),
         (None, None, None, Some(sub)) => {
-            revocation_for(RevokeTarget::Subject(sub.to_owned())).map_err(|e| e.0)
+            revocation_for(RevokeTarget::Subject(sub.into_owned())).map_err(|e| e.0)
         }
         _ => Err("expected exactly one of token, jti (+exp), sid (+exp) or sub".to_owned()),
     }

@@ -64,7 +64,14 @@ pub async fn handle(gw: &Gateway, body: Incoming) -> Response<Body> {
         }
     };
     let now = now_unix();
-    let text = |name: &str| claims.get(name).and_then(claim_text);
+    // Read as every claim that becomes a revocation key is (numbers as decimal text).
+    let text = |name: &str| {
+        claims
+            .get(name)
+            .and_then(crate::auth::claim_text)
+            .filter(|s| !s.is_empty())
+            .map(std::borrow::Cow::into_owned)
+    };
     let Some(jti) = text("jti") else {
         return invalid("logout token has no jti");
     };
@@ -107,15 +114,6 @@ pub async fn handle(gw: &Gateway, body: Incoming) -> Response<Body> {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-/// A claim as text: a non-empty string, or a number in its decimal form.
-fn claim_text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
 }
 
 /// Checks the logout token per the spec; returns its claims or why it is invalid.

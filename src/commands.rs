@@ -1,10 +1,12 @@
 //! The offline subcommands: `check`, `token` and `revoke`.
 
+use crate::auth::claim_text;
 use crate::auth::verify::{now_unix, token_digest_key};
 use crate::blocklist::{Blocklist, Revocation};
 use crate::config::{self, Config};
 use crate::server;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::path::Path;
 use std::time::Duration;
 
@@ -124,11 +126,12 @@ pub fn revocation_for(target: RevokeTarget) -> Result<Revocation, CommandError> 
                 .get("exp")
                 .and_then(Value::as_u64)
                 .ok_or_else(|| CommandError("--token has no numeric exp".into()))?;
-            let key = match claims.get("jti") {
-                Some(Value::String(jti)) if !jti.is_empty() => jti.clone(),
-                Some(Value::Number(n)) => n.to_string(),
-                _ => token_digest_key(token.trim()),
-            };
+            // The key the gateway gives this token (`Verifier::verify_uncached`).
+            let key = claims
+                .get("jti")
+                .and_then(claim_text)
+                .filter(|jti| !jti.is_empty())
+                .map_or_else(|| token_digest_key(token.trim()), Cow::into_owned);
             Revocation::Token { key, exp }
         }
     })

@@ -7,6 +7,7 @@
 //! so a revoked token is refused at once despite this cache.
 
 use crate::auth::cache::{Expiring, TokenCache};
+use crate::auth::claim_text;
 use crate::auth::jwks::Jwks;
 use crate::auth::keys::KeySet;
 use crate::config::provider::typ_matches;
@@ -17,6 +18,7 @@ use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -226,6 +228,13 @@ impl Verifier {
         header: &jsonwebtoken::Header,
         validation: &Validation,
     ) -> Result<Map<String, Value>, AuthError> {
+        // RFC 7515 §4.1.11: a `crit` extension the recipient does not understand makes
+        // the token invalid; the gateway understands none (and `crit: []` is itself
+        // invalid). jsonwebtoken parses the field but does not enforce it. Checked on
+        // this (uncached) path only: a hit in the verified-token cache was checked here.
+        if header.crit.is_some() {
+            return Err(GatewayError::Decode.into());
+        }
         let mut result = Self::decode_with(token, validation, self.keys.candidates(header.alg));
         if !matches!(result, Some(Ok(_))) {
             if let Some(jwks) = &self.jwks {
@@ -278,20 +287,25 @@ impl Verifier {
             Some("refresh") => TokenType::Refresh,
             Some(_) => TokenType::Other,
         };
-        let string_claim = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
-        let revocation_key = match claims.get("jti") {
-            Some(Value::String(jti)) if !jti.is_empty() => jti.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            _ => token_digest_key(token),
+        // Keys and identity headers read a claim one way: `claim_text`.
+        let text_claim = |name: &str| {
+            claims
+                .get(name)
+                .and_then(claim_text)
+                .map(Cow::into_owned)
+                .filter(|s| !s.is_empty())
         };
+        let revocation_key = text_claim("jti").unwrap_or_else(|| token_digest_key(token));
         let identity = self
             .identity_headers
             .iter()
             .filter_map(|(claim, header)| {
-                let value = match claims.get(claim)? {
-                    Value::String(s) => HeaderValue::from_str(s).ok()?,
-                    Value::Null => return None,
-                    other => HeaderValue::from_str(&other.to_string()).ok()?,
+                let value = claims.get(claim)?;
+                let value = match claim_text(value) {
+                    Some(text) => HeaderValue::from_str(&text).ok()?,
+                    None if value.is_null() => return None,
+                    // Lists, objects, booleans: their JSON text.
+                    None => HeaderValue::from_str(&value.to_string()).ok()?,
                 };
                 Some((header.clone(), value))
             })
@@ -302,9 +316,12 @@ impl Verifier {
                 .get("fresh")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-            csrf: string_claim("csrf"),
-            sub: string_claim("sub"),
-            sid: string_claim("sid"),
+            csrf: claims
+                .get("csrf")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            sub: text_claim("sub"),
+            sid: text_claim("sid"),
             iat,
             exp,
             revocation_key,
