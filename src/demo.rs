@@ -1,12 +1,12 @@
 //! `portcullis demo`: the gateway plus a small echo app standing in for a real upstream,
 //! so a newcomer can curl a protected route and log out within a minute.
 
-use portcullis::config;
-use portcullis::upstream::{full, Body};
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis::config;
+use portcullis::upstream::{full, Body};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
