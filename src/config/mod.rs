@@ -7,6 +7,7 @@
 
 pub mod env;
 pub mod file;
+pub mod limits;
 pub mod lines;
 
 use crate::auth::keys::{KeySet, SigningKey};
@@ -249,6 +250,15 @@ pub fn parse(
     source: &Path,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
+    // Before anything else reads the text: alias bombs and deep nesting cost far more
+    // than their size in serde_yaml (and libyaml), see `limits`.
+    if let Err(refused) = limits::check(text) {
+        return Err(ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            line: Some(refused.line),
+            message: refused.message,
+        }]));
+    }
     let base_dir = source.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut cx = Checker {
         lines: LineIndex::new(text),
