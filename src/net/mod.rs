@@ -2,3 +2,4 @@
 
 pub mod forwarding;
 pub mod header_pattern;
+pub mod idle;
