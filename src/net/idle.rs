@@ -80,13 +80,16 @@ impl Activity {
     fn next_check(&self, limits: IdleLimits, now: Instant) -> Option<Instant> {
         if self.begun.load(Ordering::Relaxed) == 0 {
             let deadline = self.started + limits.first_request;
-            return (now < deadline).then_some(deadline);
+            // A request may begin and end before the deadline: look again within `idle`,
+            // so that an idle limit shorter than the first-request one is not missed.
+            return (now < deadline).then_some(deadline.min(now + limits.idle));
         }
         if self.open.load(Ordering::Acquire) > 0 {
             // Busy: look again later (a request that ends resets the idle clock).
             return Some(now + limits.idle);
         }
-        let idle_since = self.started + Duration::from_nanos(self.idle_since.load(Ordering::Acquire));
+        let idle_since =
+            self.started + Duration::from_nanos(self.idle_since.load(Ordering::Acquire));
         let deadline = idle_since + limits.idle;
         (now < deadline).then_some(deadline)
     }
@@ -145,7 +148,8 @@ pub trait GracefulClose: Future {
     fn close_gracefully(self: Pin<&mut Self>);
 }
 
-impl<I, S, E, B> GracefulClose for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
+impl<I, S, E, B> GracefulClose
+    for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
 where
     S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>,
     S::Future: 'static,
@@ -178,7 +182,8 @@ pub async fn drive<C: GracefulClose>(
     mut shutdown: watch::Receiver<()>,
 ) -> Ended<C::Output> {
     tokio::pin!(conn);
-    let timer = tokio::time::sleep_until(activity.started + limits.first_request);
+    let now = Instant::now();
+    let timer = tokio::time::sleep_until(activity.next_check(limits, now).unwrap_or(now));
     tokio::pin!(timer);
     let mut closing = false;
     let mut watching_shutdown = true;
@@ -230,8 +235,33 @@ mod tests {
     async fn no_request_closes_after_the_first_request_limit() {
         let activity = Activity::new();
         let start = activity.started;
-        assert_eq!(activity.next_check(LIMITS, start), Some(start + LIMITS.first_request));
-        assert_eq!(activity.next_check(LIMITS, start + LIMITS.first_request), None);
+        assert_eq!(
+            activity.next_check(LIMITS, start),
+            Some(start + LIMITS.first_request)
+        );
+        assert_eq!(
+            activity.next_check(LIMITS, start + LIMITS.first_request),
+            None
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_limit_shorter_than_the_first_request_one_is_checked_in_time() {
+        let activity = Activity::new();
+        let start = activity.started;
+        let limits = IdleLimits {
+            first_request: Duration::from_secs(8),
+            idle: Duration::from_secs(1),
+        };
+        assert_eq!(
+            activity.next_check(limits, start),
+            Some(start + limits.idle)
+        );
+        drop(activity.begin());
+        let (_tx, rx) = watch::channel(());
+        let ended = drive(Pending(false), &activity, limits, rx).await;
+        assert!(matches!(ended, Ended::Dropped { had_requests: true }));
+        assert_eq!(start.elapsed(), limits.idle + CLOSE_GRACE);
     }
 
     #[tokio::test(start_paused = true)]
@@ -241,7 +271,10 @@ mod tests {
         let a = activity.begin();
         let b = activity.begin();
         let later = start + Duration::from_secs(30);
-        assert_eq!(activity.next_check(LIMITS, later), Some(later + LIMITS.idle));
+        assert_eq!(
+            activity.next_check(LIMITS, later),
+            Some(later + LIMITS.idle)
+        );
         tokio::time::advance(Duration::from_secs(2)).await;
         drop(a);
         // Still one open.
@@ -275,7 +308,12 @@ mod tests {
         let (_tx, rx) = watch::channel(());
         let started = Instant::now();
         let ended = drive(Pending(false), &activity, LIMITS, rx).await;
-        assert!(matches!(ended, Ended::Dropped { had_requests: false }));
+        assert!(matches!(
+            ended,
+            Ended::Dropped {
+                had_requests: false
+            }
+        ));
         assert_eq!(started.elapsed(), LIMITS.first_request + CLOSE_GRACE);
     }
 
