@@ -281,16 +281,7 @@ async fn serve_edge(
                         https: false,
                         slot,
                     };
-                    serve_connection(
-                        stream,
-                        info,
-                        state,
-                        &builder,
-                        watcher,
-                        peer,
-                        limits,
-                    )
-                    .await;
+                    serve_connection(stream, info, state, &builder, watcher, peer, limits).await;
                 }
                 Some(acceptor) => {
                     // A client that never finishes its handshake costs one connection
@@ -303,13 +294,7 @@ async fn serve_edge(
                                 slot,
                             };
                             serve_connection(
-                                tls_stream,
-                                info,
-                                state,
-                                &builder,
-                                watcher,
-                                peer,
-                                limits,
+                                tls_stream, info, state, &builder, watcher, peer, limits,
                             )
                             .await;
                         }
@@ -323,8 +308,7 @@ async fn serve_edge(
     drop(listener);
     let grace = config.server.shutdown_grace;
     let _ = drain.send(());
-    if tokio::time::timeout(grace, drain.closed()).await.is_err()
-    {
+    if tokio::time::timeout(grace, drain.closed()).await.is_err() {
         tracing::warn!(
             ?grace,
             "shutdown_grace elapsed with requests still in flight"

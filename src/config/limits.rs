@@ -64,10 +64,17 @@ pub fn check(text: &str) -> Result<(), Refusal> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Event {
     /// A mapping or sequence begins, maybe anchored.
-    Open { anchor: Option<Vec<u8>> },
+    Open {
+        anchor: Option<Vec<u8>>,
+    },
     Close,
-    Scalar { anchor: Option<Vec<u8>>, len: u64 },
-    Alias { anchor: Vec<u8> },
+    Scalar {
+        anchor: Option<Vec<u8>>,
+        len: u64,
+    },
+    Alias {
+        anchor: Vec<u8>,
+    },
     /// Stream and document boundaries.
     Other,
     StreamEnd,
@@ -305,7 +312,8 @@ mod tests {
 
     #[test]
     fn ordinary_configs_pass() {
-        let text = "server:\n  listen: 127.0.0.1:0\nroutes:\n  - prefix: /\n    upstream: app\n    \
+        let text =
+            "server:\n  listen: 127.0.0.1:0\nroutes:\n  - prefix: /\n    upstream: app\n    \
                     require_claims: {scopes: [a, b]}\ndefaults: &d {timeout: 2s}\nother: *d\n";
         assert_eq!(check(text), Ok(()));
         assert_eq!(check(""), Ok(()));
@@ -329,7 +337,11 @@ mod tests {
         let text = format!("a: 1\n{}", nested(1_000_000));
         let refused = check(&text).unwrap_err();
         assert_eq!(refused.line, 2);
-        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
 
         // Block nesting counts too.
         let mut block = String::new();
@@ -337,7 +349,10 @@ mod tests {
             block.push_str(&format!("{}k{level}:\n", " ".repeat(level)));
         }
         block.push_str(&format!("{}leaf: 1\n", " ".repeat(70)));
-        assert!(check(&block).unwrap_err().message.contains("deeper than 64"));
+        assert!(check(&block)
+            .unwrap_err()
+            .message
+            .contains("deeper than 64"));
     }
 
     #[test]
@@ -347,9 +362,16 @@ mod tests {
         let text = format!("x: &a [{items}]\ny: [{refs}]\n");
         let started = Instant::now();
         let refused = check(&text).unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
         assert_eq!(refused.line, 2);
-        assert!(refused.message.contains("alias amplification"), "{refused:?}");
+        assert!(
+            refused.message.contains("alias amplification"),
+            "{refused:?}"
+        );
     }
 
     #[test]
@@ -361,7 +383,10 @@ mod tests {
             text.push_str(&format!("l{i}: &l{i} [{refs}]\n"));
         }
         let refused = check(&text).unwrap_err();
-        assert!(refused.message.contains("alias amplification"), "{refused:?}");
+        assert!(
+            refused.message.contains("alias amplification"),
+            "{refused:?}"
+        );
         // A long scalar repeated counts by its bytes.
         let long = "x".repeat(10_000);
         let mut text = format!("s: &s {long}\nl: [");

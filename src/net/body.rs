@@ -100,9 +100,15 @@ mod tests {
         let big = read_body(Full::new(Bytes::from_static(b"123456789")), LIMIT);
         assert_eq!(big.await, Err(BodyError::TooLarge));
         // Declared too large: refused without reading (the body would never end).
-        assert_eq!(read_body(Trickle(false, 9), LIMIT).await, Err(BodyError::TooLarge));
+        assert_eq!(
+            read_body(Trickle(false, 9), LIMIT).await,
+            Err(BodyError::TooLarge)
+        );
         let started = tokio::time::Instant::now();
-        assert_eq!(read_body(Trickle(false, 2), LIMIT).await, Err(BodyError::TooSlow));
+        assert_eq!(
+            read_body(Trickle(false, 2), LIMIT).await,
+            Err(BodyError::TooSlow)
+        );
         assert_eq!(started.elapsed(), LIMIT.within);
     }
 
@@ -112,7 +118,10 @@ mod tests {
             max_bytes: 10,
             within: Duration::from_secs(5),
         };
-        assert_eq!(limit.capped(Duration::from_secs(1)).within, Duration::from_secs(1));
+        assert_eq!(
+            limit.capped(Duration::from_secs(1)).within,
+            Duration::from_secs(1)
+        );
         assert_eq!(limit.capped(Duration::from_secs(30)), limit);
     }
 }
