@@ -24,7 +24,6 @@
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::mem::MaybeUninit;
-use unsafe_libyaml as sys;
 
 /// Deepest nesting of mappings and lists (aliases counted where they are used). The deepest
 /// key path of a gateway.yaml is 5 levels (`routes[i].require_claims.<claim>[j]`); 64 leaves
@@ -193,24 +192,26 @@ impl Walk {
 /// handler data), hence the heap allocation that never moves and the raw pointer (no `&mut`
 /// to it is ever created), and pointers into `input`, which outlives it (`'a`).
 struct Parser<'a> {
-    raw: *mut sys::yaml_parser_t,
+    raw: *mut unsafe_libyaml::yaml_parser_t,
     _input: &'a [u8],
     done: bool,
 }
 
 impl<'a> Parser<'a> {
     fn new(input: &'a [u8]) -> Parser<'a> {
-        let raw = Box::into_raw(Box::new(MaybeUninit::<sys::yaml_parser_t>::uninit()))
-            .cast::<sys::yaml_parser_t>();
+        let raw = Box::into_raw(Box::new(
+            MaybeUninit::<unsafe_libyaml::yaml_parser_t>::uninit(),
+        ))
+        .cast::<unsafe_libyaml::yaml_parser_t>();
         // SAFETY: `raw` is a valid, exclusively owned allocation of the right size;
         // initialize zeroes it before anything reads it. On failure (allocation) the parser
         // is left zeroed, which delete accepts, and `done` stops any use.
-        let ok = unsafe { sys::yaml_parser_initialize(raw).ok };
+        let ok = unsafe { unsafe_libyaml::yaml_parser_initialize(raw).ok };
         if ok {
             // SAFETY: initialized above; `input` outlives the parser (field `_input`).
             unsafe {
-                sys::yaml_parser_set_encoding(raw, sys::YAML_UTF8_ENCODING);
-                sys::yaml_parser_set_input_string(raw, input.as_ptr(), input.len() as _);
+                unsafe_libyaml::yaml_parser_set_encoding(raw, unsafe_libyaml::YAML_UTF8_ENCODING);
+                unsafe_libyaml::yaml_parser_set_input_string(raw, input.as_ptr(), input.len() as _);
             }
         }
         Parser {
@@ -225,12 +226,12 @@ impl<'a> Parser<'a> {
         if self.done {
             return None;
         }
-        let mut event = MaybeUninit::<sys::yaml_event_t>::uninit();
+        let mut event = MaybeUninit::<unsafe_libyaml::yaml_event_t>::uninit();
         // SAFETY: the parser is initialized with live input (see `new`); `yaml_parser_parse`
         // fully writes `event` when it succeeds, and only then is it read and deleted.
         unsafe {
             // After a failure `done` is set: libyaml is never asked again.
-            if sys::yaml_parser_parse(self.raw, event.as_mut_ptr()).fail {
+            if unsafe_libyaml::yaml_parser_parse(self.raw, event.as_mut_ptr()).fail {
                 self.done = true;
                 return None;
             }
@@ -239,7 +240,7 @@ impl<'a> Parser<'a> {
                 .unwrap_or(usize::MAX - 1)
                 .saturating_add(1);
             let converted = convert(&*event);
-            sys::yaml_event_delete(event);
+            unsafe_libyaml::yaml_event_delete(event);
             if converted == Event::StreamEnd {
                 self.done = true;
             }
@@ -253,9 +254,10 @@ impl Drop for Parser<'_> {
         // SAFETY: `raw` came from `Box::into_raw` in `new` and is freed exactly once, here,
         // after libyaml released what it allocated (delete accepts a zeroed parser too).
         unsafe {
-            sys::yaml_parser_delete(self.raw);
+            unsafe_libyaml::yaml_parser_delete(self.raw);
             drop(Box::from_raw(
-                self.raw.cast::<MaybeUninit<sys::yaml_parser_t>>(),
+                self.raw
+                    .cast::<MaybeUninit<unsafe_libyaml::yaml_parser_t>>(),
             ));
         }
     }
@@ -265,25 +267,27 @@ impl Drop for Parser<'_> {
 ///
 /// # Safety
 /// `event` must be a fully initialized event returned by `yaml_parser_parse`.
-unsafe fn convert(event: &sys::yaml_event_t) -> Event {
+unsafe fn convert(event: &unsafe_libyaml::yaml_event_t) -> Event {
     // SAFETY (all union reads): the member read is the one `type_` says is active.
     unsafe {
         match event.type_ {
-            sys::YAML_STREAM_END_EVENT => Event::StreamEnd,
-            sys::YAML_ALIAS_EVENT => Event::Alias {
+            unsafe_libyaml::YAML_STREAM_END_EVENT => Event::StreamEnd,
+            unsafe_libyaml::YAML_ALIAS_EVENT => Event::Alias {
                 anchor: c_bytes(event.data.alias.anchor).unwrap_or_default(),
             },
-            sys::YAML_SCALAR_EVENT => Event::Scalar {
+            unsafe_libyaml::YAML_SCALAR_EVENT => Event::Scalar {
                 anchor: c_bytes(event.data.scalar.anchor),
-                len: event.data.scalar.length as u64,
+                len: event.data.scalar.length,
             },
-            sys::YAML_SEQUENCE_START_EVENT => Event::Open {
+            unsafe_libyaml::YAML_SEQUENCE_START_EVENT => Event::Open {
                 anchor: c_bytes(event.data.sequence_start.anchor),
             },
-            sys::YAML_MAPPING_START_EVENT => Event::Open {
+            unsafe_libyaml::YAML_MAPPING_START_EVENT => Event::Open {
                 anchor: c_bytes(event.data.mapping_start.anchor),
             },
-            sys::YAML_SEQUENCE_END_EVENT | sys::YAML_MAPPING_END_EVENT => Event::Close,
+            unsafe_libyaml::YAML_SEQUENCE_END_EVENT | unsafe_libyaml::YAML_MAPPING_END_EVENT => {
+                Event::Close
+            }
             _ => Event::Other,
         }
     }
