@@ -74,7 +74,9 @@ enum Event {
     Alias {
         anchor: Vec<u8>,
     },
-    /// Stream and document boundaries.
+    /// A document begins: anchors of earlier documents are out of scope.
+    DocumentStart,
+    /// Stream start, document end.
     Other,
     StreamEnd,
 }
@@ -108,6 +110,7 @@ impl Walk {
         match event {
             Event::StreamEnd => return Ok(false),
             Event::Other => {}
+            Event::DocumentStart => self.anchors.clear(),
             Event::Open { anchor } => {
                 if self.stack.len() >= MAX_DEPTH {
                     return Err(format!(
@@ -272,6 +275,7 @@ unsafe fn convert(event: &unsafe_libyaml::yaml_event_t) -> Event {
     unsafe {
         match event.type_ {
             unsafe_libyaml::YAML_STREAM_END_EVENT => Event::StreamEnd,
+            unsafe_libyaml::YAML_DOCUMENT_START_EVENT => Event::DocumentStart,
             unsafe_libyaml::YAML_ALIAS_EVENT => Event::Alias {
                 anchor: c_bytes(event.data.alias.anchor).unwrap_or_default(),
             },
@@ -410,6 +414,15 @@ mod tests {
         let text = format!("{deep}b: {}*a{}\n", "[".repeat(40), "]".repeat(40));
         let refused = check(&text).unwrap_err();
         assert!(refused.message.contains("*a nests"), "{refused:?}");
+    }
+
+    #[test]
+    fn anchors_belong_to_their_document() {
+        let items = vec!["1"; 5_000].join(", ");
+        let refs = vec!["*a"; 1_000].join(", ");
+        // In the second document `*a` is unknown: serde_yaml's error, not amplification.
+        let text = format!("x: &a [{items}]\n---\ny: [{refs}]\n");
+        assert_eq!(check(&text), Ok(()));
     }
 
     #[test]
