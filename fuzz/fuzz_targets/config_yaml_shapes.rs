@@ -70,7 +70,9 @@ fn compose(data: &[u8]) -> String {
                 out.push_str(&" ".repeat(indent));
                 out.push_str(&format!("b{arg}: "));
             }
-            10 => out.push_str(["!!str ", "!t ", "\"q[\" ", "'q]' ", "# c\n"][usize::from(arg % 5)]),
+            10 => {
+                out.push_str(["!!str ", "!t ", "\"q[\" ", "'q]' ", "# c\n"][usize::from(arg % 5)])
+            }
             _ => out.push_str(&format!("\ny{arg}: ")),
         }
     }
