@@ -615,20 +615,20 @@ async fn slow_or_large_backchannel_bodies_get_408_and_413() {
     assert_forwarded(&reply);
     assert!(served_at.duration_since(started) >= HEADER_READ_TIMEOUT.mul_f32(0.8));
 
-    // Too large: declared (refused before reading), or as it arrives.
-    let declared = format!(
-        "{}logout_token=",
-        backchannel_head("Content-Length: 100000\r\nConnection: close\r\n")
-    );
+    // Too large: declared (refused before reading), or as it arrives. Every byte sent is
+    // one the gateway reads before it answers (the head; a chunk one byte over the limit,
+    // nothing after it): unread bytes left at its close would reset the connection and
+    // could destroy the answer before the client reads it.
+    let declared = backchannel_head("Content-Length: 100000\r\nConnection: close\r\n");
     let answer = raw(gw.edge, declared.as_bytes()).await;
     assert_oidc_error(
         answer.as_bytes(),
         413,
         "request body too large (at most 16 KiB)",
     );
-    let big = "a".repeat(20_000);
+    let big = "a".repeat(16 * 1024 + 1);
     let streamed = format!(
-        "{}{:x}\r\n{big}\r\n0\r\n\r\n",
+        "{}{:x}\r\n{big}",
         backchannel_head("Transfer-Encoding: chunked\r\nConnection: close\r\n"),
         big.len()
     );
@@ -710,34 +710,28 @@ async fn slow_or_large_admin_json_bodies_get_408_and_413_and_ndjson_may_be_large
     );
 
     // 100 000 NDJSON lines (about 5 MB) are read whole: whatever the bulk import answers,
-    // it is not a size or time refusal. The same bytes as JSON are too large.
+    // it is not a size or time refusal (the same bytes as JSON would be 413, as above).
     let lines: String = (0..100_000)
         .map(|i| format!("{{\"jti\": \"bulk-{i:08}\", \"exp\": 4102444800}}\n"))
         .collect();
     assert!(lines.len() > 4_000_000);
-    for (content_type, too_large) in [("application/x-ndjson", false), ("application/json", true)] {
-        let reply = request(
-            admin,
-            "POST",
-            "/revocations",
-            &[
-                ("Authorization", &format!("Bearer {ADMIN_TOKEN}")),
-                ("Content-Type", content_type),
-            ],
-            lines.clone(),
-        )
-        .await;
-        if too_large {
-            assert_eq!(reply.0, 413, "{content_type}: {}", reply.2);
-        } else {
-            assert!(
-                ![408, 413].contains(&reply.0),
-                "{content_type}: {} {}",
-                reply.0,
-                reply.2
-            );
-        }
-    }
+    let reply = request(
+        admin,
+        "POST",
+        "/revocations",
+        &[
+            ("Authorization", &format!("Bearer {ADMIN_TOKEN}")),
+            ("Content-Type", "application/x-ndjson"),
+        ],
+        lines,
+    )
+    .await;
+    assert!(
+        ![408, 413].contains(&reply.0),
+        "NDJSON: {} {}",
+        reply.0,
+        reply.2
+    );
 
     // A prompt revocation still works.
     let reply = request(
