@@ -93,8 +93,11 @@ impl Drop for Server {
 async fn follower(url: &str) -> (Arc<Blocklist>, tokio::task::JoinHandle<()>) {
     let store = RedisStore::open(url, PREFIX).await.expect("open store");
     let blocklist = Blocklist::new(Arc::new(store), 1 << 20);
-    let cursor = blocklist.load().await.expect("load");
-    let task = tokio::spawn(blocklist.clone().follow(cursor, POLL));
+    blocklist.load().await.expect("load");
+    // The sender is leaked so the feed runs until the bench process ends.
+    let (shutdown, watch) = tokio::sync::watch::channel(false);
+    std::mem::forget(shutdown);
+    let task = blocklist.spawn_feed(POLL, watch);
     (blocklist, task)
 }
 

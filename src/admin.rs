@@ -4,11 +4,12 @@
 //! private address); `/revocations` needs `Authorization: Bearer <admin.token>`,
 //! compared in constant time.
 
+use crate::auth::claim_text;
 use crate::blocklist::{Kind, Revocation};
 use crate::commands::{revocation_for, RevokeTarget};
 use crate::gateway::Gateway;
 use crate::metrics::{Gauges, Metrics};
-use crate::net::body::{read_body, BodyError, BodyLimit};
+use crate::net::body_limit::{read_body, BodyError, BodyLimit};
 use crate::upstream::{full, Body};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -108,7 +109,7 @@ fn error_reply(status: StatusCode, error_type: &str, message: &str) -> Response<
 pub fn revocation_json(r: &Revocation) -> Value {
     match r {
         Revocation::Token { key, exp } => json!({"jti": key, "exp": exp}),
-        Revocation::Session { sid, exp } => json!({"sid": sid, "exp": exp}),
+        Revocation::Session { sid, at, exp } => json!({"sid": sid, "exp": exp, "revoked_at": at}),
         Revocation::Subject { sub, at } => json!({"sub": sub, "revoked_at": at}),
     }
 }
@@ -167,10 +168,8 @@ impl Admin {
             Ok(Err(e)) => reasons.push(format!("revocation store unreachable: {e}")),
             Err(_) => reasons.push("revocation store did not answer within 2s".to_owned()),
         }
-        if let Some(jwks) = gateway.verifier.jwks() {
-            if !jwks.is_ready() {
-                reasons.push("the JWKS key set has not been fetched yet".to_owned());
-            }
+        if let Some(reason) = gateway.verifier.jwks().and_then(|j| j.not_ready_reason()) {
+            reasons.push(reason);
         }
         for (i, upstream) in gateway.config.upstreams.iter().enumerate() {
             if !gateway.config.routes.iter().any(|r| r.upstream == i) {
@@ -231,27 +230,26 @@ impl Admin {
 }
 
 /// `{"token": T}`, `{"jti": J, "exp": E}`, `{"sid": S, "exp": E}` or `{"sub": S}`.
+/// `jti`, `sid` and `sub` may be strings or numbers, read as a token's claims are
+/// ([`claim_text`]): `{"sub": 12345}` and `{"sub": "12345"}` are the same revocation.
 fn parse_revocation(body: &Value) -> Result<Revocation, String> {
-    let text = |key: &str| {
-        body.get(key)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-    };
+    let text = |key: &str| body.get(key).and_then(claim_text).filter(|s| !s.is_empty());
     let exp = body.get("exp").and_then(Value::as_u64);
     match (text("token"), text("jti"), text("sid"), text("sub")) {
         (Some(token), None, None, None) => {
-            revocation_for(RevokeTarget::Token(token.to_owned())).map_err(|e| e.0)
+            revocation_for(RevokeTarget::Token(token.into_owned())).map_err(|e| e.0)
         }
         (None, Some(jti), None, None) => Ok(Revocation::Token {
-            key: jti.to_owned(),
+            key: jti.into_owned(),
             exp: exp.ok_or("jti needs a numeric exp")?,
         }),
         (None, None, Some(sid), None) => Ok(Revocation::Session {
-            sid: sid.to_owned(),
+            sid: sid.into_owned(),
+            at: crate::auth::verify::now_unix(),
             exp: exp.ok_or("sid needs a numeric exp")?,
         }),
         (None, None, None, Some(sub)) => {
-            revocation_for(RevokeTarget::Subject(sub.to_owned())).map_err(|e| e.0)
+            revocation_for(RevokeTarget::Subject(sub.into_owned())).map_err(|e| e.0)
         }
         _ => Err("expected exactly one of token, jti (+exp), sid (+exp) or sub".to_owned()),
     }

@@ -2,17 +2,23 @@
 //!
 //! The identity provider POSTs `logout_token=<JWT>` (form-encoded). The token is checked
 //! as §2.6 of the spec asks: signed by the provider's keys, `iss` = `jwt.issuer`, `aud`
-//! among `jwt.audience`, `iat` present, `events` holding the back-channel-logout event,
-//! `sid` and/or `sub`, no `nonce`, and a `jti` not seen before. Then the session (`sid`)
-//! is revoked, or, when the token names only a subject, every token of that subject
-//! issued so far. Replay memory lives in the blocklist store, so it holds across replicas.
+//! among `logout.backchannel_audience` (default `jwt.audience`), `iat` and `exp`
+//! present (§2.4 of the 1.0 final), `events` holding the back-channel-logout event,
+//! `sid` and/or `sub`, no `nonce`, and a `jti` not seen before. Then, per
+//! `logout.backchannel_revokes`, the session (`sid`, else the subject) or the subject is
+//! revoked as of now: a cut-off, so tokens issued later are accepted.
+//!
+//! Replay memory lives in the blocklist store, so it holds across replicas, and the
+//! first sight of a `jti` and the revocations it causes are recorded in one atomic
+//! step: of two replicas receiving the same logout token at once, exactly one acts.
 
 use crate::admin::store_unavailable;
 use crate::auth::verify::{now_unix, AuthError};
-use crate::blocklist::{Kind, Revocation};
+use crate::blocklist::Revocation;
+use crate::config::BackchannelRevokes;
 use crate::gateway::Gateway;
 use crate::logout::SESSION_REVOCATION_TTL;
-use crate::net::body::{read_body, BodyError, BodyLimit};
+use crate::net::body_limit::{read_body, BodyError, BodyLimit};
 use crate::upstream::{full, Body};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -25,8 +31,6 @@ use std::time::Duration;
 pub const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 /// Prefix of the replay-memory entries kept in the blocklist store.
 const REPLAY_PREFIX: &str = "backchannel-jti:";
-/// How long a logout token's `jti` is remembered when it carries no `exp`.
-const REPLAY_WINDOW: u64 = 3600;
 /// The request body, read before any authentication: `logout_token=<JWT>`. A logout token
 /// is a signed JWT of a few hundred bytes to a few KB (an RSA-4096 signature is 683
 /// characters); 16 KiB leaves room for large claim sets and stops an unauthenticated client
@@ -79,46 +83,56 @@ pub async fn handle(gw: &Gateway, body: Incoming) -> Response<Body> {
     let claims = match validate(gw, &token).await {
         Ok(claims) => claims,
         Err(description) => {
-            tracing::info!(reason = description, "back-channel logout refused");
-            return invalid(description);
+            tracing::info!(reason = %description, "back-channel logout refused");
+            return invalid(&description);
         }
     };
     let now = now_unix();
+    // Read as every claim that becomes a revocation key is (numbers as decimal text).
     let text = |name: &str| {
         claims
             .get(name)
-            .and_then(Value::as_str)
+            .and_then(crate::auth::claim_text)
             .filter(|s| !s.is_empty())
+            .map(std::borrow::Cow::into_owned)
     };
     let Some(jti) = text("jti") else {
         return invalid("logout token has no jti");
     };
+    let (sid, sub) = (text("sid"), text("sub"));
+    let revocation = match (gw.config.logout.backchannel_revokes, &sid, &sub) {
+        (BackchannelRevokes::Session, Some(sid), _) => Revocation::Session {
+            sid: sid.clone(),
+            at: now,
+            exp: now + SESSION_REVOCATION_TTL,
+        },
+        (_, _, Some(sub)) => Revocation::Subject {
+            sub: sub.clone(),
+            at: now,
+        },
+        (BackchannelRevokes::Subject, Some(_), None) => {
+            return invalid("logout token has no sub (logout.backchannel_revokes: subject)")
+        }
+        (_, None, None) => return invalid("logout token has neither sid nor sub"),
+    };
+    // Remembered as long as the token could be accepted (its exp, plus leeway).
+    let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(now);
+    let replay_until = exp.saturating_add(gw.config.jwt.leeway.as_secs());
     let replay_key = format!("{REPLAY_PREFIX}{jti}");
-    match gw.blocklist.lookup(Kind::Token, &replay_key).await {
-        Ok(Some(_)) => return invalid("logout token was already used (jti replayed)"),
-        Ok(None) => {}
+    match gw
+        .blocklist
+        .revoke_once(&replay_key, replay_until, vec![revocation])
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return invalid("logout token was already used (jti replayed)"),
         Err(_) => return store_unavailable(),
     }
-    let exp = claims.get("exp").and_then(Value::as_u64);
-    let mut revocations = vec![Revocation::Token {
-        key: replay_key,
-        exp: exp.unwrap_or(0).max(now + REPLAY_WINDOW),
-    }];
-    match (text("sid"), text("sub")) {
-        (Some(sid), _) => revocations.push(Revocation::Session {
-            sid: sid.to_owned(),
-            exp: now + SESSION_REVOCATION_TTL,
-        }),
-        (None, Some(sub)) => revocations.push(Revocation::Subject {
-            sub: sub.to_owned(),
-            at: now,
-        }),
-        (None, None) => return invalid("logout token has neither sid nor sub"),
-    }
-    if gw.blocklist.revoke(revocations).await.is_err() {
-        return store_unavailable();
-    }
-    tracing::info!(sid = text("sid"), sub = text("sub"), "back-channel logout");
+    tracing::info!(
+        sid = sid.as_deref(),
+        sub = sub.as_deref(),
+        "back-channel logout"
+    );
     let mut response = Response::new(full(Bytes::new()));
     response
         .headers_mut()
@@ -127,23 +141,23 @@ pub async fn handle(gw: &Gateway, body: Incoming) -> Response<Body> {
 }
 
 /// Checks the logout token per the spec; returns its claims or why it is invalid.
-async fn validate(gw: &Gateway, token: &str) -> Result<Map<String, Value>, &'static str> {
+async fn validate(gw: &Gateway, token: &str) -> Result<Map<String, Value>, String> {
     let jwt = &gw.config.jwt;
+    let audience = &gw.config.logout.backchannel_audience;
     let header = jsonwebtoken::decode_header(token).map_err(|_| "logout token is not a JWT")?;
     if !gw.verifier.allows(header.alg) {
-        return Err("logout token algorithm is not allowed");
+        return Err("logout token algorithm is not allowed".into());
     }
     // Config validation guarantees both for a back-channel path; checked again so a
     // token is never accepted without them.
-    let (Some(issuer), false) = (&jwt.issuer, jwt.audience.is_empty()) else {
-        return Err("jwt.issuer and jwt.audience must be configured");
+    let (Some(issuer), false) = (&jwt.issuer, audience.is_empty()) else {
+        return Err("jwt.issuer and logout.backchannel_audience must be configured".into());
     };
     let mut validation = Validation::new(header.alg);
     validation.leeway = jwt.leeway.as_secs();
     validation.set_issuer(&[issuer]);
-    validation.set_audience(&jwt.audience);
-    // `exp` is checked when present (providers before the 1.0 final omit it).
-    validation.set_required_spec_claims(&["iss", "aud"]);
+    validation.set_audience(audience);
+    validation.set_required_spec_claims(&["iss", "aud", "exp"]);
     let decoded = match gw.verifier.decode_claims(token, &header, &validation) {
         Err(AuthError::UnknownKid) => {
             if let Some(jwks) = gw.verifier.jwks() {
@@ -154,14 +168,17 @@ async fn validate(gw: &Gateway, token: &str) -> Result<Map<String, Value>, &'sta
         other => other,
     };
     let claims = decoded.map_err(|e| match e.refusal() {
-        crate::GatewayError::BadSignature => "logout token signature does not verify",
-        crate::GatewayError::Expired => "logout token has expired",
-        crate::GatewayError::BadIssuer => "logout token issuer is wrong",
-        crate::GatewayError::BadAudience => "logout token audience is wrong",
-        _ => "logout token could not be validated",
+        crate::GatewayError::BadSignature => "logout token signature does not verify".into(),
+        crate::GatewayError::Expired => "logout token has expired".into(),
+        crate::GatewayError::BadIssuer => "logout token issuer is wrong".into(),
+        crate::GatewayError::BadAudience => audience_mismatch(token, audience),
+        _ => "logout token could not be validated (exp, iss and aud are required)".into(),
     })?;
+    if !claims.get("exp").is_some_and(Value::is_number) {
+        return Err("logout token has no exp".into());
+    }
     if !claims.get("iat").is_some_and(Value::is_number) {
-        return Err("logout token has no iat");
+        return Err("logout token has no iat".into());
     }
     let has_event = claims
         .get("events")
@@ -169,12 +186,25 @@ async fn validate(gw: &Gateway, token: &str) -> Result<Map<String, Value>, &'sta
         .and_then(|events| events.get(BACKCHANNEL_EVENT))
         .is_some_and(Value::is_object);
     if !has_event {
-        return Err("logout token lacks the back-channel logout event");
+        return Err("logout token lacks the back-channel logout event".into());
     }
     if claims.contains_key("nonce") {
-        return Err("logout token must not contain a nonce");
+        return Err("logout token must not contain a nonce".into());
     }
     Ok(claims)
+}
+
+/// The refusal for a wrong `aud`, naming what the token carried and what is accepted
+/// (the provider's client ids are not secrets; the mismatch is the usual set-up error).
+fn audience_mismatch(token: &str, accepted: &[String]) -> String {
+    let sent = jsonwebtoken::dangerous::insecure_decode_claims::<Map<String, Value>>(token)
+        .ok()
+        .and_then(|claims| claims.get("aud").cloned())
+        .map_or_else(|| "none".to_owned(), |aud| aud.to_string());
+    format!(
+        "logout token audience {sent} is not in logout.backchannel_audience {}",
+        Value::from(accepted.to_vec())
+    )
 }
 
 /// The value of `name` in an `application/x-www-form-urlencoded` body.

@@ -1,10 +1,12 @@
 //! The offline subcommands: `check`, `token` and `revoke`.
 
+use crate::auth::claim_text;
 use crate::auth::verify::{now_unix, token_digest_key};
 use crate::blocklist::{Blocklist, Revocation};
 use crate::config::{self, Config};
 use crate::server;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,9 +21,21 @@ impl From<config::ConfigErrors> for CommandError {
     }
 }
 
-/// `portcullis check`: the summary, or every error.
-pub fn check(path: &Path) -> Result<String, CommandError> {
-    Ok(config::load(path)?.summary())
+/// What `portcullis check` reports for a valid config.
+pub struct CheckReport {
+    /// The one-screen summary (stdout).
+    pub summary: String,
+    /// One line per warning, `key (line N): message` (stderr, exit still 0).
+    pub warnings: Vec<String>,
+}
+
+/// `portcullis check`: the summary and warnings, or every error.
+pub fn check(path: &Path) -> Result<CheckReport, CommandError> {
+    let config = config::load(path)?;
+    Ok(CheckReport {
+        summary: config.summary(),
+        warnings: config.warnings.iter().map(ToString::to_string).collect(),
+    })
 }
 
 /// What `portcullis token` should put in the token.
@@ -73,7 +87,11 @@ pub fn mint(config: &Config, request: &TokenRequest) -> Result<String, CommandEr
         let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned()));
         claims.insert(k.to_owned(), value);
     }
-    let header = jsonwebtoken::Header::new(signing.algorithm);
+    let mut header = jsonwebtoken::Header::new(signing.algorithm);
+    if let Some(typ) = &config.jwt.required_typ {
+        // The gateway's own tokens must pass its `required_typ` check.
+        header.typ = Some(typ.clone());
+    }
     jsonwebtoken::encode(&header, &claims, &signing.key)
         .map_err(|e| CommandError(format!("signing failed: {e}")))
 }
@@ -108,11 +126,12 @@ pub fn revocation_for(target: RevokeTarget) -> Result<Revocation, CommandError> 
                 .get("exp")
                 .and_then(Value::as_u64)
                 .ok_or_else(|| CommandError("--token has no numeric exp".into()))?;
-            let key = match claims.get("jti") {
-                Some(Value::String(jti)) if !jti.is_empty() => jti.clone(),
-                Some(Value::Number(n)) => n.to_string(),
-                _ => token_digest_key(token.trim()),
-            };
+            // The key the gateway gives this token (`Verifier::verify_uncached`).
+            let key = claims
+                .get("jti")
+                .and_then(claim_text)
+                .filter(|jti| !jti.is_empty())
+                .map_or_else(|| token_digest_key(token.trim()), Cow::into_owned);
             Revocation::Token { key, exp }
         }
     })

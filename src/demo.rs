@@ -1,12 +1,12 @@
 //! `portcullis demo`: the gateway plus a small echo app standing in for a real upstream,
 //! so a newcomer can curl a protected route and log out within a minute.
 
-use crate::config;
-use crate::upstream::{full, Body};
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis::config;
+use portcullis::upstream::{full, Body};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,30 +56,38 @@ pub async fn serve_echo(listener: TcpListener) {
     }
 }
 
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigErrors),
+    #[error("the config has no upstream to stand in for")]
+    NoUpstream,
+    #[error("demo needs an IP address and port in upstreams.{0}.url")]
+    NotAnAddress(String),
+    #[error("cannot start the demo upstream on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Gateway(#[from] portcullis::server::StartError),
+}
+
 /// Starts the echo app on the address of the config's first upstream, then the gateway.
-pub async fn run(path: PathBuf) -> Result<(), String> {
-    let config = config::load(&path).map_err(|e| e.to_string())?;
-    let upstream = config
-        .upstreams
-        .first()
-        .ok_or("the config has no upstream to stand in for")?;
-    let authority = upstream
-        .url
-        .authority()
-        .ok_or("the first upstream has no host:port")?;
+pub async fn run(path: PathBuf) -> Result<(), DemoError> {
+    let config = config::load(&path)?;
+    let upstream = config.upstreams.first().ok_or(DemoError::NoUpstream)?;
+    let not_an_address = || DemoError::NotAnAddress(upstream.name.clone());
+    let authority = upstream.url.authority().ok_or_else(not_an_address)?;
     let port = authority.port_u16().unwrap_or(80);
     let addr: SocketAddr = format!("{}:{port}", authority.host().trim_matches(['[', ']']))
         .parse()
-        .map_err(|_| {
-            format!(
-                "demo needs an IP address in upstreams.{}.url",
-                upstream.name
-            )
-        })?;
+        .map_err(|_| not_an_address())?;
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot start the demo upstream on {addr}: {e}"))?;
+        .map_err(|source| DemoError::Bind { addr, source })?;
     tracing::info!("demo upstream listening on {addr}");
     tokio::spawn(serve_echo(listener));
-    crate::server::run(path).await.map_err(|e| e.to_string())
+    Ok(portcullis::server::run(path).await?)
 }

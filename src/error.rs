@@ -49,9 +49,15 @@ pub enum GatewayError {
     /// No route matches the path.
     #[error("no route")]
     NoRoute,
-    /// The path cannot be normalized safely.
-    #[error("bad request path")]
+    /// The path cannot be normalized safely, or the request head is ambiguous (a
+    /// second token header field, a missing, repeated or userinfo-bearing `Host`, an
+    /// HTTP/2 `host` that disagrees with `:authority`, `chunked` applied twice).
+    #[error("bad request")]
     BadRequest,
+    /// A transfer coding other than `chunked` (RFC 9112 §6.1): the gateway decodes
+    /// none, and must not pass bytes on labelled as something they are not.
+    #[error("transfer coding not implemented")]
+    NotImplemented,
     /// The request head is larger than `server.max_header_bytes`.
     #[error("request header fields too large")]
     HeadersTooLarge,
@@ -68,7 +74,7 @@ pub enum GatewayError {
 
 impl GatewayError {
     /// Every variant, in declaration order (`ALL[e as usize] == e`), for metrics.
-    pub const ALL: [GatewayError; 18] = {
+    pub const ALL: [GatewayError; 19] = {
         use GatewayError::*;
         [
             MissingToken,
@@ -85,6 +91,7 @@ impl GatewayError {
             InsufficientScope,
             NoRoute,
             BadRequest,
+            NotImplemented,
             HeadersTooLarge,
             StoreUnavailable,
             Upstream,
@@ -102,6 +109,7 @@ impl GatewayError {
             InsufficientScope => StatusCode::FORBIDDEN,
             NoRoute => StatusCode::NOT_FOUND,
             BadRequest => StatusCode::BAD_REQUEST,
+            NotImplemented => StatusCode::NOT_IMPLEMENTED,
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Upstream => StatusCode::BAD_GATEWAY,
@@ -127,6 +135,7 @@ impl GatewayError {
             InsufficientScope => "InsufficientScopeError",
             NoRoute => "NoRouteError",
             BadRequest => "BadRequestError",
+            NotImplemented => "NotImplementedError",
             HeadersTooLarge => "HeadersTooLargeError",
             StoreUnavailable => "RevocationStoreError",
             Upstream => "UpstreamError",
@@ -152,6 +161,7 @@ impl GatewayError {
             InsufficientScope => "Missing required claims",
             NoRoute => "Not found",
             BadRequest => "Bad request",
+            NotImplemented => "Not implemented",
             HeadersTooLarge => "Request header fields too large",
             StoreUnavailable => "Revocation store unavailable",
             Upstream => "Bad gateway",
@@ -254,6 +264,12 @@ mod tests {
             ),
             (NoRoute, 404, "NoRouteError", "Not found"),
             (BadRequest, 400, "BadRequestError", "Bad request"),
+            (
+                NotImplemented,
+                501,
+                "NotImplementedError",
+                "Not implemented",
+            ),
             (
                 StoreUnavailable,
                 503,

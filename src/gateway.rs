@@ -5,7 +5,7 @@
 //! normalize path → logout? → match route → strip client identity headers →
 //! authenticate → revocation → authorize → forward.
 
-use crate::auth::extract::TokenSource;
+use crate::auth::extract;
 use crate::auth::jwks::{Jwks, JwksSettings};
 use crate::auth::verify::{AuthError, VerifiedToken, Verifier};
 use crate::auth::{self, Authenticated};
@@ -13,7 +13,7 @@ use crate::blocklist::{Blocklist, Verdict};
 use crate::config::{AuthMode, Config, OnStoreError, RouteConfig};
 use crate::error::GatewayError;
 use crate::metrics::{Histogram, Metrics, Outcome, RouteStats};
-use crate::net::forwarding;
+use crate::net::{forwarding, head};
 use crate::upstream::{full, Body, Upstream};
 use crate::{logout, path};
 use http::request::Parts;
@@ -65,6 +65,9 @@ pub struct ConnInfo {
     pub client_ip: HeaderValue,
     /// Whether the edge connection is TLS.
     pub https: bool,
+    /// `server.max_header_bytes` of the config this connection was accepted under:
+    /// its read buffer was sized for it, so a reload never mixes the two.
+    pub max_header_bytes: usize,
     /// The connection's `max_connections` slot, held as long as the connection or a
     /// tunnel it became is open.
     pub slot: Arc<tokio::sync::OwnedSemaphorePermit>,
@@ -188,9 +191,10 @@ impl Gateway {
         trace: &mut Trace,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
-        if self.config.server.max_header_bytes < crate::server::MIN_HYPER_BUF {
-            check_head_size(&parts, self.config.server.max_header_bytes)?;
+        if conn.max_header_bytes < crate::server::MIN_HYPER_BUF {
+            check_head_size(&parts, conn.max_header_bytes)?;
         }
+        head::check(&parts, &self.config.jwt.header_name)?;
         // The URI is moved out so the normalized path can borrow it while `parts` is edited.
         let uri = std::mem::take(&mut parts.uri);
         let path = path::normalize(uri.path()).map_err(|_| GatewayError::BadRequest)?;
@@ -323,14 +327,8 @@ impl Gateway {
             None
         };
         forwarding::remove_hop_by_hop(&mut parts.headers, upgrade);
-        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            uri.authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        if let (false, Some(host)) = (parts.headers.contains_key(header::HOST), &host) {
-            // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream wants Host.
-            parts.headers.insert(header::HOST, host.clone());
-        }
+        forwarding::join_cookies(&mut parts.headers);
+        let host = forwarding::set_upstream_host(&mut parts.headers, uri);
         forwarding::set_forwarded(&mut parts.headers, &conn.client_ip, conn.https, host);
         let mut target_uri = upstream.target(uri, target.path, target.path_changed)?;
         if let Some(auth) = auth {
@@ -338,7 +336,8 @@ impl Gateway {
                 parts.headers.insert(name.clone(), value.clone());
             }
             if !self.config.forward.token {
-                target_uri = self.remove_token(&mut parts, auth.source, target_uri)?;
+                target_uri =
+                    extract::remove(&mut parts, auth.source, target_uri, &self.config.jwt)?;
             }
         }
         parts.uri = target_uri;
@@ -361,67 +360,6 @@ impl Gateway {
         }
         forwarding::remove_hop_by_hop(response.headers_mut(), switching);
         Ok(response.map(Either::Left))
-    }
-
-    /// `forward.token: false`: the upstream must not see the token.
-    fn remove_token(
-        &self,
-        parts: &mut Parts,
-        source: TokenSource,
-        uri: Uri,
-    ) -> Result<Uri, GatewayError> {
-        let jwt = &self.config.jwt;
-        match source {
-            TokenSource::Header => {
-                parts.headers.remove(&jwt.header_name);
-                Ok(uri)
-            }
-            TokenSource::Cookie => {
-                let names = [
-                    jwt.access_cookie_name.as_str(),
-                    jwt.refresh_cookie_name.as_str(),
-                ];
-                let kept: Vec<String> = parts
-                    .headers
-                    .get_all(header::COOKIE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .flat_map(|v| v.split(';'))
-                    .map(str::trim)
-                    .filter(|pair| {
-                        let name = pair.split_once('=').map_or(*pair, |(k, _)| k.trim());
-                        !pair.is_empty() && !names.contains(&name)
-                    })
-                    .map(str::to_owned)
-                    .collect();
-                parts.headers.remove(header::COOKIE);
-                if !kept.is_empty() {
-                    if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-                        parts.headers.insert(header::COOKIE, v);
-                    }
-                }
-                Ok(uri)
-            }
-            TokenSource::Query => {
-                let name = jwt.query_string_name.as_str();
-                let query: Vec<&str> = uri
-                    .query()
-                    .unwrap_or("")
-                    .split('&')
-                    .filter(|pair| {
-                        !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != name
-                    })
-                    .collect();
-                let mut pq = uri.path().to_owned();
-                if !query.is_empty() {
-                    pq.push('?');
-                    pq.push_str(&query.join("&"));
-                }
-                let mut uri_parts = uri.into_parts();
-                uri_parts.path_and_query = Some(pq.parse().map_err(|_| GatewayError::BadRequest)?);
-                Uri::from_parts(uri_parts).map_err(|_| GatewayError::BadRequest)
-            }
-        }
     }
 }
 

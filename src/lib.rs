@@ -14,7 +14,6 @@ pub mod backchannel;
 pub mod blocklist;
 pub mod commands;
 pub mod config;
-pub mod demo;
 pub mod error;
 pub mod gateway;
 pub mod logout;

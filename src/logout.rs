@@ -2,7 +2,8 @@
 //!
 //! Same checks as an `access` route (CSRF included). Revokes the access token; with
 //! `revoke_refresh`, the refresh token sent along (refresh cookie, `X-Refresh-Token`, or
-//! a JSON body `{"refresh_token": ...}`) when it is valid and has the same `sub`; with a
+//! a JSON body `{"refresh_token": ...}`, looked for in its first 64 KiB within 2 s and
+//! never a reason to refuse) when it is valid and has the same `sub`; with a
 //! `sid` claim, the whole session. Answers 200 only after the store committed every
 //! revocation, 503 `RevocationStoreError` when it could not.
 
@@ -13,18 +14,27 @@ use crate::blocklist::Revocation;
 use crate::config::AuthMode;
 use crate::error::GatewayError;
 use crate::gateway::{json_response, Gateway, Target, Trace};
-use crate::upstream::{full, Body};
-use bytes::Bytes;
+use crate::net::body::read_start;
+use crate::upstream::Body;
 use http::request::Parts;
 use http::{HeaderName, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Limited};
+use http_body_util::Either;
 use hyper::body::Incoming;
+use std::time::Duration;
 
 /// Header that may carry the refresh token to revoke along with the access token.
 pub static X_REFRESH_TOKEN: HeaderName = HeaderName::from_static("x-refresh-token");
 
-/// Largest logout body read when looking for `refresh_token`.
+/// Most of a logout body looked at for `refresh_token` (a JSON object holding one
+/// token needs a few KiB).
 const MAX_LOGOUT_BODY: usize = 64 * 1024;
+
+/// Longest wait for those bytes. A real client sends a few KiB of JSON right after the
+/// head, within one round trip; two seconds covers a slow mobile link many times over,
+/// and bounds how long an authenticated client can hold a logout (and its connection
+/// slot) by trickling the body. Past it the logout goes on without the body's refresh
+/// token (the cookie and `X-Refresh-Token` carriers, and a `sid`, still apply).
+const LOGOUT_BODY_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a session (`sid`) revocation lasts when no refresh token tells us: the
 /// longest refresh-token lifetime we expect from an identity provider.
@@ -48,25 +58,28 @@ pub async fn handle(
     gw.check_revocation(&auth).await?;
     auth::check_csrf(&auth, &parts, jwt)?;
 
+    let (refresh, body) = if gw.config.logout.revoke_refresh {
+        find_refresh_token(&parts, body, jwt).await
+    } else {
+        (None, Either::Left(body))
+    };
     let now = now_unix();
     let token = &auth.token;
     let mut revocations = vec![Revocation::Token {
         key: token.revocation_key.clone(),
         exp: token.exp,
     }];
-    let mut body = Either::Left(body);
-    if gw.config.logout.revoke_refresh {
-        let (refresh, rest) = find_refresh_token(&parts, body, jwt).await;
-        body = rest;
-        if let Some(refresh) = refresh {
-            if let Some(r) = valid_refresh(gw, &auth, &refresh, now) {
-                revocations.push(r);
-            }
-        }
+    if let Some(r) = refresh.and_then(|refresh| valid_refresh(gw, &auth, &refresh, now)) {
+        revocations.push(r);
     }
     if let Some(sid) = &token.sid {
+        // A cut-off as of now: the tokens of this session issued so far (the refresh
+        // token included, sent or not) are refused; a token the identity provider
+        // issues later in the same session is accepted, since its session outlives the
+        // gateway's logout. Kept as long as any refresh token of the session may live.
         revocations.push(Revocation::Session {
             sid: sid.clone(),
+            at: now,
             exp: token.exp.max(now + SESSION_REVOCATION_TTL),
         });
     }
@@ -87,14 +100,18 @@ pub async fn handle(
 }
 
 /// The refresh token sent with a logout: refresh cookie, then `X-Refresh-Token`, then a
-/// JSON body. Returns the body to forward (buffered only if it had to be read).
+/// JSON body. Returns the body to forward: the client's, whole, whatever was read of it.
+///
+/// The body is only a place to look: at most its first [`MAX_LOGOUT_BODY`] bytes, for
+/// at most [`LOGOUT_BODY_WAIT`]. A body that is larger, slower, broken or not JSON has
+/// no refresh token in it as far as the logout is concerned, and the logout goes on.
 async fn find_refresh_token(
     parts: &Parts,
-    body: Body,
+    body: Incoming,
     jwt: &crate::config::JwtConfig,
 ) -> (Option<String>, Body) {
     if let Some(t) = extract::cookie_value(&parts.headers, &jwt.refresh_cookie_name) {
-        return (Some(t.to_owned()), body);
+        return (Some(t.to_owned()), Either::Left(body));
     }
     if let Some(t) = parts
         .headers
@@ -103,7 +120,7 @@ async fn find_refresh_token(
     {
         let t = t.trim();
         let t = t.strip_prefix("Bearer ").unwrap_or(t);
-        return (Some(t.to_owned()), body);
+        return (Some(t.to_owned()), Either::Left(body));
     }
     let is_json = parts
         .headers
@@ -111,17 +128,15 @@ async fn find_refresh_token(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.to_ascii_lowercase().contains("json"));
     if !is_json {
-        return (None, body);
+        return (None, Either::Left(body));
     }
-    let bytes = match Limited::new(body, MAX_LOGOUT_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        // Too large or broken: nothing to find, and nothing sensible to forward.
-        Err(_) => return (None, full(Bytes::new())),
-    };
-    let token = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
+    let start = read_start(body, MAX_LOGOUT_BODY, LOGOUT_BODY_WAIT).await;
+    let token = start
+        .complete
+        .then(|| serde_json::from_slice::<serde_json::Value>(start.body.bytes()).ok())
+        .flatten()
         .and_then(|v| v.get("refresh_token")?.as_str().map(str::to_owned));
-    (token, full(bytes))
+    (token, Either::Right(start.body))
 }
 
 /// The refresh token's revocation, if it is a valid refresh token of the same subject.

@@ -1,6 +1,8 @@
 //! The `portcullis` command line: argument parsing, logging setup and exit codes.
 //! Everything else lives in the library.
 
+mod demo;
+
 use clap::{Parser, Subcommand};
 use portcullis::commands::{self, RevokeTarget, TokenRequest};
 use portcullis::config::resolve_path;
@@ -146,7 +148,7 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return fail(e),
             };
-            match rt.block_on(portcullis::demo::run(resolve_path(config))) {
+            match rt.block_on(demo::run(resolve_path(config))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
@@ -165,8 +167,11 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { config } => match commands::check(&resolve_path(config)) {
-            Ok(summary) => {
-                print!("{summary}");
+            Ok(report) => {
+                for warning in &report.warnings {
+                    eprintln!("warning: {warning}");
+                }
+                print!("{}", report.summary);
                 ExitCode::SUCCESS
             }
             Err(e) => fail(e),

@@ -72,18 +72,21 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 /// Runs the gateway on the config at `path` until SIGTERM/SIGINT.
 pub async fn run(path: PathBuf) -> Result<(), StartError> {
     let config = Arc::new(config::load(&path)?);
+    for warning in &config.warnings {
+        tracing::warn!("config: {warning}");
+    }
     let store = open_store(&config.blocklist).await?;
     let blocklist = Blocklist::new(store, config.blocklist.cache_max_entries);
     let started = std::time::Instant::now();
-    let cursor = blocklist.load().await?;
+    blocklist.load().await?;
     tracing::info!(
         entries = blocklist.entries(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "revocations loaded"
     );
-    tokio::spawn(blocklist.clone().follow(cursor, CHANGE_FEED_INTERVAL));
 
     let metrics = Arc::new(Metrics::default());
+    let gateway_blocklist = blocklist.clone();
     let gateway = Gateway::build(config.clone(), blocklist, metrics.clone(), None)
         .map_err(StartError::Build)?;
     if let Some(jwks) = gateway.verifier.jwks() {
@@ -104,6 +107,7 @@ pub async fn run(path: PathBuf) -> Result<(), StartError> {
         source,
     })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let feed = gateway_blocklist.spawn_feed(CHANGE_FEED_INTERVAL, shutdown_rx.clone());
     let mut ready = format!("portcullis ready edge={edge_addr}");
     if let Some((listener, addr)) = admin {
         ready.push_str(&format!(" admin={addr}"));
@@ -114,14 +118,18 @@ pub async fn run(path: PathBuf) -> Result<(), StartError> {
         tokio::spawn(serve_admin(listener, admin, shutdown_rx.clone()));
     }
     tracing::info!("{ready}");
+    let limit = Arc::new(ConnectionLimit::new(config.server.max_connections));
     tokio::spawn(watch_signals(
         signals,
         path,
         state.clone(),
+        limit.clone(),
         metrics,
         shutdown_tx,
     ));
-    serve_edge(edge, state, &config, shutdown_rx).await;
+    serve_edge(edge, state, limit, shutdown_rx).await;
+    // The feed stops on the same signal; wait so nothing runs past the exit.
+    let _ = feed.await;
     Ok(())
 }
 
@@ -148,6 +156,7 @@ async fn watch_signals(
     signals: Signals,
     path: PathBuf,
     state: Arc<ArcSwap<Gateway>>,
+    limit: Arc<ConnectionLimit>,
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
 ) {
@@ -161,7 +170,7 @@ async fn watch_signals(
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                let counter = if reload(&path, &state).await { &metrics.reloads_ok } else { &metrics.reloads_failed };
+                let counter = if reload(&path, &state, &limit).await { &metrics.reloads_ok } else { &metrics.reloads_failed };
                 counter.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -172,23 +181,21 @@ async fn watch_signals(
 
 /// Builds a gateway from the current file (re-reading key and TLS files) and swaps it
 /// in; on any error the old one stays in force. Returns whether it was swapped.
-pub async fn reload(path: &Path, state: &ArcSwap<Gateway>) -> bool {
+///
+/// Every setting applies (limits and timeouts to connections accepted from then on),
+/// except the few bound at start ([`config::diff::needs_restart`]): each of those that
+/// changed is logged with "restart to apply".
+pub async fn reload(path: &Path, state: &ArcSwap<Gateway>, limit: &ConnectionLimit) -> bool {
     let current = state.load_full();
     let result = config::load(path)
         .map_err(|e| e.to_string())
         .and_then(|config| {
-            let old = &current.config;
-            if config.blocklist.store != old.blocklist.store
-                || config.blocklist.sqlite_path != old.blocklist.sqlite_path
-                || config.blocklist.redis_url != old.blocklist.redis_url
-                || config.blocklist.key_prefix != old.blocklist.key_prefix
-            {
-                tracing::warn!("blocklist store settings changed: restart to apply them");
+            for warning in &config.warnings {
+                tracing::warn!("{warning}");
             }
-            if config.server.listen != old.server.listen
-                || config.admin.as_ref().map(|a| a.listen) != old.admin.as_ref().map(|a| a.listen)
-            {
-                tracing::warn!("listen addresses changed: restart to apply them");
+            let changed = config::diff::changed_keys(&current.config.tree, &config.tree);
+            for key in changed.iter().filter(|k| config::diff::needs_restart(k)) {
+                tracing::warn!(key = %key, "{key} changed: restart to apply");
             }
             Gateway::build(
                 Arc::new(config),
@@ -202,6 +209,7 @@ pub async fn reload(path: &Path, state: &ArcSwap<Gateway>) -> bool {
             if let Some(jwks) = gateway.verifier.jwks() {
                 jwks.start().await;
             }
+            limit.resize(gateway.config.server.max_connections);
             state.store(Arc::new(gateway));
             tracing::info!("config reloaded");
             true
@@ -212,6 +220,45 @@ pub async fn reload(path: &Path, state: &ArcSwap<Gateway>) -> bool {
             }
             false
         }
+    }
+}
+
+/// `server.max_connections` as a semaphore that a reload can resize: connections
+/// already open keep their slots; the new bound governs accepting from then on.
+pub struct ConnectionLimit {
+    permits: Arc<Semaphore>,
+    configured: std::sync::Mutex<usize>,
+}
+
+impl ConnectionLimit {
+    fn new(max: usize) -> ConnectionLimit {
+        ConnectionLimit {
+            permits: Arc::new(Semaphore::new(max)),
+            configured: std::sync::Mutex::new(max),
+        }
+    }
+
+    /// Moves the bound to `max`. Lowering it below what is in use takes the missing
+    /// slots back as connections close.
+    fn resize(&self, max: usize) {
+        let mut configured = self.configured.lock().unwrap_or_else(|p| p.into_inner());
+        if max > *configured {
+            self.permits.add_permits(max - *configured);
+        } else if max < *configured {
+            let shrink = *configured - max;
+            let owed = shrink - self.permits.forget_permits(shrink);
+            if let Ok(owed) = u32::try_from(owed) {
+                if owed > 0 {
+                    let permits = self.permits.clone();
+                    tokio::spawn(async move {
+                        if let Ok(taken) = permits.acquire_many_owned(owed).await {
+                            taken.forget();
+                        }
+                    });
+                }
+            }
+        }
+        *configured = max;
     }
 }
 
@@ -236,16 +283,13 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 async fn serve_edge(
     listener: TcpListener,
     state: Arc<ArcSwap<Gateway>>,
-    config: &Config,
+    limit: Arc<ConnectionLimit>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(connection_builder(config));
-    let handshake_timeout = config.server.header_read_timeout;
-    let limits = IdleLimits {
-        first_request: config.server.header_read_timeout,
-        idle: config.server.idle_timeout,
-    };
-    let permits = Arc::new(Semaphore::new(config.server.max_connections));
+    // The builder carries the connection limits of one config; rebuilt after a reload
+    // (noticed by the config's address), so new connections get the new limits.
+    let mut built_for = state.load().config.clone();
+    let mut builder = Arc::new(connection_builder(&built_for));
     // Tells every connection to finish gracefully; each holds a receiver until it is done,
     // so `closed()` is when the last one is gone (hyper-util's GracefulShutdown, inlined:
     // its watcher cannot be combined with the idle rules of `net::idle`).
@@ -254,7 +298,7 @@ async fn serve_edge(
     loop {
         // Over max_connections, stop accepting: new connections wait in the kernel backlog.
         let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
+            permit = limit.permits.clone().acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => break,
             },
@@ -266,7 +310,19 @@ async fn serve_edge(
         let _ = stream.set_nodelay(true);
         let client_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        let tls = state.load().tls.clone();
+        let current = state.load();
+        if !Arc::ptr_eq(&current.config, &built_for) {
+            built_for = current.config.clone();
+            builder = Arc::new(connection_builder(&built_for));
+        }
+        let handshake_timeout = built_for.server.header_read_timeout;
+        let limits = IdleLimits {
+            first_request: built_for.server.header_read_timeout,
+            idle: built_for.server.idle_timeout,
+        };
+        let max_header_bytes = built_for.server.max_header_bytes;
+        let tls = current.tls.clone();
+        drop(current);
         let state = state.clone();
         let builder = builder.clone();
         let watcher = drain.subscribe();
@@ -279,6 +335,7 @@ async fn serve_edge(
                     let info = ConnInfo {
                         client_ip,
                         https: false,
+                        max_header_bytes,
                         slot,
                     };
                     serve_connection(stream, info, state, &builder, watcher, peer, limits).await;
@@ -291,6 +348,7 @@ async fn serve_edge(
                             let info = ConnInfo {
                                 client_ip,
                                 https: true,
+                                max_header_bytes,
                                 slot,
                             };
                             serve_connection(
@@ -306,7 +364,7 @@ async fn serve_edge(
         });
     }
     drop(listener);
-    let grace = config.server.shutdown_grace;
+    let grace = state.load().config.server.shutdown_grace;
     let _ = drain.send(());
     if tokio::time::timeout(grace, drain.closed()).await.is_err() {
         tracing::warn!(

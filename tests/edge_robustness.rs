@@ -148,28 +148,6 @@ fn kinds(frames: &[(u8, u32, Vec<u8>)]) -> Vec<(u8, u32)> {
     frames.iter().map(|(k, s, _)| (*k, *s)).collect()
 }
 
-/// The pid of the gateway running on this config (found by its unique config path).
-fn pid_of(gw: &Gateway) -> u32 {
-    let config = config_path(gw).display().to_string();
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(&config))
-                .unwrap_or(false)
-        })
-        .expect("the gateway's process")
-}
-
-fn sighup(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -HUP failed: {status}");
-}
-
 /// Peak resident memory of a process, in KiB (`VmHWM`).
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
@@ -178,21 +156,6 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .expect("VmHWM")
-}
-
-/// Waits (bounded) until a log line contains `needle`; returns it.
-async fn wait_log(gw: &Gateway, needle: &str, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(line) = gw.log_text().lines().find(|l| l.contains(needle)) {
-            return line.to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line with {needle:?} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `portcullis check --config <file>`: `(exit code, stderr, time taken)`.
@@ -444,7 +407,7 @@ fn nesting_bomb(bytes: usize) -> String {
 async fn assert_sighup_keeps_old_config(bomb: &str, reason: &str) {
     let up = Upstream::start().await;
     let gw = Gateway::start(Config::new(up.addr)).await;
-    let pid = pid_of(&gw);
+    let pid = gw.pid();
     assert_refused(
         &get(gw.edge, "/extra", &[]).await,
         401,
@@ -457,8 +420,8 @@ async fn assert_sighup_keeps_old_config(bomb: &str, reason: &str) {
     let text = format!("{}{bomb}", next.to_yaml());
     std::fs::write(config_path(&gw), text).expect("write the new config");
     let started = Instant::now();
-    sighup(pid);
-    let line = wait_log(&gw, "reload refused", LONG).await;
+    gw.signal("HUP");
+    let line = gw.wait_log("reload refused", LONG).await;
     let took = started.elapsed();
     assert!(line.contains(reason), "{line}");
     assert!(

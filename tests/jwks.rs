@@ -894,9 +894,11 @@ async fn backchannel_logout_revokes_the_session_or_the_subject() {
     let up = Upstream::start().await;
     let gw = Gateway::start(jwks_config(&up, &idp.url("/jwks.json"))).await;
 
-    let t1 = key_a.token(&idp_access("alice").with(json!({ "sid": "S1" })));
-    let r1 = key_a.token(&idp_refresh("alice").with(json!({ "sid": "S1" })));
-    let t2 = key_a.token(&idp_access("alice").with(json!({ "sid": "S2" })));
+    // Tokens issued before the logout (a session revocation is a cut-off: tokens
+    // issued in the same second as the logout are accepted).
+    let t1 = key_a.token(&idp_access("alice").with(json!({ "sid": "S1", "iat": now() - 5 })));
+    let r1 = key_a.token(&idp_refresh("alice").with(json!({ "sid": "S1", "iat": now() - 5 })));
+    let t2 = key_a.token(&idp_access("alice").with(json!({ "sid": "S2", "iat": now() - 5 })));
     let five_ago = json!({ "iat": now() - 5 });
     let b1 = key_a.token(&idp_access("bob").with(five_ago.clone()));
     let b2 = key_a.token(&idp_refresh("bob").with(five_ago));
@@ -928,12 +930,14 @@ async fn backchannel_logout_revokes_the_session_or_the_subject() {
     assert_forwarded(&call(&gw, "/x", &t2).await);
     assert_forwarded(&call(&gw, "/x", &b1).await);
 
-    // Every session of bob ends: a logout token with only `sub` (and no `exp`,
-    // which the spec allows).
-    let logout = logout_token(
-        &key_a,
-        &logout_claims().with(json!({ "sub": "bob" })).without("exp"),
-    );
+    // A token the provider issues later in session S1 is accepted: the provider's
+    // session outlives the gateway's cut-off.
+    let later = key_a.token(&idp_access("alice").with(json!({ "sid": "S1", "iat": now() + 1 })));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_forwarded(&call(&gw, "/x", &later).await);
+
+    // Every session of bob ends: a logout token with only `sub`.
+    let logout = logout_token(&key_a, &logout_claims().with(json!({ "sub": "bob" })));
     assert_logged_out(&backchannel(&gw, &logout).await);
     assert_refused(
         &call(&gw, "/x", &b1).await,
@@ -1093,4 +1097,141 @@ async fn invalid_logout_tokens_are_refused_and_revoke_nothing() {
     let fresh =
         key_a.token(&idp_access("carol").with(json!({ "sid": "S-victim", "iat": now() - 5 })));
     assert_forwarded(&call(&gw, "/x", &fresh).await);
+}
+
+// ---------------------------------------------------------------------------
+// Issue 11: back-channel audience, what it revokes, exp, atomic replay memory
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backchannel_audience_is_its_own_key_and_a_mismatch_names_the_audiences() {
+    let key_a = IdpKey::rsa("key-a");
+    let idp = JwksServer::start(key_set(&[&key_a])).await;
+    let up = Upstream::start().await;
+    let mut cfg = jwks_config(&up, &idp.url("/jwks.json"));
+    cfg.set("logout.backchannel_audience", json!(["portal-client"]));
+    let gw = Gateway::start(cfg).await;
+
+    let victim = key_a.token(&idp_access("hal").with(json!({ "sid": "S-aud", "iat": now() - 5 })));
+    // Aimed at the API's audience, not the client's: refused, naming both.
+    let wrong = logout_token(&key_a, &logout_claims().with(json!({ "sid": "S-aud" })));
+    let reply = backchannel(&gw, &wrong).await;
+    assert_invalid(&reply, "aud = the API audience", &["audience"]);
+    assert!(
+        reply.2.contains(AUDIENCE) && reply.2.contains("portal-client"),
+        "the description names the token's and the accepted audiences: {}",
+        reply.2
+    );
+    assert_forwarded(&call(&gw, "/x", &victim).await);
+
+    let right = logout_token(
+        &key_a,
+        &logout_claims().with(json!({ "sid": "S-aud", "aud": "portal-client" })),
+    );
+    assert_logged_out(&backchannel(&gw, &right).await);
+    assert_refused(
+        &call(&gw, "/x", &victim).await,
+        401,
+        "RevokedTokenError",
+        "Invalid token",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backchannel_revokes_subject_revokes_every_token_of_the_sub_even_with_a_sid() {
+    let key_a = IdpKey::rsa("key-a");
+    let idp = JwksServer::start(key_set(&[&key_a])).await;
+    let up = Upstream::start().await;
+    let mut cfg = jwks_config(&up, &idp.url("/jwks.json"));
+    cfg.set("logout.backchannel_revokes", json!("subject"));
+    let gw = Gateway::start(cfg).await;
+
+    // The provider's access tokens carry no sid: only a subject revocation helps.
+    let plain = key_a.token(&idp_access("ivy").with(json!({ "iat": now() - 5 })));
+    let other = key_a.token(&idp_access("jon").with(json!({ "iat": now() - 5 })));
+    let logout = logout_token(
+        &key_a,
+        &logout_claims().with(json!({ "sid": "S-x", "sub": "ivy" })),
+    );
+    assert_logged_out(&backchannel(&gw, &logout).await);
+    assert_refused(
+        &call(&gw, "/x", &plain).await,
+        401,
+        "RevokedTokenError",
+        "Invalid token",
+    );
+    assert_forwarded(&call(&gw, "/x", &other).await);
+
+    // Without a sub there is nothing to revoke in this mode: refused, not a silent 200.
+    let no_sub = logout_token(&key_a, &logout_claims().with(json!({ "sid": "S-y" })));
+    assert_invalid(&backchannel(&gw, &no_sub).await, "no sub", &["sub"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_token_without_exp_is_refused() {
+    let key_a = IdpKey::rsa("key-a");
+    let idp = JwksServer::start(key_set(&[&key_a])).await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(jwks_config(&up, &idp.url("/jwks.json"))).await;
+    let victim = key_a.token(&idp_access("kim").with(json!({ "iat": now() - 5 })));
+    let logout = logout_token(
+        &key_a,
+        &logout_claims().with(json!({ "sub": "kim" })).without("exp"),
+    );
+    assert_invalid(&backchannel(&gw, &logout).await, "no exp", &["exp"]);
+    assert_forwarded(&call(&gw, "/x", &victim).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_receiving_the_same_logout_token_at_once_accept_it_once() {
+    let key_a = IdpKey::rsa("key-a");
+    let idp = JwksServer::start(key_set(&[&key_a])).await;
+    let up = Upstream::start().await;
+    let mut cfg = jwks_config(&up, &idp.url("/jwks.json"));
+    let db = cfg.dir.path().join("shared.db").display().to_string();
+    cfg.set("blocklist.store", json!("sqlite"))
+        .set("blocklist.sqlite_path", json!(db.clone()))
+        .set("blocklist.cache_max_entries", json!(5));
+    let mut cfg_b = jwks_config(&up, &idp.url("/jwks.json"));
+    cfg_b
+        .set("blocklist.store", json!("sqlite"))
+        .set("blocklist.sqlite_path", json!(db))
+        .set("blocklist.cache_max_entries", json!(5));
+    let (a, b) = tokio::join!(Gateway::start(cfg), Gateway::start(cfg_b));
+
+    for round in 0..5 {
+        let logout = logout_token(
+            &key_a,
+            &logout_claims().with(json!({ "sid": format!("S-race-{round}") })),
+        );
+        let (ra, rb) = tokio::join!(backchannel(&a, &logout), backchannel(&b, &logout));
+        let mut statuses = [ra.0, rb.0];
+        statuses.sort();
+        assert_eq!(statuses, [200, 400], "round {round}: {ra:?} / {rb:?}");
+        let refused = if ra.0 == 400 { &ra } else { &rb };
+        assert_invalid(refused, "the replay", &["replayed", "already used"]);
+    }
+    // Replay memory is not a revocation: five sessions fill `cache_max_entries: 5`
+    // exactly, with the five replay keys beside them in the store only.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let metrics = get(admin(&a), "/metrics", &[]).await.2;
+        let entries = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("portcullis_blocklist_entries "))
+            .map(|v| v.trim().to_owned())
+            .expect("portcullis_blocklist_entries");
+        if entries == "5" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "entries {entries}, expected 5");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for gw in [&a, &b] {
+        assert!(
+            !gw.log_text().contains("cache_max_entries reached"),
+            "{}",
+            gw.log_text()
+        );
+    }
 }

@@ -13,8 +13,7 @@ mod common;
 
 use common::*;
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,156 +29,21 @@ use tokio::net::TcpStream;
 const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 /// Upper bound for one exchange or one wait in these tests (2-core CI).
 const LONG: Duration = Duration::from_secs(30);
-const READY_TIMEOUT: Duration = Duration::from_secs(12);
 
 // ---------------------------------------------------------------------------
-// The gateway process, with its pid and exit status
+// The gateway process: the harness's one `Gateway`, plus /metrics helpers
 // ---------------------------------------------------------------------------
 
-/// A running `portcullis [global args] run --config <dir>/gateway.yaml`, like the
-/// harness's [`Gateway`] but with [`Proc::signal`] and [`Proc::wait_exit`]. Killed
-/// on drop; its config and logs are printed when the test panics.
-struct Proc {
-    edge: SocketAddr,
-    admin: Option<SocketAddr>,
-    logs: Logs,
-    config: Config,
-    child: Child,
+use common::Gateway as Proc;
+
+/// `/metrics` helpers for these tests.
+trait Scrape {
+    fn admin(&self) -> SocketAddr;
+    async fn metrics(&self) -> String;
+    async fn wait_metric(&self, series: &str, value: f64);
 }
 
-impl Proc {
-    async fn start(config: Config) -> Proc {
-        Proc::start_with_args(config, &[]).await
-    }
-
-    /// `global` goes before the subcommand (`--log-format json`).
-    async fn start_with_args(config: Config, global: &[&str]) -> Proc {
-        Proc::spawn(config, global, None).await
-    }
-
-    /// Starts the gateway and has signal `name` sent to it the moment its ready
-    /// line is read (by a shell waiting on a pipe, so no process start-up delay).
-    async fn start_and_signal_on_ready(config: Config, name: &str) -> Proc {
-        Proc::spawn(config, &[], Some(name)).await
-    }
-
-    async fn spawn(config: Config, global: &[&str], signal_on_ready: Option<&str>) -> Proc {
-        // `read pid; kill -s SIG "$pid"`: the shell and its builtin kill are
-        // already running when the ready line arrives.
-        let mut killer = signal_on_ready.map(|name| {
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!("read pid && kill -s {name} \"$pid\""))
-                .stdin(Stdio::piped())
-                .spawn()
-                .expect("spawn sh")
-        });
-        let path = config.save();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(global)
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
-            .current_dir(config.dir.path())
-            .env_remove("PORTCULLIS_CONFIG")
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn portcullis");
-        let logs: Logs = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
-        let on_ready = killer
-            .as_mut()
-            .map(|k| (k.stdin.take().unwrap(), format!("{}\n", child.id())));
-        drain(
-            child.stderr.take().unwrap(),
-            logs.clone(),
-            "",
-            Some(ready_tx),
-            on_ready,
-        );
-        drain(
-            child.stdout.take().unwrap(),
-            logs.clone(),
-            "stdout: ",
-            None,
-            None,
-        );
-        let mut proc = Proc {
-            edge: "0.0.0.0:0".parse().unwrap(),
-            admin: None,
-            logs,
-            config,
-            child,
-        };
-        let line = match tokio::time::timeout(READY_TIMEOUT, ready_rx).await {
-            Ok(Ok(line)) => line,
-            Ok(Err(_)) => {
-                let status = proc.child.wait().ok();
-                panic!("portcullis exited before it was ready ({status:?})");
-            }
-            Err(_) => panic!("portcullis did not log its ready line within {READY_TIMEOUT:?}"),
-        };
-        proc.edge = listener_addr(&line, "edge")
-            .unwrap_or_else(|| panic!("no edge=<addr> in the ready line: {line}"));
-        proc.admin = listener_addr(&line, "admin");
-        if let Some(mut killer) = killer {
-            let status = killer.wait().expect("wait for sh");
-            assert!(status.success(), "sh: kill failed: {status}");
-        }
-        proc
-    }
-
-    /// Sends a signal (`"HUP"`, `"TERM"`) with `kill(1)`.
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed: {status}");
-    }
-
-    /// Waits (bounded) for the process to exit on its own.
-    async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "portcullis did not exit within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log_lines(&self) -> Vec<String> {
-        self.logs.lock().unwrap().clone()
-    }
-
-    fn log_text(&self) -> String {
-        self.log_lines().join("\n")
-    }
-
-    /// Waits (bounded) until some log line contains `needle`; returns that line.
-    async fn wait_log(&self, needle: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(line) = self.log_lines().into_iter().find(|l| l.contains(needle)) {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line containing {needle:?} within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
+impl Scrape for Proc {
     fn admin(&self) -> SocketAddr {
         self.admin.expect("admin listener configured")
     }
@@ -212,50 +76,6 @@ impl Proc {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-
-    /// Rewrites gateway.yaml from `self.config` and sends SIGHUP.
-    fn save_and_reload(&self) {
-        self.config.save();
-        self.signal("HUP");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("----- gateway.yaml -----\n{}", self.config.to_yaml());
-            eprintln!("----- portcullis log -----\n{}\n-----", self.log_text());
-        }
-    }
-}
-
-/// Keeps reading a pipe of the child into `logs` (a full pipe would block the
-/// gateway) and reports the ready line once.
-fn drain(
-    stream: impl std::io::Read + Send + 'static,
-    logs: Logs,
-    prefix: &'static str,
-    mut ready: Option<tokio::sync::oneshot::Sender<String>>,
-    mut on_ready: Option<(std::process::ChildStdin, String)>,
-) {
-    use std::io::{BufRead, Write};
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            let line = strip_ansi(&line);
-            if line.contains("ready") && line.contains("edge=") {
-                if let Some((mut stdin, text)) = on_ready.take() {
-                    let _ = stdin.write_all(text.as_bytes());
-                }
-                if let Some(tx) = ready.take() {
-                    let _ = tx.send(line.clone());
-                }
-            }
-            logs.lock().unwrap().push(format!("{prefix}{line}"));
-        }
-    });
 }
 
 /// The value of one Prometheus sample, `series` being the exact name with labels as
@@ -757,7 +577,7 @@ async fn bad_config_on_sighup_keeps_the_old_one_and_a_good_one_takes_effect() {
     assert_eq!(sample(&metrics, "portcullis_reloads_total"), Some(1.0));
 
     // Reloads do not stop the process.
-    assert!(gw.child.try_wait().unwrap().is_none());
+    assert!(gw.try_wait().is_none());
 }
 
 /// A signal sent as soon as the ready line appears (what a supervisor or a deploy
@@ -768,7 +588,7 @@ async fn sighup_right_after_the_ready_line_reloads_instead_of_killing() {
     let up = Upstream::start().await;
     let mut gw = Proc::start_and_signal_on_ready(config_with_admin(&up), "HUP").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    if let Some(status) = gw.child.try_wait().unwrap() {
+    if let Some(status) = gw.try_wait() {
         panic!(
             "a SIGHUP sent right after the ready line killed the gateway ({status}): \
              the ready line is logged before the signal handlers are installed"
@@ -781,7 +601,7 @@ async fn sighup_right_after_the_ready_line_reloads_instead_of_killing() {
 async fn sigterm_right_after_the_ready_line_exits_0() {
     let up = Upstream::start().await;
     let mut gw = Proc::start_and_signal_on_ready(Config::new(up.addr), "TERM").await;
-    let status = gw.wait_exit(LONG).await;
+    let status = gw.wait(LONG).await;
     assert_eq!(
         status.code(),
         Some(0),
@@ -862,7 +682,7 @@ async fn sigterm_lets_the_slow_request_finish_refuses_new_connections_and_exits_
     assert_eq!(echo["path"], "/slow");
     assert!(took >= Duration::from_secs(4), "/slow took only {took:?}");
 
-    let status = gw.wait_exit(LONG).await;
+    let status = gw.wait(LONG).await;
     assert_eq!(
         status.code(),
         Some(0),
@@ -891,7 +711,7 @@ async fn sigterm_with_nothing_in_flight_exits_0_promptly() {
     );
     let signalled = Instant::now();
     gw.signal("TERM");
-    let status = gw.wait_exit(LONG).await;
+    let status = gw.wait(LONG).await;
     assert_eq!(status.code(), Some(0), "{status}");
     assert!(
         signalled.elapsed() < Duration::from_secs(5),
@@ -1351,9 +1171,11 @@ async fn each_revocation_kind_via_the_api_is_refused_at_the_edge() {
     let by_jti_claims = access("bob");
     let by_jti = token(&by_jti_claims);
     let session_exp = now() + 600;
-    let by_sid = token(&access("carol").with(json!({ "sid": "session-42" })));
+    // Session and subject revocations are cut-offs: tokens issued before them.
+    let earlier = now() - 5;
+    let by_sid = token(&access("carol").with(json!({ "sid": "session-42", "iat": earlier })));
     let other_sid = token(&access("carol").with(json!({ "sid": "session-43" })));
-    let by_sub = token(&access("mallory"));
+    let by_sub = token(&access("mallory").with(json!({ "iat": earlier })));
     let bystander = token(&access("dave"));
     for t in [&by_token, &by_jti, &by_sid, &other_sid, &by_sub, &bystander] {
         assert_forwarded(&edge(t.clone()).await);
@@ -1383,16 +1205,20 @@ async fn each_revocation_kind_via_the_api_is_refused_at_the_edge() {
     revoked(&edge(by_jti.clone()).await);
 
     // {"sid": S, "exp": E}
+    let before = now();
     let reply = revoke(
         &gw,
         Some(&admin),
         &json!({ "sid": "session-42", "exp": session_exp }).to_string(),
     )
     .await;
-    assert_json(
-        &reply,
-        201,
-        json!({"revoked": {"sid": "session-42", "exp": session_exp}}),
+    assert_eq!(reply.0, 201, "{}", reply.2);
+    let got: Value = serde_json::from_str(&reply.2).unwrap();
+    let at = got["revoked"]["revoked_at"].as_i64().unwrap_or(0);
+    assert!(at >= before && at <= now() + 1, "revoked_at {at}: {got}");
+    assert_eq!(
+        got,
+        json!({"revoked": {"sid": "session-42", "exp": session_exp, "revoked_at": at}})
     );
     revoked(&edge(by_sid.clone()).await);
     assert_forwarded(&edge(other_sid.clone()).await);

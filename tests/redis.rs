@@ -463,8 +463,10 @@ async fn session_and_subject_revocations_reach_the_other_replica_within_a_second
     // Session: a logout on A with a `sid` token revokes the session's refresh token on
     // B too, although that token was never sent.
     let sid = format!("sess-{}", unique_jti());
-    let access_t = token(&access("carol").with(json!({ "sid": sid })));
-    let refresh_t = token(&refresh("carol").with(json!({ "sid": sid })));
+    // A session revocation is a cut-off: these were issued before it.
+    let issued = json!({ "sid": sid, "iat": now() - 5 });
+    let access_t = token(&access("carol").with(issued.clone()));
+    let refresh_t = token(&refresh("carol").with(issued));
     assert_accepted(&b, "/refresh", &refresh_t, "carol").await;
     let reply = logout(&a, &access_t).await;
     let since = Instant::now();
@@ -474,7 +476,7 @@ async fn session_and_subject_revocations_reach_the_other_replica_within_a_second
     eprintln!("session revocation reached B after {delay:?}");
 
     // Subject: `portcullis revoke --sub` (another process) reaches both replicas.
-    let old = token(&access("dave"));
+    let old = token(&access("dave").with(json!({ "iat": now() - 5 })));
     assert_accepted(&a, "/x", &old, "dave").await;
     assert_accepted(&b, "/x", &old, "dave").await;
     cli_revoke(&a, &["--sub", "dave"]).await;
@@ -488,7 +490,7 @@ async fn session_and_subject_revocations_reach_the_other_replica_within_a_second
     while now() <= revoked_at {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let fresh = token(&access("dave"));
+    let fresh = token(&access("dave").with(json!({ "iat": now() })));
     assert_accepted(&a, "/x", &fresh, "dave").await;
     assert_accepted(&b, "/x", &fresh, "dave").await;
 }
@@ -729,8 +731,10 @@ async fn a_replica_cut_off_from_redis_catches_up_on_what_it_missed() {
 
     let t = token(&access("grace"));
     let sid = format!("sess-{}", unique_jti());
-    let session_access = token(&access("grace").with(json!({ "sid": sid })));
-    let session_refresh = token(&refresh("grace").with(json!({ "sid": sid })));
+    // A session revocation is a cut-off: these were issued before it.
+    let issued = json!({ "sid": sid, "iat": now() - 5 });
+    let session_access = token(&access("grace").with(issued.clone()));
+    let session_refresh = token(&refresh("grace").with(issued));
     assert_accepted(&b, "/x", &t, "grace").await;
     assert_accepted(&b, "/refresh", &session_refresh, "grace").await;
 
@@ -866,6 +870,7 @@ async fn store_writes_the_documented_key_layout() {
             },
             Revocation::Session {
                 sid: "s-1".into(),
+                at: 1_700_000_100,
                 exp: exp + 10,
             },
             Revocation::Subject {
@@ -888,7 +893,7 @@ async fn store_writes_the_documented_key_layout() {
         .await
         .unwrap();
     assert_eq!(jti, exp.to_string());
-    assert_eq!(sid, (exp + 10).to_string());
+    assert_eq!(sid, format!("{}:1700000100", exp + 10), "exp:cut-off");
     assert!((1..=300).contains(&jti_ttl), "TTL {jti_ttl}");
     let expiry: Vec<(String, u64)> = redis::cmd("ZRANGE")
         .arg("{pc}:expiry")
@@ -932,7 +937,9 @@ async fn store_writes_the_documented_key_layout() {
                 "key",
                 "s-1",
                 "value",
-                &(exp + 10).to_string()
+                &(exp + 10).to_string(),
+                "at",
+                "1700000100"
             ],
             vec!["kind", "sub", "key", "ivan", "value", "1700000000"],
         ]
@@ -959,6 +966,14 @@ async fn store_writes_the_documented_key_layout() {
             at: 1_700_000_000
         })
     );
+    assert_eq!(
+        store.lookup(Kind::Session, "s-1").await.unwrap(),
+        Some(Revocation::Session {
+            sid: "s-1".into(),
+            at: 1_700_000_100,
+            exp: exp + 10
+        })
+    );
     assert_eq!(store.lookup(Kind::Session, "nope").await.unwrap(), None);
 }
 
@@ -969,17 +984,36 @@ async fn a_shorter_or_older_revocation_never_weakens_a_stored_one() {
     let now = now() as u64;
     let long = Revocation::Session {
         sid: "s".into(),
+        at: now,
         exp: now + 30 * 86_400,
     };
     store.record(vec![long.clone()]).await.unwrap();
     store
         .record(vec![Revocation::Session {
             sid: "s".into(),
+            at: now - 100,
             exp: now + 60,
         }])
         .await
         .unwrap();
     assert_eq!(store.lookup(Kind::Session, "s").await.unwrap(), Some(long));
+    // A later cut-off moves the cut-off and keeps the longer expiry.
+    store
+        .record(vec![Revocation::Session {
+            sid: "s".into(),
+            at: now + 5,
+            exp: now + 60,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.lookup(Kind::Session, "s").await.unwrap(),
+        Some(Revocation::Session {
+            sid: "s".into(),
+            at: now + 5,
+            exp: now + 30 * 86_400
+        })
+    );
 
     store
         .record(vec![Revocation::Subject {

@@ -4,7 +4,9 @@
 //! the request (no allocation) unless the query string percent-encodes it.
 
 use crate::config::{JwtConfig, TokenLocation};
-use http::{header, HeaderMap};
+use crate::error::GatewayError;
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderValue, Uri};
 use std::borrow::Cow;
 
 /// Where a token was found (cookie tokens need the CSRF check; `forward.token: false`
@@ -99,6 +101,67 @@ pub fn query_value<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
         }
         percent_encoding::percent_decode_str(v).decode_utf8().ok()
     })
+}
+
+/// `forward.token: false`: removes the token from where [`extract`] found it, so the
+/// upstream does not see it; returns the (rewritten, for a query token) upstream URI.
+pub fn remove(
+    parts: &mut Parts,
+    source: TokenSource,
+    uri: Uri,
+    jwt: &JwtConfig,
+) -> Result<Uri, GatewayError> {
+    match source {
+        TokenSource::Header => {
+            parts.headers.remove(&jwt.header_name);
+            Ok(uri)
+        }
+        TokenSource::Cookie => {
+            let names = [
+                jwt.access_cookie_name.as_str(),
+                jwt.refresh_cookie_name.as_str(),
+            ];
+            let kept: Vec<String> = parts
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .map(str::trim)
+                .filter(|pair| {
+                    let name = pair.split_once('=').map_or(*pair, |(k, _)| k.trim());
+                    !pair.is_empty() && !names.contains(&name)
+                })
+                .map(str::to_owned)
+                .collect();
+            parts.headers.remove(header::COOKIE);
+            if !kept.is_empty() {
+                if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                    parts.headers.insert(header::COOKIE, v);
+                }
+            }
+            Ok(uri)
+        }
+        TokenSource::Query => {
+            let name = jwt.query_string_name.as_str();
+            let query: Vec<&str> = uri
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .filter(|pair| {
+                    !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != name
+                })
+                .collect();
+            let mut pq = uri.path().to_owned();
+            if !query.is_empty() {
+                pq.push('?');
+                pq.push_str(&query.join("&"));
+            }
+            let mut uri_parts = uri.into_parts();
+            uri_parts.path_and_query = Some(pq.parse().map_err(|_| GatewayError::BadRequest)?);
+            Uri::from_parts(uri_parts).map_err(|_| GatewayError::BadRequest)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,9 +10,15 @@
 //! Only asymmetric keys are taken from a JWKS (an `oct` key published by a provider is
 //! ignored), and each key verifies only the algorithms it can: its own `alg` when it
 //! names one, else those of its type and curve that `jwt.algorithms` allows.
+//!
+//! Two answers are refused as unusable rather than failed (issue 11): a key set with no
+//! key for `jwt.algorithms` (it is swapped in all the same, so withdrawn keys stop
+//! working), and a discovery document whose `issuer` is not exactly `jwt.issuer` (OIDC
+//! Discovery §4.3: it is not used). Either keeps `/readyz` at 503 with the reason and
+//! logs an error on every such fetch, until a fetch succeeds.
 
 use crate::config::JwtConfig;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http::{header, Request, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
@@ -103,6 +109,8 @@ pub struct Jwks {
     /// Single flight for unknown-`kid` refetches, holding when the last one started.
     refetch: tokio::sync::Mutex<Option<Instant>>,
     ready: AtomicBool,
+    /// Why the provider's last answer could not be used (cleared by a successful fetch).
+    problem: ArcSwapOption<String>,
     started: AtomicBool,
     /// Bumped whenever a fetch ends (success or failure).
     fetches_done: AtomicU64,
@@ -133,6 +141,7 @@ impl Jwks {
             client: Client::builder(TokioExecutor::new()).build(connector),
             refetch: tokio::sync::Mutex::new(None),
             ready: AtomicBool::new(false),
+            problem: ArcSwapOption::empty(),
             started: AtomicBool::new(false),
             fetches_done: AtomicU64::new(0),
             generation: AtomicU64::new(0),
@@ -141,9 +150,21 @@ impl Jwks {
         }))
     }
 
-    /// Whether a key set was fetched at least once.
+    /// Whether a usable key set was fetched at least once and the provider's last
+    /// answer was usable.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why `/readyz` must answer 503 because of this key set, if it must.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if let Some(problem) = self.problem.load_full() {
+            return Some(problem.as_ref().clone());
+        }
+        if !self.ready.load(Ordering::Relaxed) {
+            return Some("the JWKS key set has not been fetched yet".to_owned());
+        }
+        None
     }
 
     /// Changes whenever the key set changes (verified tokens are re-checked then).
@@ -161,19 +182,33 @@ impl Jwks {
         self.stats.fetches.fetch_add(1, Ordering::Relaxed);
         let result = tokio::time::timeout(FETCH_TIMEOUT, self.fetch_inner())
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {FETCH_TIMEOUT:?}")));
+            .unwrap_or_else(|_| {
+                Err(FetchError::Failed(format!(
+                    "no answer within {FETCH_TIMEOUT:?}"
+                )))
+            });
         self.fetches_done.fetch_add(1, Ordering::AcqRel);
-        match &result {
-            Ok(_) => self.ready.store(true, Ordering::Relaxed),
-            Err(e) => {
+        match result {
+            Ok(max_age) => {
+                self.problem.store(None);
+                self.ready.store(true, Ordering::Relaxed);
+                Ok(max_age)
+            }
+            Err(FetchError::Failed(e)) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "JWKS fetch failed; keeping the last good key set");
+                Err(e)
+            }
+            Err(FetchError::Unusable { reason, hint }) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("{reason}; {hint}; /readyz answers 503 until a fetch succeeds");
+                self.problem.store(Some(Arc::new(reason.clone())));
+                Err(reason)
             }
         }
-        result
     }
 
-    async fn fetch_inner(&self) -> Result<Option<Duration>, String> {
+    async fn fetch_inner(&self) -> Result<Option<Duration>, FetchError> {
         let url = match &self.settings.source {
             JwksSource::Url(url) => url.clone(),
             JwksSource::Discovery { issuer } => {
@@ -182,6 +217,7 @@ impl Jwks {
                     issuer.trim_end_matches('/')
                 );
                 let (document, _) = self.get_json(&discovery_url).await?;
+                check_discovery_issuer(&document, issuer, &discovery_url)?;
                 document
                     .get("jwks_uri")
                     .and_then(Value::as_str)
@@ -192,6 +228,8 @@ impl Jwks {
         let (document, max_age) = self.get_json(&url).await?;
         let keys = parse_key_set(&document, &self.allowed)?;
         tracing::debug!(url, keys = keys.len(), "JWKS fetched");
+        let usable = !keys.is_empty();
+        // Stored even when empty: keys the provider no longer publishes must stop working.
         self.keys.store(Arc::new(keys));
         // Tokens verified under the old set must be checked again if the set changed (a
         // withdrawn key must stop working at once); an unchanged refresh keeps them.
@@ -199,6 +237,19 @@ impl Jwks {
             .hash_one(document.get("keys").map(Value::to_string));
         if self.fingerprint.swap(fingerprint, Ordering::AcqRel) != fingerprint {
             self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        if !usable {
+            return Err(FetchError::Unusable {
+                reason: format!(
+                    "jwks: no key usable for {:?} (keys: {})",
+                    self.allowed,
+                    describe_keys(&document)
+                ),
+                hint: format!(
+                    "the key set at {url} has no signature key for jwt.algorithms; \
+                     list the algorithms of the provider's keys in jwt.algorithms"
+                ),
+            });
         }
         Ok(max_age)
     }
@@ -259,7 +310,7 @@ impl Jwks {
         let first = match self.fetch().await {
             Ok(max_age) => next_refresh(self.settings.refresh, max_age),
             Err(e) => {
-                tracing::error!(error = %e, "no JWKS yet: /readyz answers 503 and fetches retry every 5s");
+                tracing::error!(error = %e, "no usable JWKS yet: /readyz answers 503 and fetches retry every 5s");
                 RETRY
             }
         };
@@ -281,6 +332,88 @@ impl Jwks {
             }
         });
     }
+}
+
+/// Why a fetch produced no key set.
+enum FetchError {
+    /// Unreachable, an error status, not JSON, no `keys`: the last good key set is kept.
+    Failed(String),
+    /// The provider answered, but not usably for this config: not ready until fixed.
+    /// `reason` is `/readyz`'s; `hint` is added to the error log.
+    Unusable { reason: String, hint: String },
+}
+
+impl From<String> for FetchError {
+    fn from(e: String) -> Self {
+        FetchError::Failed(e)
+    }
+}
+
+impl From<&str> for FetchError {
+    fn from(e: &str) -> Self {
+        FetchError::Failed(e.to_owned())
+    }
+}
+
+/// OpenID Connect Discovery §4.3: the document's `issuer` must be identical to the one
+/// it was looked up with, else the document must not be used.
+fn check_discovery_issuer(document: &Value, issuer: &str, url: &str) -> Result<(), FetchError> {
+    let found = document.get("issuer").and_then(Value::as_str);
+    if found == Some(issuer) {
+        return Ok(());
+    }
+    let found = found.map_or_else(|| "none".to_owned(), |f| format!("{f:?}"));
+    Err(FetchError::Unusable {
+        reason: format!(
+            "jwks: the discovery document's issuer {found} differs from jwt.issuer {issuer:?}"
+        ),
+        hint: format!(
+            "{url} is not used: OpenID Connect Discovery §4.3 requires them to be identical \
+             (a trailing slash counts); set jwt.issuer to exactly the provider's issuer, \
+             the `iss` its tokens carry"
+        ),
+    })
+}
+
+/// Most keys [`describe_keys`] lists.
+const DESCRIBED_KEYS: usize = 10;
+
+/// The keys of a JWKS document as an operator reads them: `EC P-256 kid=a, RSA kid=b alg=PS256`.
+fn describe_keys(document: &Value) -> String {
+    let items = document
+        .get("keys")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if items.is_empty() {
+        return "none".to_owned();
+    }
+    let mut described: Vec<String> = items
+        .iter()
+        .take(DESCRIBED_KEYS)
+        .map(|item| {
+            let field = |name: &str| item.get(name).and_then(Value::as_str);
+            let mut d = field("kty").unwrap_or("no kty").to_owned();
+            for (name, shown) in [
+                ("crv", ""),
+                ("kid", "kid="),
+                ("alg", "alg="),
+                ("use", "use="),
+            ] {
+                // `use: sig` is what a usable key says anyway.
+                if let Some(value) = field(name).filter(|v| !(name == "use" && *v == "sig")) {
+                    d.push(' ');
+                    d.push_str(shown);
+                    d.push_str(value);
+                }
+            }
+            d
+        })
+        .collect();
+    if items.len() > DESCRIBED_KEYS {
+        described.push(format!("and {} more", items.len() - DESCRIBED_KEYS));
+    }
+    described.join(", ")
 }
 
 /// The next refresh delay: the configured interval, shortened by `max-age`, never
@@ -416,5 +549,35 @@ mod tests {
         assert_eq!(keys[0].algorithms, vec![Algorithm::ES256]);
         assert!(parse_key_set(&doc, &[Algorithm::RS256]).unwrap().is_empty());
         assert!(parse_key_set(&json!({}), &[Algorithm::RS256]).is_err());
+    }
+
+    #[test]
+    fn unusable_key_sets_are_described_by_type_curve_and_kid() {
+        let doc = json!({"keys": [
+            {"kty": "EC", "crv": "P-256", "kid": "a", "use": "sig", "x": "", "y": ""},
+            {"kty": "RSA", "kid": "b", "alg": "PS256", "use": "enc"},
+            {"kty": "oct", "k": "c2VjcmV0"},
+        ]});
+        assert_eq!(
+            describe_keys(&doc),
+            "EC P-256 kid=a, RSA kid=b alg=PS256 use=enc, oct"
+        );
+        assert_eq!(describe_keys(&json!({"keys": []})), "none");
+        let many = json!({"keys": vec![json!({"kty": "EC"}); 12]});
+        assert!(describe_keys(&many).ends_with(", and 2 more"));
+    }
+
+    #[test]
+    fn discovery_issuer_must_be_identical() {
+        let doc = json!({"issuer": "https://idp.example/"});
+        assert!(check_discovery_issuer(&doc, "https://idp.example/", "u").is_ok());
+        match check_discovery_issuer(&doc, "https://idp.example", "u") {
+            Err(FetchError::Unusable { reason, .. }) => assert_eq!(
+                reason,
+                "jwks: the discovery document's issuer \"https://idp.example/\" differs from jwt.issuer \"https://idp.example\""
+            ),
+            _ => panic!("a trailing slash is a different issuer"),
+        }
+        assert!(check_discovery_issuer(&json!({}), "https://idp.example", "u").is_err());
     }
 }

@@ -13,8 +13,38 @@ use extract::{CookieKind, TokenSource};
 use http::request::Parts;
 use http::HeaderMap;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::sync::Arc;
 use verify::{AuthError, TokenType, VerifiedToken, Verifier};
+
+/// A claim read as text: a string as it is, a JSON number in its canonical decimal form
+/// (`12345`, `12345.0` and `1.2345e4` are all `"12345"`; `1.5` is `"1.5"`), anything
+/// else `None`. The one rule for every place a claim becomes a key or is compared as
+/// text: revocation keys (`jti`, `sid`, `sub`), identity headers, `require_claims`, and
+/// the admin API's and CLI's revocation input. So a token with `"sub": 12345` is
+/// revoked by `revoke --sub 12345` and by `{"sub": "12345"}` or `{"sub": 12345}`.
+pub fn claim_text(value: &Value) -> Option<Cow<'_, str>> {
+    match value {
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                Some(Cow::Owned(u.to_string()))
+            } else if let Some(i) = n.as_i64() {
+                Some(Cow::Owned(i.to_string()))
+            } else {
+                // Rust prints the shortest decimal that reads back as the same f64,
+                // without exponent or a trailing `.0`.
+                let f = n.as_f64().filter(|f| f.is_finite())?;
+                Some(Cow::Owned(if f == 0.0 {
+                    "0".to_owned()
+                } else {
+                    f.to_string()
+                }))
+            }
+        }
+        _ => None,
+    }
+}
 
 /// A request's verified token and where it came from.
 pub struct Authenticated {
@@ -108,26 +138,29 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether claim value `have` meets requirement `wanted`: equal; or `have` is a list (or
 /// an OAuth-style space-separated string) containing `wanted`; a list `wanted` needs
-/// each of its items.
+/// each of its items. Strings and numbers compare as [`claim_text`] reads them (`42`
+/// meets `"42"`); other values (booleans, objects) only when equal.
 fn satisfies(have: &Value, wanted: &Value) -> bool {
     if have == wanted {
         return true;
     }
-    match wanted {
-        Value::Array(items) => items.iter().all(|w| satisfies(have, w)),
-        _ => match have {
-            Value::Array(list) => list.contains(wanted),
-            Value::String(s) => wanted
-                .as_str()
-                .is_some_and(|w| s.split_ascii_whitespace().any(|part| part == w)),
-            _ => false,
-        },
+    if let Value::Array(items) = wanted {
+        return items.iter().all(|w| satisfies(have, w));
+    }
+    let Some(w) = claim_text(wanted) else {
+        return false;
+    };
+    match have {
+        Value::Array(list) => list.iter().any(|h| claim_text(h).is_some_and(|h| h == w)),
+        Value::String(s) => s.split_ascii_whitespace().any(|part| part == w),
+        Value::Number(_) => claim_text(have).is_some_and(|h| h == w),
+        _ => false,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::satisfies;
+    use super::{claim_text, satisfies};
     use serde_json::json;
 
     #[test]
@@ -142,6 +175,31 @@ mod tests {
         assert!(!satisfies(&json!(["read"]), &json!(["admin", "read"])));
         assert!(!satisfies(&json!("administrator"), &json!("admin")));
         assert!(satisfies(&json!(true), &json!(true)));
-        assert!(!satisfies(&json!(1), &json!("1")));
+        assert!(!satisfies(&json!(true), &json!("true")));
+        // Numbers read as their decimal text, as everywhere else.
+        assert!(satisfies(&json!(1), &json!("1")));
+        assert!(satisfies(&json!("1"), &json!(1)));
+        assert!(satisfies(&json!(1.0), &json!("1")));
+        assert!(satisfies(&json!([7, 42]), &json!("42")));
+        assert!(!satisfies(&json!(420), &json!("42")));
+    }
+
+    #[test]
+    fn claims_as_text() {
+        let text = |v: serde_json::Value| claim_text(&v).map(|c| c.into_owned());
+        assert_eq!(text(json!("abc")).as_deref(), Some("abc"));
+        assert_eq!(text(json!(12345)).as_deref(), Some("12345"));
+        assert_eq!(text(json!(-7)).as_deref(), Some("-7"));
+        assert_eq!(text(json!(12345.0)).as_deref(), Some("12345"));
+        assert_eq!(text(json!(1.2345e4)).as_deref(), Some("12345"));
+        assert_eq!(text(json!(1.5)).as_deref(), Some("1.5"));
+        assert_eq!(text(json!(-0.0)).as_deref(), Some("0"));
+        assert_eq!(
+            text(json!(18446744073709551615u64)).as_deref(),
+            Some("18446744073709551615")
+        );
+        assert_eq!(text(json!(null)), None);
+        assert_eq!(text(json!(true)), None);
+        assert_eq!(text(json!(["a"])), None);
     }
 }

@@ -7,8 +7,10 @@
 //! so a revoked token is refused at once despite this cache.
 
 use crate::auth::cache::{Expiring, TokenCache};
+use crate::auth::claim_text;
 use crate::auth::jwks::Jwks;
 use crate::auth::keys::KeySet;
+use crate::config::provider::typ_matches;
 use crate::config::JwtConfig;
 use crate::error::GatewayError;
 use crate::metrics::CacheStats;
@@ -16,6 +18,7 @@ use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -54,6 +57,8 @@ pub struct Verifier {
     /// One prepared `Validation` per allowed algorithm.
     validations: Vec<(Algorithm, Validation)>,
     leeway: u64,
+    /// `jwt.required_typ`, normalized: checked by [`Verifier::verify_uncached`] only.
+    required_typ: Option<String>,
     identity_headers: Vec<(String, HeaderName)>,
     cache: TokenCache<Cached>,
     stats: Arc<CacheStats>,
@@ -147,6 +152,7 @@ impl Verifier {
             keys,
             validations,
             leeway: leeway.as_secs(),
+            required_typ: jwt.required_typ.clone(),
             identity_headers,
             cache: TokenCache::new(cache_entries),
             stats,
@@ -212,12 +218,23 @@ impl Verifier {
 
     /// Checks `token`'s signature with the trusted keys for its header (static keys,
     /// then the JWKS by `kid`) and its claims with `validation`.
+    ///
+    /// It does not apply `jwt.required_typ`: that rule is for the tokens of requests
+    /// ([`Verifier::verify_uncached`]); a back-channel logout token (`typ: logout+jwt`)
+    /// is checked through this function and must not be held to it.
     pub fn decode_claims(
         &self,
         token: &str,
         header: &jsonwebtoken::Header,
         validation: &Validation,
     ) -> Result<Map<String, Value>, AuthError> {
+        // RFC 7515 §4.1.11: a `crit` extension the recipient does not understand makes
+        // the token invalid; the gateway understands none (and `crit: []` is itself
+        // invalid). jsonwebtoken parses the field but does not enforce it. Checked on
+        // this (uncached) path only: a hit in the verified-token cache was checked here.
+        if header.crit.is_some() {
+            return Err(GatewayError::Decode.into());
+        }
         let mut result = Self::decode_with(token, validation, self.keys.candidates(header.alg));
         if !matches!(result, Some(Ok(_))) {
             if let Some(jwks) = &self.jwks {
@@ -245,6 +262,13 @@ impl Verifier {
     /// The full check, without the cache (also used by logout for the refresh token).
     pub fn verify_uncached(&self, token: &str, now: u64) -> Result<VerifiedToken, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| GatewayError::Decode)?;
+        if let Some(required) = &self.required_typ {
+            // RFC 9068 §4: an access token must carry the `typ` it is meant to; this keeps
+            // ID tokens (same issuer, same keys, client_id in `aud`) out.
+            if !typ_matches(header.typ.as_deref(), required) {
+                return Err(GatewayError::Decode.into());
+            }
+        }
         let Some((_, validation)) = self.validations.iter().find(|(alg, _)| *alg == header.alg)
         else {
             return Err(GatewayError::Decode.into());
@@ -263,20 +287,25 @@ impl Verifier {
             Some("refresh") => TokenType::Refresh,
             Some(_) => TokenType::Other,
         };
-        let string_claim = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
-        let revocation_key = match claims.get("jti") {
-            Some(Value::String(jti)) if !jti.is_empty() => jti.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            _ => token_digest_key(token),
+        // Keys and identity headers read a claim one way: `claim_text`.
+        let text_claim = |name: &str| {
+            claims
+                .get(name)
+                .and_then(claim_text)
+                .map(Cow::into_owned)
+                .filter(|s| !s.is_empty())
         };
+        let revocation_key = text_claim("jti").unwrap_or_else(|| token_digest_key(token));
         let identity = self
             .identity_headers
             .iter()
             .filter_map(|(claim, header)| {
-                let value = match claims.get(claim)? {
-                    Value::String(s) => HeaderValue::from_str(s).ok()?,
-                    Value::Null => return None,
-                    other => HeaderValue::from_str(&other.to_string()).ok()?,
+                let value = claims.get(claim)?;
+                let value = match claim_text(value) {
+                    Some(text) => HeaderValue::from_str(&text).ok()?,
+                    None if value.is_null() => return None,
+                    // Lists, objects, booleans: their JSON text.
+                    None => HeaderValue::from_str(&value.to_string()).ok()?,
                 };
                 Some((header.clone(), value))
             })
@@ -287,9 +316,12 @@ impl Verifier {
                 .get("fresh")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-            csrf: string_claim("csrf"),
-            sub: string_claim("sub"),
-            sid: string_claim("sid"),
+            csrf: claims
+                .get("csrf")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            sub: text_claim("sub"),
+            sid: text_claim("sid"),
             iat,
             exp,
             revocation_key,
@@ -328,5 +360,59 @@ fn map_error(kind: &ErrorKind) -> GatewayError {
         // Malformed, wrong algorithm for the key, bad claim types, not yet valid, and
         // anything jsonwebtoken adds later: all "Invalid Token".
         _ => GatewayError::Decode,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn verifier(required_typ: &str) -> Verifier {
+        let text = format!(
+            "jwt:\n  secret: {SECRET}\n  required_typ: {required_typ}\nblocklist:\n  store: memory\n\
+             upstreams:\n  app:\n    url: http://127.0.0.1:9\nroutes:\n  - prefix: /\n    upstream: app\n"
+        );
+        let config =
+            crate::config::parse(&text, std::path::Path::new("/nonexistent/g.yaml"), |_| None)
+                .unwrap();
+        Verifier::new(&config.jwt, Vec::new(), 100, Arc::default(), None)
+    }
+
+    fn token(typ: Option<&str>) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.typ = typ.map(str::to_owned);
+        let claims = json!({"sub": "alice", "exp": now_unix() + 600});
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn required_typ_applies_to_request_tokens_but_not_to_decode_claims() {
+        let v = verifier("at+jwt");
+        let now = now_unix();
+        for ok in ["at+jwt", "AT+JWT", "application/at+jwt"] {
+            assert!(v.verify_uncached(&token(Some(ok)), now).is_ok(), "{ok}");
+        }
+        for refused in [Some("JWT"), Some("logout+jwt"), None] {
+            assert_eq!(
+                v.verify_uncached(&token(refused), now).err(),
+                Some(AuthError::Refused(GatewayError::Decode)),
+                "{refused:?}"
+            );
+        }
+        // A back-channel logout token is validated through decode_claims, which does
+        // not look at `typ`.
+        let logout = token(Some("logout+jwt"));
+        let header = jsonwebtoken::decode_header(&logout).unwrap();
+        let validation = Validation::new(Algorithm::HS256);
+        assert!(v.decode_claims(&logout, &header, &validation).is_ok());
     }
 }

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct MemoryStore {
     entries: Mutex<HashMap<(u8, String), Revocation>>,
+    /// Replay memory: key -> expiry.
+    seen_once: Mutex<HashMap<String, u64>>,
 }
 
 fn slot(kind: Kind, key: &str) -> (u8, String) {
@@ -36,13 +38,35 @@ impl Store for MemoryStore {
         let mut entries = self.entries();
         for r in revocations {
             let slot = slot_of(&r);
-            let keep_old = matches!(
-                (entries.get(&slot), &r),
-                (Some(Revocation::Subject { at: old, .. }), Revocation::Subject { at, .. }) if old > at
-            );
-            if !keep_old {
-                entries.insert(slot, r);
-            }
+            // The same merge as the durable stores: a later expiry, a later cut-off win.
+            let merged = match (entries.get(&slot), r) {
+                (Some(Revocation::Subject { at: old, .. }), Revocation::Subject { sub, at }) => {
+                    Revocation::Subject {
+                        sub,
+                        at: at.max(*old),
+                    }
+                }
+                (
+                    Some(Revocation::Session {
+                        at: old_at,
+                        exp: old_exp,
+                        ..
+                    }),
+                    Revocation::Session { sid, at, exp },
+                ) => Revocation::Session {
+                    sid,
+                    at: at.max(*old_at),
+                    exp: exp.max(*old_exp),
+                },
+                (Some(Revocation::Token { exp: old, .. }), Revocation::Token { key, exp }) => {
+                    Revocation::Token {
+                        key,
+                        exp: exp.max(*old),
+                    }
+                }
+                (_, r) => r,
+            };
+            entries.insert(slot, merged);
         }
         Box::pin(async { Ok(()) })
     }
@@ -78,7 +102,35 @@ impl Store for MemoryStore {
         Box::pin(async { Ok(found) })
     }
 
+    fn record_once(
+        &self,
+        key: &str,
+        exp: u64,
+        revocations: Vec<Revocation>,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let first = {
+            let mut seen = self.seen_once.lock().unwrap_or_else(|p| p.into_inner());
+            let now = crate::auth::verify::now_unix();
+            match seen.get(key) {
+                Some(&until) if until >= now => false,
+                _ => {
+                    seen.insert(key.to_owned(), exp);
+                    true
+                }
+            }
+        };
+        if !first {
+            return Box::pin(async { Ok(false) });
+        }
+        let recorded = self.record(revocations);
+        Box::pin(async move { recorded.await.map(|()| true) })
+    }
+
     fn purge_expired(&self, now: u64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.seen_once
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, until| *until >= now);
         let mut entries = self.entries();
         let before = entries.len();
         entries.retain(|_, r| r.is_live(now));

@@ -12,6 +12,8 @@
 //! blocklist logs it and from then on answers a miss by asking the store, so a
 //! revocation is never forgotten, only slower to find.
 
+pub mod fault;
+pub mod feed;
 pub mod memory;
 pub mod redis;
 pub mod set;
@@ -24,7 +26,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 /// A boxed future, for the object-safe [`Store`] trait.
@@ -35,29 +37,55 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub enum Revocation {
     /// A single token, by `jti` (or `sha256:` digest), until its `exp`.
     Token { key: String, exp: u64 },
-    /// Every token carrying this `sid`, until `exp`.
-    Session { sid: String, exp: u64 },
-    /// Every token of `sub` issued at or before `at` (by `iat`); kept until replaced.
+    /// A cut-off for one session: every token carrying this `sid` issued before `at`
+    /// (by `iat`; a token without `iat` too) is refused, until `exp`. Tokens the
+    /// identity provider issues later in the same session are accepted.
+    Session { sid: String, at: u64, exp: u64 },
+    /// A cut-off for one subject: every token of `sub` issued before `at` (by `iat`;
+    /// a token without `iat` too) is refused; kept until replaced by a later one.
     Subject { sub: String, at: u64 },
+}
+
+/// The cut-off of a session revocation recorded before cut-offs existed: it refused
+/// every token of the session, which a cut-off in the far future still does.
+pub const WHOLE_SESSION: u64 = u64::MAX;
+
+/// The cut-off rule of section 3 of the contract, for sessions and subjects: a token
+/// issued before `cutoff` (whole seconds), or one without `iat`, is refused; a token
+/// issued in the same second as the revocation is accepted, so a user who logs out
+/// everywhere can log in again at once.
+pub fn issued_before(iat: Option<u64>, cutoff: u64) -> bool {
+    iat.is_none_or(|iat| iat < cutoff)
 }
 
 impl Revocation {
     /// The kind, key and value (`exp`, or the revocation time of a subject): the form
-    /// stores keep it in.
+    /// stores keep it in. A session's cut-off is [`Revocation::cutoff`].
     pub fn parts(&self) -> (Kind, &str, u64) {
         match self {
             Revocation::Token { key, exp } => (Kind::Token, key, *exp),
-            Revocation::Session { sid, exp } => (Kind::Session, sid, *exp),
+            Revocation::Session { sid, exp, .. } => (Kind::Session, sid, *exp),
             Revocation::Subject { sub, at } => (Kind::Subject, sub, *at),
         }
     }
 
-    /// Rebuilds a revocation from a stored kind name (`jti`, `sid`, `sub`), key and value.
-    pub fn from_parts(kind: &str, key: String, value: u64) -> Option<Revocation> {
+    /// A session revocation's cut-off (`None` for the other kinds).
+    pub fn cutoff(&self) -> Option<u64> {
+        match self {
+            Revocation::Session { at, .. } => Some(*at),
+            _ => None,
+        }
+    }
+
+    /// Rebuilds a revocation from a stored kind name (`jti`, `sid`, `sub`), key, value
+    /// and, for sessions, cut-off (absent in records written before cut-offs existed:
+    /// the whole session, as it was then).
+    pub fn from_parts(kind: &str, key: String, value: u64, at: Option<u64>) -> Option<Revocation> {
         match kind {
             "jti" => Some(Revocation::Token { key, exp: value }),
             "sid" => Some(Revocation::Session {
                 sid: key,
+                at: at.unwrap_or(WHOLE_SESSION),
                 exp: value,
             }),
             "sub" => Some(Revocation::Subject {
@@ -126,7 +154,21 @@ pub trait Store: Send + Sync + 'static {
         kind: Kind,
         key: &str,
     ) -> BoxFuture<'_, Result<Option<Revocation>, StoreError>>;
-    /// Deletes expired revocations.
+    /// Replay memory (back-channel logout tokens' `jti`): records `key` until `exp`
+    /// and `revocations` with it, unless `key` is already there, atomically and
+    /// durably. `Ok(true)` means this call recorded both (first sight, across every
+    /// replica sharing the store); `Ok(false)` that the key was seen before and
+    /// nothing was recorded. One step, so that neither a replay is ever acted on nor
+    /// a first sight lost to a failure between the two writes. Replay keys are not
+    /// revocations: they never reach the in-memory set and do not count against
+    /// `cache_max_entries`.
+    fn record_once(
+        &self,
+        key: &str,
+        exp: u64,
+        revocations: Vec<Revocation>,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+    /// Deletes expired revocations (and expired replay keys).
     fn purge_expired(&self, now: u64) -> BoxFuture<'_, Result<u64, StoreError>>;
 }
 
@@ -142,6 +184,7 @@ pub enum Verdict {
 /// The in-memory copy of every live revocation, and its store.
 pub struct Blocklist {
     tokens: RevocationSet,
+    /// `sid` -> (exp, cut-off).
     sessions: RevocationSet,
     /// `sub` -> revocation time. Few and never expiring, so a plain map.
     subjects: RwLock<HashMap<String, u64>>,
@@ -154,15 +197,19 @@ pub struct Blocklist {
     overflowed: AtomicBool,
     store_healthy: AtomicBool,
     store_errors: AtomicU64,
-    /// Unix millis of the last successful read of the store (load or change feed).
+    /// Unix millis at which the last successful read of the store (load or change
+    /// feed) began: the local copy is known complete up to then.
     last_sync: AtomicU64,
+    /// Where the change feed stands, so a restarted feed task resumes there.
+    cursor: Mutex<String>,
 }
 
 /// How long the local copy may go without a successful read of the store before
 /// `on_store_error` applies to requests.
 pub const STALE_AFTER: Duration = Duration::from_secs(1);
 
-fn now_millis() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -183,26 +230,40 @@ impl Blocklist {
             store_healthy: AtomicBool::new(true),
             store_errors: AtomicU64::new(0),
             last_sync: AtomicU64::new(now_millis()),
+            cursor: Mutex::new(String::new()),
         })
     }
 
-    /// Fills the cache with every live revocation and returns the change-feed cursor
-    /// to poll from.
-    pub async fn load(&self) -> Result<String, StoreError> {
+    /// Fills the cache with every live revocation and notes the change-feed position
+    /// to follow from (see [`Blocklist::spawn_feed`]).
+    pub async fn load(&self) -> Result<(), StoreError> {
+        let began = now_millis();
         let cursor = self.store.cursor().await?;
         let live = self.store.load_live(now_unix()).await?;
         for revocation in &live {
             self.remember(revocation);
         }
-        self.mark_synced();
-        Ok(cursor)
+        self.set_cursor(cursor);
+        self.mark_synced(began);
+        Ok(())
+    }
+
+    fn set_cursor(&self, cursor: String) {
+        *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = cursor;
+    }
+
+    fn current_cursor(&self) -> String {
+        self.cursor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Puts one revocation in memory (after the store has it).
     fn remember(&self, revocation: &Revocation) {
-        let (set, key, exp) = match revocation {
-            Revocation::Token { key, exp } => (&self.tokens, key, *exp),
-            Revocation::Session { sid, exp } => (&self.sessions, sid, *exp),
+        let (set, key, exp, cutoff) = match revocation {
+            Revocation::Token { key, exp } => (&self.tokens, key, *exp, WHOLE_SESSION),
+            Revocation::Session { sid, at, exp } => (&self.sessions, sid, *exp, *at),
             Revocation::Subject { sub, at } => {
                 let mut subjects = self.subjects.write().unwrap_or_else(|p| p.into_inner());
                 // A later revocation replaces an earlier one, never the reverse.
@@ -214,7 +275,9 @@ impl Blocklist {
         };
         // A key already held (our own writes come back through the change feed) is
         // only refreshed; only a new key can overflow memory.
-        if self.tokens.len() + self.sessions.len() >= self.max_entries && !set.contains(key, 0) {
+        if self.tokens.len() + self.sessions.len() >= self.max_entries
+            && set.cutoff(key, 0).is_none()
+        {
             if !self.overflowed.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     max = self.max_entries,
@@ -223,7 +286,7 @@ impl Blocklist {
             }
             return;
         }
-        set.insert(key, exp);
+        set.insert(key, exp, cutoff);
     }
 
     /// Whether `token` is revoked, from memory. Only when the cache has overflowed does
@@ -241,20 +304,23 @@ impl Blocklist {
     /// The request-path check: memory only, no await, no allocation.
     pub fn is_revoked_in_memory(&self, token: &VerifiedToken) -> bool {
         let now = now_unix();
-        if self.tokens.contains(&token.revocation_key, now) {
+        if self.tokens.cutoff(&token.revocation_key, now).is_some() {
             return true;
         }
         if let Some(sid) = &token.sid {
-            if !self.sessions.is_empty() && self.sessions.contains(sid, now) {
-                return true;
+            if !self.sessions.is_empty() {
+                if let Some(cutoff) = self.sessions.cutoff(sid, now) {
+                    if issued_before(token.iat, cutoff) {
+                        return true;
+                    }
+                }
             }
         }
         if self.has_subjects.load(Ordering::Relaxed) {
             if let Some(sub) = &token.sub {
                 let subjects = self.subjects.read().unwrap_or_else(|p| p.into_inner());
                 if let Some(&at) = subjects.get(sub.as_str()) {
-                    // Tokens without `iat` cannot prove they are newer: refused.
-                    return token.iat.is_none_or(|iat| iat <= at);
+                    return issued_before(token.iat, at);
                 }
             }
         }
@@ -273,7 +339,12 @@ impl Blocklist {
         for (kind, key) in lookups {
             match self.store.lookup(kind, key).await {
                 Ok(Some(Revocation::Subject { at, .. })) => {
-                    if token.iat.is_none_or(|iat| iat <= at) {
+                    if issued_before(token.iat, at) {
+                        return Verdict::Revoked;
+                    }
+                }
+                Ok(Some(Revocation::Session { at, exp, .. })) => {
+                    if exp >= now && issued_before(token.iat, at) {
                         return Verdict::Revoked;
                     }
                 }
@@ -308,6 +379,36 @@ impl Blocklist {
         }
     }
 
+    /// Records `revocations` unless `replay_key` was seen before (see
+    /// [`Store::record_once`]), then enforces them here at once. `Ok(false)`: a replay,
+    /// nothing recorded.
+    pub async fn revoke_once(
+        &self,
+        replay_key: &str,
+        replay_exp: u64,
+        revocations: Vec<Revocation>,
+    ) -> Result<bool, StoreError> {
+        match self
+            .store
+            .record_once(replay_key, replay_exp, revocations.clone())
+            .await
+        {
+            Ok(first) => {
+                self.store_healthy.store(true, Ordering::Relaxed);
+                if first {
+                    for r in &revocations {
+                        self.remember(r);
+                    }
+                }
+                Ok(first)
+            }
+            Err(e) => {
+                self.note_store_error(&e);
+                Err(e)
+            }
+        }
+    }
+
     /// Whether the store answers (readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.store.ping().await
@@ -330,17 +431,18 @@ impl Blocklist {
         self.store_healthy.load(Ordering::Relaxed)
     }
 
-    fn mark_synced(&self) {
-        self.last_sync.store(now_millis(), Ordering::Relaxed);
+    /// Notes a successful read of the store that began at `began` (Unix millis).
+    fn mark_synced(&self, began: u64) {
+        self.last_sync.fetch_max(began, Ordering::Relaxed);
     }
 
     /// Whether the local copy may have missed revocations for longer than
-    /// [`STALE_AFTER`]: the store is failing and has not been read successfully since.
-    /// A short blip (one failed poll) does not count; an outage does.
+    /// [`STALE_AFTER`]: defined by time alone. Whatever the reason the store was not
+    /// read (an error, a read that hangs, a feed task that died), once the last
+    /// successful read began more than the bound ago, the copy is stale.
     pub fn is_stale(&self) -> bool {
-        !self.store_healthy()
-            && now_millis().saturating_sub(self.last_sync.load(Ordering::Relaxed))
-                > STALE_AFTER.as_millis() as u64
+        now_millis().saturating_sub(self.last_sync.load(Ordering::Relaxed))
+            > STALE_AFTER.as_millis() as u64
     }
 
     /// Store operations that failed since start.
@@ -358,37 +460,10 @@ impl Blocklist {
         self.tokens.len() + self.sessions.len() + subjects
     }
 
-    /// Polls the store's change feed and purges expired rows until `shutdown` fires.
-    pub async fn follow(self: Arc<Self>, mut cursor: String, interval: Duration) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_purge = std::time::Instant::now();
-        loop {
-            ticker.tick().await;
-            match self.store.changes_since(&cursor).await {
-                Ok((changes, next)) => {
-                    if !self.store_healthy.swap(true, Ordering::Relaxed) {
-                        tracing::info!("revocation store reachable again");
-                    }
-                    self.mark_synced();
-                    let now = now_unix();
-                    for r in changes.iter().filter(|r| r.is_live(now)) {
-                        self.remember(r);
-                    }
-                    cursor = next;
-                }
-                Err(e) => self.note_store_error(&e),
-            }
-            if last_purge.elapsed() > Duration::from_secs(60) {
-                last_purge = std::time::Instant::now();
-                let now = now_unix();
-                self.tokens.purge(now);
-                self.sessions.purge(now);
-                if let Err(e) = self.store.purge_expired(now_unix()).await {
-                    tracing::warn!(error = %e, "purging expired revocations failed");
-                }
-            }
-        }
+    /// Drops expired entries from memory.
+    fn purge_memory(&self, now: u64) {
+        self.tokens.purge(now);
+        self.sessions.purge(now);
     }
 }
 

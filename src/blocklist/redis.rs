@@ -75,32 +75,63 @@ pub const LOAD_PAGE: usize = 20_000;
 const MAX_TIME: u64 = 253_402_300_799;
 
 /// The write script. Arguments:
-/// * `KEYS[1]` `P expiry`, `KEYS[2]` `P subjects`, `KEYS[3]` `P changes`;
-/// * `KEYS[3 + i]`: the key revocation `i` touches (its `jti:`/`sid:` string, or
+/// * `KEYS[1]` `P expiry`, `KEYS[2]` `P subjects`, `KEYS[3]` `P changes`, `KEYS[4]`
+///   the replay key (`P seen:<jti>`; `P changes` again when there is none);
+/// * `KEYS[4 + i]`: the key revocation `i` touches (its `jti:`/`sid:` string, or
 ///   `P subjects` again), declared so the script is honest about what it writes;
-/// * `ARGV[1]` the stream's `MAXLEN`, then `kind, key, value` for each revocation.
+/// * `ARGV[1]` the stream's `MAXLEN`, `ARGV[2]` the cut-off that stands for a whole
+///   session, `ARGV[3]` the replay key's expiry (`0`: no replay check), then
+///   `kind, key, value, cut-off` for each revocation.
+///
+/// With a replay key, the script records nothing and returns -1 when `SET NX` finds
+/// the key already there: first sight and the revocations it causes are one step.
+///
+/// A session's string holds `exp:cut-off`; one holding only `exp` was written before
+/// cut-offs existed and revokes the whole session, which a merge keeps.
 ///
 /// Values are validated and clamped before the call: a Redis error half-way through a
 /// script does not roll back what it already wrote.
 const RECORD_SCRIPT: &str = r"
-local n = #KEYS - 3
+if ARGV[3] ~= '0' then
+  if not redis.call('SET', KEYS[4], 1, 'NX', 'EXAT', ARGV[3]) then return -1 end
+end
+local n = #KEYS - 4
 for i = 1, n do
-  local kind = ARGV[3 * i - 1]
-  local key = ARGV[3 * i]
-  local value = ARGV[3 * i + 1]
+  local kind = ARGV[4 * i]
+  local key = ARGV[4 * i + 1]
+  local value = ARGV[4 * i + 2]
   if kind == 'sub' then
     redis.call('ZADD', KEYS[2], 'GT', value, key)
     value = redis.call('ZSCORE', KEYS[2], key)
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'kind', kind, 'key', key, 'value', value)
   else
-    local current = redis.call('GET', KEYS[3 + i])
-    if current and tonumber(current) and tonumber(current) >= tonumber(value) then
-      value = current
-    else
-      redis.call('SET', KEYS[3 + i], value, 'EXAT', value)
+    local exp = tonumber(value)
+    local cut = tonumber(ARGV[4 * i + 3])
+    local current = redis.call('GET', KEYS[4 + i])
+    if current then
+      local e, a = string.match(current, '^(%d+):(%d+)$')
+      if not e then
+        e = current
+        a = ARGV[2]
+      end
+      e = tonumber(e)
+      a = tonumber(a)
+      if e and e > exp then exp = e end
+      if a and a > cut then cut = a end
     end
-    redis.call('ZADD', KEYS[1], 'GT', value, kind .. ':' .. key)
+    local expiry = string.format('%d', exp)
+    local stored = expiry
+    if kind == 'sid' then stored = string.format('%d:%d', exp, cut) end
+    if stored ~= current then
+      redis.call('SET', KEYS[4 + i], stored, 'EXAT', expiry)
+    end
+    redis.call('ZADD', KEYS[1], 'GT', expiry, kind .. ':' .. key)
+    if kind == 'sid' then
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'kind', kind, 'key', key, 'value', expiry, 'at', string.format('%d', cut))
+    else
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'kind', kind, 'key', key, 'value', expiry)
+    end
   end
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'kind', kind, 'key', key, 'value', value)
 end
 return n
 ";
@@ -151,16 +182,25 @@ fn parse_time(raw: &[u8]) -> Option<u64> {
 /// A change-feed entry back into a revocation. Entries this build does not understand
 /// (a newer kind, a hand-written typo) are skipped, not fatal: the feed must go on.
 fn parse_entry(fields: &[Vec<u8>]) -> Option<Revocation> {
-    let (mut kind, mut key, mut value) = (None, None, None);
+    let (mut kind, mut key, mut value, mut at) = (None, None, None, None);
     for pair in fields.chunks_exact(2) {
         match pair[0].as_slice() {
             b"kind" => kind = std::str::from_utf8(&pair[1]).ok(),
             b"key" => key = String::from_utf8(pair[1].clone()).ok(),
             b"value" => value = parse_time(&pair[1]),
+            b"at" => at = parse_time(&pair[1]),
             _ => {}
         }
     }
-    Revocation::from_parts(kind?, key?, value?)
+    Revocation::from_parts(kind?, key?, value?, at)
+}
+
+/// A `jti:`/`sid:` string's value: `exp`, or `exp:cut-off` for a session.
+fn parse_item(raw: &[u8]) -> Option<(u64, Option<u64>)> {
+    match raw.iter().position(|&b| b == b':') {
+        Some(colon) => Some((parse_time(&raw[..colon])?, parse_time(&raw[colon + 1..]))),
+        None => Some((parse_time(raw)?, None)),
+    }
 }
 
 /// A flat `[member, score, member, score, ...]` reply as pairs, without copying.
@@ -392,6 +432,50 @@ impl RedisStore {
         }
     }
 
+    /// Runs [`RECORD_SCRIPT`]: `revocations`, after a replay check when `replay` names
+    /// a key and its expiry. Returns `false` when the replay key was already there
+    /// (nothing recorded).
+    async fn run_record(
+        &self,
+        replay: Option<(String, u64)>,
+        revocations: &[Revocation],
+    ) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(RECORD_SCRIPT)
+            .arg(4 + revocations.len())
+            .arg(&self.expiry_key)
+            .arg(&self.subjects_key)
+            .arg(&self.changes_key);
+        match &replay {
+            Some((key, _)) => cmd.arg(key),
+            None => cmd.arg(&self.changes_key),
+        };
+        for r in revocations {
+            match r {
+                Revocation::Token { key, .. } => cmd.arg(self.item_key("jti", key)),
+                Revocation::Session { sid, .. } => cmd.arg(self.item_key("sid", sid)),
+                Revocation::Subject { .. } => cmd.arg(&self.subjects_key),
+            };
+        }
+        cmd.arg(STREAM_MAXLEN)
+            .arg(MAX_TIME)
+            .arg(replay.as_ref().map_or(0, |(_, exp)| *exp));
+        for r in revocations {
+            // EXAT must be positive: an expiry of 0 (long past) becomes 1, which
+            // Redis accepts and forgets at once, like any other past expiry.
+            let (kind, key, value, cutoff) = match r {
+                Revocation::Token { key, exp } => ("jti", key, (*exp).clamp(1, MAX_TIME), 0),
+                Revocation::Session { sid, at, exp } => {
+                    ("sid", sid, (*exp).clamp(1, MAX_TIME), (*at).min(MAX_TIME))
+                }
+                Revocation::Subject { sub, at } => ("sub", sub, (*at).min(MAX_TIME), 0),
+            };
+            cmd.arg(kind).arg(key.as_str()).arg(value).arg(cutoff);
+        }
+        let recorded: i64 = self.run("recording revocations", cmd).await?;
+        Ok(recorded >= 0)
+    }
+
     /// The current end of the stream, then the whole live set: what a replica that lost
     /// track of the feed needs. Taking the cursor first means anything written during
     /// the load is read again from the feed (applying a revocation twice is harmless).
@@ -412,47 +496,52 @@ impl Store for RedisStore {
             if revocations.is_empty() {
                 return Ok(());
             }
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(RECORD_SCRIPT)
-                .arg(3 + revocations.len())
-                .arg(&self.expiry_key)
-                .arg(&self.subjects_key)
-                .arg(&self.changes_key);
-            for r in &revocations {
-                match r {
-                    Revocation::Token { key, .. } => cmd.arg(self.item_key("jti", key)),
-                    Revocation::Session { sid, .. } => cmd.arg(self.item_key("sid", sid)),
-                    Revocation::Subject { .. } => cmd.arg(&self.subjects_key),
-                };
-            }
-            cmd.arg(STREAM_MAXLEN);
-            for r in &revocations {
-                // EXAT must be positive: an expiry of 0 (long past) becomes 1, which
-                // Redis accepts and forgets at once, like any other past expiry.
-                let (kind, key, value) = match r {
-                    Revocation::Token { key, exp } => ("jti", key, (*exp).clamp(1, MAX_TIME)),
-                    Revocation::Session { sid, exp } => ("sid", sid, (*exp).clamp(1, MAX_TIME)),
-                    Revocation::Subject { sub, at } => ("sub", sub, (*at).min(MAX_TIME)),
-                };
-                cmd.arg(kind).arg(key.as_str()).arg(value);
-            }
-            let _: i64 = self.run("recording revocations", cmd).await?;
-            Ok(())
+            self.run_record(None, &revocations).await.map(|_| ())
         })
+    }
+
+    fn record_once(
+        &self,
+        key: &str,
+        exp: u64,
+        revocations: Vec<Revocation>,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let replay = (self.item_key("seen", key), exp.clamp(1, MAX_TIME));
+        Box::pin(async move { self.run_record(Some(replay), &revocations).await })
     }
 
     fn load_live(&self, now: u64) -> BoxFuture<'_, Result<Vec<Revocation>, StoreError>> {
         Box::pin(async move {
             let mut out = Vec::new();
+            let mut sessions = Vec::new();
             self.read_zset(&self.expiry_key, now, |member, exp| {
                 let Ok(member) = String::from_utf8(member) else {
                     return;
                 };
-                if let Some((kind, key)) = member.split_once(':') {
-                    out.extend(Revocation::from_parts(kind, key.to_owned(), exp));
+                match member.split_once(':') {
+                    Some(("sid", sid)) => sessions.push(sid.to_owned()),
+                    Some((kind, key)) => {
+                        out.extend(Revocation::from_parts(kind, key.to_owned(), exp, None))
+                    }
+                    None => {}
                 }
             })
             .await?;
+            // A session's cut-off lives in its string: read them a page at a time.
+            for page in sessions.chunks(LOAD_PAGE) {
+                let mut mget = redis::cmd("MGET");
+                for sid in page {
+                    mget.arg(self.item_key("sid", sid));
+                }
+                let values: Vec<Option<Vec<u8>>> =
+                    self.run("loading session revocations (MGET)", mget).await?;
+                for (sid, value) in page.iter().zip(values) {
+                    // Gone since the index was read: expired meanwhile.
+                    if let Some((exp, at)) = value.as_deref().and_then(parse_item) {
+                        out.extend(Revocation::from_parts("sid", sid.clone(), exp, at));
+                    }
+                }
+            }
             self.read_zset(&self.subjects_key, 0, |member, at| {
                 if let Ok(sub) = String::from_utf8(member) {
                     out.push(Revocation::Subject { sub, at });
@@ -602,11 +691,14 @@ impl Store for RedisStore {
             };
             // A hand-written key whose value is not a time still revokes: until its
             // TTL runs out, or for good if it has none.
-            let exp = parse_time(&value).unwrap_or_else(|| match u64::try_from(ttl) {
-                Ok(ttl) => now_unix().saturating_add(ttl),
-                Err(_) => MAX_TIME,
+            let (exp, at) = parse_item(&value).unwrap_or_else(|| {
+                let exp = match u64::try_from(ttl) {
+                    Ok(ttl) => now_unix().saturating_add(ttl),
+                    Err(_) => MAX_TIME,
+                };
+                (exp, None)
             });
-            Ok(Revocation::from_parts(name, key, exp))
+            Ok(Revocation::from_parts(name, key, exp, at))
         })
     }
 
@@ -660,9 +752,35 @@ mod tests {
             parse_entry(&fields),
             Some(Revocation::Session {
                 sid: "s-1".into(),
+                at: crate::blocklist::WHOLE_SESSION,
+                exp: 1_767_225_600
+            }),
+            "an entry from before cut-offs revokes the whole session"
+        );
+        let fields: Vec<Vec<u8>> = [
+            "kind",
+            "sid",
+            "key",
+            "s-1",
+            "value",
+            "1767225600",
+            "at",
+            "1767220000",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        assert_eq!(
+            parse_entry(&fields),
+            Some(Revocation::Session {
+                sid: "s-1".into(),
+                at: 1_767_220_000,
                 exp: 1_767_225_600
             })
         );
+        assert_eq!(parse_item(b"100:90"), Some((100, Some(90))));
+        assert_eq!(parse_item(b"100"), Some((100, None)));
+        assert_eq!(parse_item(b"x"), None);
         let unknown: Vec<Vec<u8>> = ["kind", "nope", "key", "k", "value", "1"]
             .iter()
             .map(|s| s.as_bytes().to_vec())

@@ -49,9 +49,17 @@ impl std::hash::Hash for Digest {
     }
 }
 
-type Shard = HashMap<Digest, u32, BuildHasherDefault<DigestHasher>>;
+/// What a key maps to: its expiry and, for session revocations, the `iat` cut-off
+/// (Unix seconds as u32, good to 2106). Two u32s keep a slot at 24 bytes, as one did.
+#[derive(Clone, Copy)]
+struct Entry {
+    exp: u32,
+    cutoff: u32,
+}
 
-/// A set of revoked keys with expiry times (Unix seconds, stored as u32: good to 2106).
+type Shard = HashMap<Digest, Entry, BuildHasherDefault<DigestHasher>>;
+
+/// A set of revoked keys with expiry times and cut-offs.
 pub struct RevocationSet {
     shards: Box<[RwLock<Shard>]>,
     hasher: SipHasher13,
@@ -74,7 +82,7 @@ fn random_hasher() -> SipHasher13 {
     SipHasher13::new_with_keys(state.hash_one(1u8), state.hash_one(2u8))
 }
 
-fn clamp_exp(exp: u64) -> u32 {
+fn clamp(exp: u64) -> u32 {
     u32::try_from(exp).unwrap_or(u32::MAX)
 }
 
@@ -89,32 +97,43 @@ impl RevocationSet {
         &self.shards[(digest.0[0] % SHARDS as u64) as usize]
     }
 
-    /// Adds `key` until `exp` (a later expiry wins). Returns whether it was new.
-    pub fn insert(&self, key: &str, exp: u64) -> bool {
+    /// Adds `key` until `exp` with `cutoff` (a later expiry and a later cut-off win;
+    /// a cut-off past 2106 means every token). Returns whether the key was new.
+    pub fn insert(&self, key: &str, exp: u64, cutoff: u64) -> bool {
         let digest = self.digest(key);
         let mut shard = self
             .shard(digest)
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        let exp = clamp_exp(exp);
+        let (exp, cutoff) = (clamp(exp), clamp(cutoff));
         match shard.get_mut(&digest) {
             Some(old) => {
-                *old = (*old).max(exp);
+                old.exp = old.exp.max(exp);
+                old.cutoff = old.cutoff.max(cutoff);
                 false
             }
             None => {
-                shard.insert(digest, exp);
+                shard.insert(digest, Entry { exp, cutoff });
                 self.len.fetch_add(1, Ordering::Relaxed);
                 true
             }
         }
     }
 
-    /// Whether `key` is revoked at `now`.
-    pub fn contains(&self, key: &str, now: u64) -> bool {
+    /// The cut-off of `key` if it is revoked at `now` (`u32::MAX` stands for "every
+    /// token"), else `None`.
+    pub fn cutoff(&self, key: &str, now: u64) -> Option<u64> {
         let digest = self.digest(key);
         let shard = self.shard(digest).read().unwrap_or_else(|p| p.into_inner());
-        shard.get(&digest).is_some_and(|&exp| u64::from(exp) >= now)
+        shard
+            .get(&digest)
+            .filter(|entry| u64::from(entry.exp) >= now)
+            .map(|entry| u64::from(entry.cutoff))
+    }
+
+    /// Whether `key` is revoked at `now`.
+    pub fn contains(&self, key: &str, now: u64) -> bool {
+        self.cutoff(key, now).is_some()
     }
 
     /// Removes entries that expired before `now`; returns how many.
@@ -123,7 +142,7 @@ impl RevocationSet {
         for shard in self.shards.iter() {
             let mut shard = shard.write().unwrap_or_else(|p| p.into_inner());
             let before = shard.len();
-            shard.retain(|_, exp| u64::from(*exp) >= now);
+            shard.retain(|_, entry| u64::from(entry.exp) >= now);
             purged += (before - shard.len()) as u64;
         }
         self.len.fetch_sub(purged, Ordering::Relaxed);
@@ -148,12 +167,14 @@ mod tests {
     #[test]
     fn insert_contains_expire_purge() {
         let set = RevocationSet::default();
-        assert!(set.insert("a", 100));
-        assert!(!set.insert("a", 50), "re-insert is not new");
+        assert!(set.insert("a", 100, 7));
+        assert!(!set.insert("a", 50, 5), "re-insert is not new");
         assert!(set.contains("a", 100), "a later expiry is kept");
+        assert_eq!(set.cutoff("a", 100), Some(7), "a later cut-off is kept");
         assert!(!set.contains("a", 101));
         assert!(!set.contains("b", 0));
-        set.insert("b", 10);
+        set.insert("b", 10, u64::MAX);
+        assert_eq!(set.cutoff("b", 0), Some(u64::from(u32::MAX)));
         assert_eq!(set.len(), 2);
         assert_eq!(set.purge(11), 1);
         assert_eq!(set.len(), 1);

@@ -72,6 +72,7 @@ pub struct JwtFile {
     pub issuer: Option<String>,
     pub audience: Option<OneOrMany>,
     pub leeway: Option<String>,
+    pub required_typ: Option<String>,
     pub token_location: Option<OneOrMany>,
     pub header_name: Option<String>,
     pub header_type: Option<String>,
@@ -111,6 +112,8 @@ pub struct LogoutFile {
     pub revoke_refresh: Option<bool>,
     pub forward: Option<bool>,
     pub backchannel_path: Option<String>,
+    pub backchannel_audience: Option<OneOrMany>,
+    pub backchannel_revokes: Option<String>,
 }
 
 /// `upstreams.<name>:`

@@ -5,10 +5,12 @@
 //! here, never on the request path). Every error carries the key path and line, and
 //! all of them are collected before failing.
 
+pub mod diff;
 pub mod env;
 pub mod file;
 pub mod limits;
 pub mod lines;
+pub mod provider;
 
 use crate::auth::keys::{KeySet, SigningKey};
 use crate::net::header_pattern::HeaderPattern;
@@ -36,6 +38,11 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub forward: ForwardConfig,
+    /// The whole tree as loaded (variables expanded), for [`diff`] on reload.
+    pub tree: Value,
+    /// Problems worth fixing that do not stop the gateway (e.g. a short HMAC secret):
+    /// printed by `check`, logged at startup.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// `server:`
@@ -91,6 +98,9 @@ pub struct JwtConfig {
     pub issuer: Option<String>,
     pub audience: Vec<String>,
     pub leeway: Duration,
+    /// `jwt.required_typ`, normalized by [`provider::normalize_typ`] (`at+jwt`): tokens
+    /// whose JOSE `typ` differs are refused.
+    pub required_typ: Option<String>,
     pub token_location: Vec<TokenLocation>,
     pub header_name: HeaderName,
     pub header_type: String,
@@ -144,6 +154,19 @@ pub struct LogoutConfig {
     pub revoke_refresh: bool,
     pub forward: bool,
     pub backchannel_path: Option<String>,
+    /// The logout token's `aud` must be one of these (default: `jwt.audience`).
+    pub backchannel_audience: Vec<String>,
+    pub backchannel_revokes: BackchannelRevokes,
+}
+
+/// `logout.backchannel_revokes`: what a valid back-channel logout revokes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackchannelRevokes {
+    /// The logout token's `sid` when it has one, else its `sub`.
+    Session,
+    /// Every token of the logout token's `sub`, always (for providers whose access
+    /// tokens carry no `sid`).
+    Subject,
 }
 
 /// `upstreams.<name>:`
@@ -266,6 +289,7 @@ pub fn parse(
     let mut cx = Checker {
         lines: LineIndex::new(text),
         errors: Vec::new(),
+        warnings: Vec::new(),
         base_dir,
     };
     let mut root: Value = match serde_yaml::from_str(text) {
@@ -282,7 +306,10 @@ pub fn parse(
     expand_strings(&mut root, String::new(), &env, &mut cx);
     let config = cx.build(&root, source);
     match config {
-        Some(config) if cx.errors.is_empty() => Ok(config),
+        Some(mut config) if cx.errors.is_empty() => {
+            config.warnings = std::mem::take(&mut cx.warnings);
+            Ok(config)
+        }
         _ => Err(ConfigErrors(cx.errors)),
     }
 }
@@ -333,12 +360,21 @@ fn key_name(key: &Value) -> String {
 struct Checker {
     lines: LineIndex,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
     base_dir: PathBuf,
 }
 
 impl Checker {
     fn error(&mut self, path: &str, message: impl Into<String>) {
         self.errors.push(ConfigError {
+            path: path.to_owned(),
+            line: self.lines.line(path),
+            message: message.into(),
+        });
+    }
+
+    fn warning(&mut self, path: &str, message: impl Into<String>) {
+        self.warnings.push(ConfigError {
             path: path.to_owned(),
             line: self.lines.line(path),
             message: message.into(),
@@ -492,6 +528,8 @@ impl Checker {
             upstreams,
             routes,
             forward,
+            tree: root.clone(),
+            warnings: Vec::new(),
         })
     }
 
@@ -665,6 +703,22 @@ impl Checker {
             self.error(path, message);
         }
         let uses_jwks = f.jwks_url.is_some() || discovery;
+        if uses_jwks {
+            let source = if f.jwks_url.is_some() {
+                "jwt.jwks_url"
+            } else {
+                "jwt.discovery"
+            };
+            self.check_jwks_algorithms(&algorithms, source);
+        }
+        self.warn_short_secrets(
+            &algorithms,
+            &[
+                ("jwt.secret", f.secret.as_deref()),
+                ("jwt.previous_secret", f.previous_secret.as_deref()),
+            ],
+        );
+        let required_typ = self.required_typ(f.required_typ.as_deref());
         for (i, alg) in algorithms.iter().enumerate() {
             if !keys.has_family(alg) && !uses_jwks {
                 self.error(
@@ -758,6 +812,7 @@ impl Checker {
                 .map(file::OneOrMany::into_vec)
                 .unwrap_or_default(),
             leeway: self.duration(f.leeway.as_deref(), "jwt.leeway", Duration::ZERO),
+            required_typ,
             token_location,
             header_name,
             header_type: f.header_type.unwrap_or_else(|| "Bearer".to_owned()),
@@ -845,9 +900,35 @@ impl Checker {
             revoke_refresh: None,
             forward: None,
             backchannel_path: None,
+            backchannel_audience: None,
+            backchannel_revokes: None,
         });
         let path = f.path.unwrap_or_else(|| "/logout".to_owned());
         self.absolute_path(&path, "logout.path");
+        let backchannel_audience = match f.backchannel_audience {
+            Some(list) => {
+                let list = list.into_vec();
+                if list.iter().any(String::is_empty) || list.is_empty() {
+                    self.error(
+                        "logout.backchannel_audience",
+                        "must list the gateway's client_id(s) at the provider, none empty",
+                    );
+                }
+                list
+            }
+            None => jwt.map(|j| j.audience.clone()).unwrap_or_default(),
+        };
+        let backchannel_revokes = match f.backchannel_revokes.as_deref() {
+            None | Some("session") => BackchannelRevokes::Session,
+            Some("subject") => BackchannelRevokes::Subject,
+            Some(other) => {
+                self.error(
+                    "logout.backchannel_revokes",
+                    format!("{other:?} is not one of session, subject"),
+                );
+                BackchannelRevokes::Session
+            }
+        };
         if let Some(p) = &f.backchannel_path {
             self.absolute_path(p, "logout.backchannel_path");
             if let Some(jwt) = jwt {
@@ -857,8 +938,14 @@ impl Checker {
                         "needs jwt.jwks_url or jwt.discovery (the provider's keys)",
                     );
                 }
-                if jwt.issuer.is_none() || jwt.audience.is_empty() {
-                    self.error("logout.backchannel_path", "needs jwt.issuer and jwt.audience (logout tokens are checked against both)");
+                if jwt.issuer.is_none() {
+                    self.error(
+                        "logout.backchannel_path",
+                        "needs jwt.issuer (a logout token's iss must equal it)",
+                    );
+                }
+                if backchannel_audience.is_empty() {
+                    self.error("logout.backchannel_path", "needs logout.backchannel_audience or jwt.audience (the gateway's client_id, which a logout token's aud must hold)");
                 }
             }
         }
@@ -868,6 +955,8 @@ impl Checker {
             revoke_refresh: f.revoke_refresh.unwrap_or(true),
             forward: f.forward.unwrap_or(false),
             backchannel_path: f.backchannel_path,
+            backchannel_audience,
+            backchannel_revokes,
         }
     }
 
@@ -1107,9 +1196,13 @@ impl Config {
             .collect();
         let _ = writeln!(
             s,
-            "  jwt       {} via {:?}",
+            "  jwt       {} via {:?}{}",
             algs.join(", "),
-            self.jwt.token_location
+            self.jwt.token_location,
+            match &self.jwt.required_typ {
+                Some(typ) => format!(", required typ {typ}"),
+                None => String::new(),
+            }
         );
         let _ = writeln!(
             s,

@@ -1,127 +1,164 @@
-//! Reading a whole request body on endpoints the gateway answers itself (back-channel
-//! logout, the admin API), within a size and a time limit (issue 12, defect 16).
-//!
-//! Without a time limit, a client that sends its body one byte a minute holds a connection
-//! slot (and a task) for as long as it likes, before any authentication on the back-channel
-//! path. Forwarded bodies are not read here: they stream to the upstream.
+//! A body the gateway holds bytes of: its own small answers, and a client's request
+//! body whose start it has read (the logout path looks into it for a refresh token)
+//! followed by the rest of the stream, so that it can still be forwarded whole, with
+//! its original framing.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-/// How much of a body an endpoint reads, and how long it waits for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BodyLimit {
-    /// Largest body, in bytes.
-    pub max_bytes: usize,
-    /// Time for the whole body, from the moment the handler starts reading it.
-    pub within: Duration,
+/// Bytes held in memory, then (when the client's body did not end yet) the rest of it.
+#[derive(Debug, Default)]
+pub struct Held {
+    head: Option<Bytes>,
+    /// What followed the held bytes when they were read: the trailers, or the error the
+    /// stream broke with (passed on so that the upstream request fails too).
+    trailers: Option<HeaderMap>,
+    error: Option<hyper::Error>,
+    rest: Option<Incoming>,
 }
 
-impl BodyLimit {
-    /// The same size limit with at most `cap` to read it: an endpoint's time limit is never
-    /// longer than what the listener allows a request head (`server.header_read_timeout`).
-    pub fn capped(self, cap: Duration) -> BodyLimit {
-        BodyLimit {
-            within: self.within.min(cap),
-            ..self
+impl Held {
+    /// A complete body of `bytes`.
+    pub fn full(bytes: Bytes) -> Held {
+        Held {
+            head: (!bytes.is_empty()).then_some(bytes),
+            ..Held::default()
         }
     }
-}
 
-/// Why a body could not be read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyError {
-    /// Over `max_bytes` (declared by `Content-Length`, or as it arrived): 413.
-    TooLarge,
-    /// Not complete within `within`: 408.
-    TooSlow,
-    /// The connection failed mid-body (reset, malformed chunking).
-    Broken,
-}
-
-/// Reads the whole body under `limit`. A body whose declared length (`Content-Length`,
-/// which hyper's body reports as its size hint) is over the limit is refused before
-/// anything is read.
-pub async fn read_body<B>(body: B, limit: BodyLimit) -> Result<Bytes, BodyError>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    if body.size_hint().lower() > limit.max_bytes as u64 {
-        return Err(BodyError::TooLarge);
+    /// The bytes held so far (empty if none).
+    pub fn bytes(&self) -> &[u8] {
+        self.head.as_deref().unwrap_or_default()
     }
-    match tokio::time::timeout(limit.within, Limited::new(body, limit.max_bytes).collect()).await {
-        Err(_) => Err(BodyError::TooSlow),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge),
-        Ok(Err(_)) => Err(BodyError::Broken),
+}
+
+/// What [`read_start`] learned.
+pub struct Start {
+    /// The whole body, replayable: the bytes read, then the rest of the stream.
+    pub body: Held,
+    /// Whether the bytes read are the entire body (it ended within `limit` and `wait`,
+    /// without an error).
+    pub complete: bool,
+}
+
+/// Reads the start of `body` until it ends, more than `limit` bytes have arrived, or
+/// `wait` has passed, whichever comes first (so at most `limit` bytes plus one frame,
+/// a frame being bounded by hyper's read buffer or the HTTP/2 frame size, are held). A
+/// body announcing more than `limit` bytes (`Content-Length`) is not read at all. Never fails: what could not be read is simply
+/// not `complete`, and stays in the returned body for whoever forwards it.
+pub async fn read_start(mut body: Incoming, limit: usize, wait: Duration) -> Start {
+    if body.size_hint().lower() > limit as u64 {
+        return Start {
+            body: Held {
+                rest: Some(body),
+                ..Held::default()
+            },
+            complete: false,
+        };
+    }
+    let mut held = BytesMut::new();
+    let mut trailers = None;
+    let mut error = None;
+    let mut ended = body.is_end_stream();
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    while !ended && held.len() <= limit {
+        tokio::select! {
+            // Cancel-safe: a frame not yet returned stays in the body.
+            frame = body.frame() => match frame {
+                None => ended = true,
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => held.extend_from_slice(&data),
+                    Err(frame) => {
+                        trailers = frame.into_trailers().ok();
+                        ended = true;
+                    }
+                },
+                Some(Err(e)) => {
+                    error = Some(e);
+                    ended = true;
+                }
+            },
+            _ = &mut deadline => break,
+        }
+    }
+    let complete = ended && error.is_none() && held.len() <= limit;
+    let held = held.freeze();
+    Start {
+        body: Held {
+            head: (!held.is_empty()).then_some(held),
+            trailers,
+            error,
+            rest: (!ended).then_some(body),
+        },
+        complete,
+    }
+}
+
+impl Body for Held {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(head) = this.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        if let Some(error) = this.error.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
+        if let Some(trailers) = this.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        match &mut this.rest {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none()
+            && self.error.is_none()
+            && self.trailers.is_none()
+            && self.rest.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let held = self.head.as_ref().map_or(0, |h| h.len() as u64);
+        let Some(rest) = &self.rest else {
+            return SizeHint::with_exact(held);
+        };
+        let rest = rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(held));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(held));
+        }
+        hint
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body::Frame;
-    use http_body_util::Full;
-    use std::convert::Infallible;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    const LIMIT: BodyLimit = BodyLimit {
-        max_bytes: 8,
-        within: Duration::from_secs(2),
-    };
-
-    /// One byte, then nothing for ever; declares `.1` bytes.
-    struct Trickle(bool, u64);
-    impl http_body::Body for Trickle {
-        fn size_hint(&self) -> http_body::SizeHint {
-            http_body::SizeHint::with_exact(self.1)
-        }
-        type Data = Bytes;
-        type Error = Infallible;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            if self.0 {
-                return Poll::Pending;
-            }
-            self.0 = true;
-            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"a")))))
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn limits() {
-        let ok = read_body(Full::new(Bytes::from_static(b"12345678")), LIMIT);
-        assert_eq!(ok.await, Ok(Bytes::from_static(b"12345678")));
-        let big = read_body(Full::new(Bytes::from_static(b"123456789")), LIMIT);
-        assert_eq!(big.await, Err(BodyError::TooLarge));
-        // Declared too large: refused without reading (the body would never end).
-        assert_eq!(
-            read_body(Trickle(false, 9), LIMIT).await,
-            Err(BodyError::TooLarge)
-        );
-        let started = tokio::time::Instant::now();
-        assert_eq!(
-            read_body(Trickle(false, 2), LIMIT).await,
-            Err(BodyError::TooSlow)
-        );
-        assert_eq!(started.elapsed(), LIMIT.within);
-    }
 
     #[test]
-    fn capped_keeps_the_shorter_time() {
-        let limit = BodyLimit {
-            max_bytes: 10,
-            within: Duration::from_secs(5),
-        };
-        assert_eq!(
-            limit.capped(Duration::from_secs(1)).within,
-            Duration::from_secs(1)
-        );
-        assert_eq!(limit.capped(Duration::from_secs(30)), limit);
+    fn full_bodies() {
+        let empty = Held::full(Bytes::new());
+        assert!(empty.is_end_stream());
+        assert_eq!(empty.size_hint().exact(), Some(0));
+        let some = Held::full(Bytes::from_static(b"abc"));
+        assert!(!some.is_end_stream());
+        assert_eq!(some.size_hint().exact(), Some(3));
+        assert_eq!(some.bytes(), b"abc");
     }
 }

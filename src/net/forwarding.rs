@@ -3,10 +3,12 @@
 
 use crate::net::header_pattern::HeaderPattern;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Uri;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy `Proxy-Connection` and
-/// `Keep-Alive`): meaningful for one connection only, never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `Keep-Alive`, and `HTTP2-Settings`, which only means something with an h2c upgrade:
+/// RFC 9113 §3.1, RFC 7540 §3.2.1): meaningful for one connection only, never forwarded.
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -15,14 +17,25 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Whether a request asks to switch protocols (WebSocket), per its `Connection` and
-/// `Upgrade` headers.
+/// Whether a request asks to switch to WebSocket, per its `Connection` and `Upgrade`
+/// headers: the only upgrade that passes. Any other protocol in the offer (`h2c` above
+/// all: a tunnel to the upstream's HTTP/2 that skips the gateway's checks) makes it a
+/// plain request, its `Upgrade` dropped as hop-by-hop.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    let mut offered = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("\0").split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .peekable();
+    offered.peek().is_some()
+        && offered.all(|p| p.eq_ignore_ascii_case("websocket"))
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -85,6 +98,49 @@ pub fn strip_matching(headers: &mut HeaderMap, patterns: &[HeaderPattern]) {
         .collect();
     for name in doomed {
         headers.remove(&name);
+    }
+}
+
+/// Joins several `Cookie` fields into one line, `; `-separated: HTTP/2 clients split
+/// cookies into fields (RFC 9113 §8.2.3), an HTTP/1.1 upstream expects one (RFC 6265
+/// §5.4). A request with at most one `Cookie` field (all HTTP/1.1 ones) costs a lookup.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::with_capacity(256);
+    for value in headers.get_all(header::COOKIE) {
+        let value = value.as_bytes().trim_ascii();
+        if value.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value);
+    }
+    // Made of valid field values and "; ": always a valid value itself.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Sets the upstream's `Host` to the host the client addressed and returns it (for
+/// `X-Forwarded-Host`): the request target's authority (HTTP/1.1 absolute-form, HTTP/2
+/// `:authority`) wins over any `Host` field (RFC 9112 §3.2.2, RFC 9113 §8.3.1); else the
+/// `Host` field as sent (the common origin-form case: nothing rewritten).
+pub fn set_upstream_host(headers: &mut HeaderMap, uri: &Uri) -> Option<HeaderValue> {
+    match uri.authority() {
+        Some(authority) => {
+            let host = HeaderValue::from_str(authority.as_str()).ok();
+            match &host {
+                Some(host) => headers.insert(header::HOST, host.clone()),
+                None => headers.remove(header::HOST),
+            };
+            host
+        }
+        None => headers.get(header::HOST).cloned(),
     }
 }
 
@@ -166,6 +222,56 @@ mod tests {
         remove_hop_by_hop(&mut h, true);
         assert_eq!(h[header::UPGRADE], "websocket");
         assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn refuses_to_keep_h2c_upgrades() {
+        for offer in ["h2c", "websocket, h2c", "h2c, websocket"] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::CONNECTION,
+                HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+            );
+            h.insert(header::UPGRADE, HeaderValue::from_static(offer));
+            h.insert(
+                "http2-settings",
+                HeaderValue::from_static("AAMAAABkAARAAAAAAAIAAAAA"),
+            );
+            assert!(!is_upgrade(&h), "{offer}");
+            remove_hop_by_hop(&mut h, false);
+            assert!(h.is_empty(), "{offer}: {h:?}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        h.insert("http2-settings", HeaderValue::from_static("AAMA"));
+        assert!(is_upgrade(&h));
+        remove_hop_by_hop(&mut h, true);
+        assert!(!h.contains_key("http2-settings"));
+    }
+
+    #[test]
+    fn joins_split_cookies() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut h);
+        assert_eq!(h[header::COOKIE], "a=1");
+        h.append(header::COOKIE, HeaderValue::from_static(" "));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2; c=3"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2; c=3");
+    }
+
+    #[test]
+    fn target_authority_wins_over_host() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("b.example"));
+        let origin: Uri = "/x".parse().unwrap();
+        assert_eq!(set_upstream_host(&mut h, &origin).unwrap(), "b.example");
+        let absolute: Uri = "http://a.example/x".parse().unwrap();
+        assert_eq!(set_upstream_host(&mut h, &absolute).unwrap(), "a.example");
+        assert_eq!(h[header::HOST], "a.example");
     }
 
     #[test]

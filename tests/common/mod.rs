@@ -479,14 +479,55 @@ impl Gateway {
     /// Starts the gateway with this config and waits (at most 15 s) until it
     /// logs that it is ready.
     pub async fn start(config: Config) -> Gateway {
+        Gateway::launch(config, &[], &[], None).await
+    }
+
+    /// [`Gateway::start`] with extra environment variables (e.g. the test-only
+    /// `PORTCULLIS_TEST_FAULT_DIR`).
+    pub async fn start_with_env(config: Config, env: &[(&str, &str)]) -> Gateway {
+        Gateway::launch(config, &[], env, None).await
+    }
+
+    /// [`Gateway::start`] with global arguments before the subcommand
+    /// (`--log-format json`).
+    pub async fn start_with_args(config: Config, global: &[&str]) -> Gateway {
+        Gateway::launch(config, global, &[], None).await
+    }
+
+    /// Starts the gateway and has signal `name` sent to it the moment its ready
+    /// line is read (by a shell waiting on a pipe, so no process start-up delay).
+    pub async fn start_and_signal_on_ready(config: Config, name: &str) -> Gateway {
+        Gateway::launch(config, &[], &[], Some(name)).await
+    }
+
+    /// The one way the tests start the binary: `portcullis [global] run --config
+    /// <dir>/gateway.yaml` with `env` added, optionally signalled on its ready line.
+    pub async fn launch(
+        config: Config,
+        global: &[&str],
+        env: &[(&str, &str)],
+        signal_on_ready: Option<&str>,
+    ) -> Gateway {
+        // `read pid; kill -s SIG "$pid"`: the shell and its builtin kill are already
+        // running when the ready line arrives.
+        let mut killer = signal_on_ready.map(|name| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("read pid && kill -s {name} \"$pid\""))
+                .stdin(Stdio::piped())
+                .spawn()
+                .expect("spawn sh")
+        });
         let path = config.save();
         let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(global)
             .arg("run")
             .arg("--config")
             .arg(&path)
             .current_dir(config.dir.path())
             .env_remove("PORTCULLIS_CONFIG")
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -499,13 +540,23 @@ impl Gateway {
         // draining it for the whole life of the process (a full pipe would
         // block the gateway) and reports the ready line once.
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
+        let on_ready = killer
+            .as_mut()
+            .map(|k| (k.stdin.take().unwrap(), format!("{}\n", child.id())));
         spawn_drain(
             child.stderr.take().unwrap(),
             logs.clone(),
             "",
             Some(ready_tx),
+            on_ready,
         );
-        spawn_drain(child.stdout.take().unwrap(), logs.clone(), "stdout: ", None);
+        spawn_drain(
+            child.stdout.take().unwrap(),
+            logs.clone(),
+            "stdout: ",
+            None,
+            None,
+        );
 
         let mut gw = Gateway {
             edge: "0.0.0.0:0".parse().unwrap(),
@@ -525,7 +576,79 @@ impl Gateway {
         gw.edge = listener_addr(&line, "edge")
             .unwrap_or_else(|| panic!("no edge=<addr> in the ready line: {line}"));
         gw.admin = listener_addr(&line, "admin");
+        if let Some(mut killer) = killer {
+            let status = killer.wait().expect("wait for sh");
+            assert!(status.success(), "sh: kill failed: {status}");
+        }
         gw
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    pub async fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "portcullis did not exit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Every line logged so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Rewrites gateway.yaml from `self.config` and sends SIGHUP.
+    pub fn save_and_reload(&self) {
+        self.config.save();
+        self.signal("HUP");
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`"HUP"`, `"TERM"`) with `kill(1)`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed: {status}");
+    }
+
+    /// Waits (at most `within`) until the log holds `needle`; returns that line.
+    pub async fn wait_log(&self, needle: &str, within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(line) = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no log line with {needle:?} within {within:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Everything the gateway logged so far, one line each.
@@ -566,12 +689,17 @@ fn spawn_drain(
     logs: Logs,
     prefix: &'static str,
     mut ready: Option<tokio::sync::oneshot::Sender<String>>,
+    mut on_ready: Option<(std::process::ChildStdin, String)>,
 ) {
+    use std::io::Write;
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
             let line = strip_ansi(&line);
             if line.contains("ready") && line.contains("edge=") {
+                if let Some((mut stdin, text)) = on_ready.take() {
+                    let _ = stdin.write_all(text.as_bytes());
+                }
                 if let Some(tx) = ready.take() {
                     let _ = tx.send(line.clone());
                 }
