@@ -18,26 +18,39 @@ use crate::blocklist::Revocation;
 use crate::config::BackchannelRevokes;
 use crate::gateway::Gateway;
 use crate::logout::SESSION_REVOCATION_TTL;
+use crate::net::body_limit::{read_body, BodyError, BodyLimit};
 use crate::upstream::{full, Body};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use jsonwebtoken::Validation;
 use serde_json::{json, Map, Value};
+use std::time::Duration;
 
 /// The event a logout token must carry.
 pub const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 /// Prefix of the replay-memory entries kept in the blocklist store.
 const REPLAY_PREFIX: &str = "backchannel-jti:";
-/// Largest request body read.
-const MAX_BODY: usize = 64 * 1024;
+/// The request body, read before any authentication: `logout_token=<JWT>`. A logout token
+/// is a signed JWT of a few hundred bytes to a few KB (an RSA-4096 signature is 683
+/// characters); 16 KiB leaves room for large claim sets and stops an unauthenticated client
+/// from making the gateway buffer more. The identity provider sends it in one go: 5 s is
+/// generous, and never more than `server.header_read_timeout` (see [`BodyLimit::capped`]).
+pub const BACKCHANNEL_BODY: BodyLimit = BodyLimit {
+    max_bytes: 16 * 1024,
+    within: Duration::from_secs(5),
+};
 
 fn invalid(description: &str) -> Response<Body> {
+    refusal(StatusCode::BAD_REQUEST, description)
+}
+
+/// An OIDC error answer (`{"error": "invalid_request", ...}`) with `status`.
+fn refusal(status: StatusCode, description: &str) -> Response<Body> {
     let mut response = Response::new(full(
         json!({"error": "invalid_request", "error_description": description}).to_string(),
     ));
-    *response.status_mut() = StatusCode::BAD_REQUEST;
+    *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -49,9 +62,20 @@ fn invalid(description: &str) -> Response<Body> {
 
 /// Handles a POST to `logout.backchannel_path`.
 pub async fn handle(gw: &Gateway, body: Incoming) -> Response<Body> {
-    let bytes: Bytes = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return invalid("request body too large or unreadable"),
+    let limit = BACKCHANNEL_BODY.capped(gw.config.server.header_read_timeout);
+    let bytes: Bytes = match read_body(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => {
+            return refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large (at most 16 KiB)",
+            )
+        }
+        Err(BodyError::TooSlow) => {
+            tracing::info!(?limit, "back-channel logout body too slow");
+            return refusal(StatusCode::REQUEST_TIMEOUT, "request body too slow");
+        }
+        Err(BodyError::Broken) => return invalid("request body unreadable"),
     };
     let Some(token) = form_value(&bytes, "logout_token") else {
         return invalid("missing logout_token");

@@ -8,21 +8,19 @@ use crate::blocklist::{self, Blocklist, Store};
 use crate::config::{self, Config, StoreKind};
 use crate::gateway::{ConnInfo, Gateway};
 use crate::metrics::Metrics;
+use crate::net::idle::{self, Activity, IdleLimits, Tracked};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
@@ -292,7 +290,10 @@ async fn serve_edge(
     // (noticed by the config's address), so new connections get the new limits.
     let mut built_for = state.load().config.clone();
     let mut builder = Arc::new(connection_builder(&built_for));
-    let graceful = GracefulShutdown::new();
+    // Tells every connection to finish gracefully; each holds a receiver until it is done,
+    // so `closed()` is when the last one is gone (hyper-util's GracefulShutdown, inlined:
+    // its watcher cannot be combined with the idle rules of `net::idle`).
+    let (drain, _) = watch::channel(());
 
     loop {
         // Over max_connections, stop accepting: new connections wait in the kernel backlog.
@@ -315,12 +316,16 @@ async fn serve_edge(
             builder = Arc::new(connection_builder(&built_for));
         }
         let handshake_timeout = built_for.server.header_read_timeout;
+        let limits = IdleLimits {
+            first_request: built_for.server.header_read_timeout,
+            idle: built_for.server.idle_timeout,
+        };
         let max_header_bytes = built_for.server.max_header_bytes;
         let tls = current.tls.clone();
         drop(current);
         let state = state.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let watcher = drain.subscribe();
         // Shared with any WebSocket tunnel the connection turns into, so an upgraded
         // connection keeps counting against max_connections until the tunnel closes.
         let slot = Arc::new(permit);
@@ -333,16 +338,7 @@ async fn serve_edge(
                         max_header_bytes,
                         slot,
                     };
-                    serve_connection(
-                        stream,
-                        info,
-                        state,
-                        &builder,
-                        watcher,
-                        peer,
-                        handshake_timeout,
-                    )
-                    .await;
+                    serve_connection(stream, info, state, &builder, watcher, peer, limits).await;
                 }
                 Some(acceptor) => {
                     // A client that never finishes its handshake costs one connection
@@ -356,13 +352,7 @@ async fn serve_edge(
                                 slot,
                             };
                             serve_connection(
-                                tls_stream,
-                                info,
-                                state,
-                                &builder,
-                                watcher,
-                                peer,
-                                handshake_timeout,
+                                tls_stream, info, state, &builder, watcher, peer, limits,
                             )
                             .await;
                         }
@@ -375,10 +365,8 @@ async fn serve_edge(
     }
     drop(listener);
     let grace = state.load().config.server.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let _ = drain.send(());
+    if tokio::time::timeout(grace, drain.closed()).await.is_err() {
         tracing::warn!(
             ?grace,
             "shutdown_grace elapsed with requests still in flight"
@@ -386,108 +374,51 @@ async fn serve_edge(
     }
 }
 
-/// Serves HTTP on one accepted (and, for TLS, handshaken) connection. A client that
-/// sends nothing within `first_byte_timeout` is disconnected: hyper's HTTP/1
-/// `header_read_timeout` only starts once the auto builder has seen enough bytes to
-/// tell HTTP/1 from HTTP/2, so a silent socket would otherwise hold a connection slot
-/// forever.
+/// Serves HTTP on one accepted (and, for TLS, handshaken) connection, under the idle
+/// rules of [`idle`]: no request begun within `header_read_timeout` (a silent socket, a
+/// half-sent HTTP/2 preface, which hyper's own timer never sees) or no request open for
+/// `idle_timeout` after one closes the connection.
 async fn serve_connection<I>(
     io: I,
     info: ConnInfo,
     state: Arc<ArcSwap<Gateway>>,
     builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
+    shutdown: watch::Receiver<()>,
     peer: SocketAddr,
-    first_byte_timeout: Duration,
+    limits: IdleLimits,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (io, heard) = FirstByte::new(io);
     let info = Arc::new(info);
+    let activity = Activity::new();
+    let requests = activity.clone();
     let service = service_fn(move |request| {
         // One atomic load per request: a reload swaps the gateway for new requests only.
         let gateway = state.load_full();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(gateway.handle(request, &info).await) }
+        // Counts the request as open until its response body is done or dropped.
+        let guard = requests.begin();
+        async move {
+            let response = gateway.handle(request, &info).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
+        }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    let served = watcher.watch(connection);
-    tokio::pin!(served);
-    let silence = tokio::time::sleep(first_byte_timeout);
-    tokio::pin!(silence);
-    let result = tokio::select! {
-        result = &mut served => result,
-        _ = &mut silence => {
-            if !heard.load(Ordering::Relaxed) {
-                tracing::info!(%peer, "client sent nothing within header_read_timeout: closed");
-                return;
-            }
-            served.await
+    match idle::drive(connection, &activity, limits, shutdown).await {
+        // Includes hyper's header_read_timeout cut-offs of slow HTTP/1.1 heads.
+        idle::Ended::Done(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection closed with an error")
         }
-    };
-    if let Err(e) = result {
-        // Includes header_read_timeout cut-offs of slow clients.
-        tracing::debug!(%peer, error = %e, "connection closed with an error");
-    }
-}
-
-/// Wraps a connection to note when the client has sent its first byte.
-struct FirstByte<I> {
-    inner: I,
-    heard: Arc<AtomicBool>,
-}
-
-impl<I> FirstByte<I> {
-    fn new(inner: I) -> (FirstByte<I>, Arc<AtomicBool>) {
-        let heard = Arc::new(AtomicBool::new(false));
-        (
-            FirstByte {
-                inner,
-                heard: heard.clone(),
-            },
-            heard,
-        )
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for FirstByte<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.heard.store(true, Ordering::Relaxed);
+        idle::Ended::Done(Ok(())) => {}
+        idle::Ended::Dropped {
+            had_requests: false,
+        } => tracing::info!(
+            %peer,
+            "client sent no complete request within header_read_timeout: closed"
+        ),
+        idle::Ended::Dropped { had_requests: true } => {
+            tracing::debug!(%peer, "idle connection did not close gracefully: dropped")
         }
-        result
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for FirstByte<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

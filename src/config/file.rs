@@ -16,6 +16,7 @@ pub struct ServerFile {
     pub tls: Option<TlsFile>,
     pub max_connections: Option<u64>,
     pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
     pub max_header_bytes: Option<u64>,
     pub shutdown_grace: Option<String>,
     pub access_log: Option<bool>,

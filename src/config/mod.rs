@@ -8,6 +8,7 @@
 pub mod diff;
 pub mod env;
 pub mod file;
+pub mod limits;
 pub mod lines;
 pub mod provider;
 
@@ -51,6 +52,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    /// An HTTP/2 connection with no open stream this long after a request is closed
+    /// (GOAWAY); also bounds an HTTP/1.1 keep-alive wait, with `header_read_timeout`.
+    pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub shutdown_grace: Duration,
     /// One info line per request (method, path, route, status, latency, error, subject).
@@ -272,6 +276,15 @@ pub fn parse(
     source: &Path,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
+    // Before anything else reads the text: alias bombs and deep nesting cost far more
+    // than their size in serde_yaml (and libyaml), see `limits`.
+    if let Err(refused) = limits::check(text) {
+        return Err(ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            line: Some(refused.line),
+            message: refused.message,
+        }]));
+    }
     let base_dir = source.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut cx = Checker {
         lines: LineIndex::new(text),
@@ -526,6 +539,7 @@ impl Checker {
             tls: None,
             max_connections: None,
             header_read_timeout: None,
+            idle_timeout: None,
             max_header_bytes: None,
             shutdown_grace: None,
             access_log: None,
@@ -562,9 +576,18 @@ impl Checker {
                 "must be between 1024 and 1048576 bytes",
             );
         }
+        let idle_timeout = self.duration(
+            f.idle_timeout.as_deref(),
+            "server.idle_timeout",
+            Duration::from_secs(60),
+        );
+        if idle_timeout.is_zero() {
+            self.error("server.idle_timeout", "must be longer than 0s");
+        }
         ServerConfig {
             listen,
             tls,
+            idle_timeout: idle_timeout.max(Duration::from_millis(1)),
             max_connections: max_connections.max(1) as usize,
             header_read_timeout: self.duration(
                 f.header_read_timeout.as_deref(),

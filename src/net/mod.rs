@@ -1,6 +1,8 @@
 //! HTTP plumbing shared by the edge and the upstream side.
 
 pub mod body;
+pub mod body_limit;
 pub mod forwarding;
 pub mod head;
 pub mod header_pattern;
+pub mod idle;
