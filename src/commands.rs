@@ -1,8 +1,9 @@
 //! The offline subcommands: `check`, `token` and `revoke`.
 
-use crate::auth::verify::{now_unix, token_digest_key};
+use crate::auth::verify::now_unix;
 use crate::blocklist::{Blocklist, Revocation};
 use crate::config::{self, Config};
+use crate::revocation_io;
 use crate::server;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -117,19 +118,7 @@ pub fn revocation_for(target: RevokeTarget) -> Result<Revocation, CommandError> 
             at: now_unix(),
         },
         RevokeTarget::Token(token) => {
-            let claims: Map<String, Value> =
-                jsonwebtoken::dangerous::insecure_decode_claims(token.trim())
-                    .map_err(|e| CommandError(format!("--token is not a JWT: {e}")))?;
-            let exp = claims
-                .get("exp")
-                .and_then(Value::as_u64)
-                .ok_or_else(|| CommandError("--token has no numeric exp".into()))?;
-            let key = match claims.get("jti") {
-                Some(Value::String(jti)) if !jti.is_empty() => jti.clone(),
-                Some(Value::Number(n)) => n.to_string(),
-                _ => token_digest_key(token.trim()),
-            };
-            Revocation::Token { key, exp }
+            revocation_io::token_revocation(&token).map_err(|e| CommandError(format!("--{e}")))?
         }
     })
 }
@@ -137,23 +126,47 @@ pub fn revocation_for(target: RevokeTarget) -> Result<Revocation, CommandError> 
 /// `portcullis revoke`: records the revocation in the configured store, durably.
 pub async fn revoke(path: &Path, target: RevokeTarget) -> Result<String, CommandError> {
     let config = config::load(path)?;
+    let revocation = revocation_for(target)?;
+    let described = format!("{revocation:?}");
+    record(&config, vec![revocation]).await?;
+    Ok(format!("revoked: {described}"))
+}
+
+/// `portcullis revoke --file F` (`-`: stdin): one admin-API revocation object per line,
+/// all or nothing; returns how many were recorded.
+pub async fn revoke_file(path: &Path, file: &Path) -> Result<String, CommandError> {
+    let config = config::load(path)?;
+    let body = if file == Path::new("-") {
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut body)
+            .map_err(|e| CommandError(format!("reading stdin: {e}")))?;
+        body
+    } else {
+        std::fs::read(file).map_err(|e| CommandError(format!("{}: {e}", file.display())))?
+    };
+    let revocations = revocation_io::parse_ndjson(&body)
+        .map_err(|e| CommandError(format!("{}: {e}; nothing recorded", file.display())))?;
+    let recorded = revocations.len();
+    record(&config, revocations).await?;
+    Ok(format!("recorded {recorded} revocations"))
+}
+
+/// Writes `revocations` into the configured store (not memory: another process's).
+async fn record(config: &Config, revocations: Vec<Revocation>) -> Result<(), CommandError> {
     if config.blocklist.store == config::StoreKind::Memory {
         return Err(CommandError(
             "blocklist.store is memory: a separate process cannot reach it (use the admin API)"
                 .into(),
         ));
     }
-    let revocation = revocation_for(target)?;
     let store = server::open_store(&config.blocklist)
         .await
         .map_err(|e| CommandError(e.to_string()))?;
     let blocklist = Blocklist::new(store, 16);
-    let described = format!("{revocation:?}");
     blocklist
-        .revoke(vec![revocation])
+        .revoke(revocations)
         .await
-        .map_err(|e| CommandError(e.to_string()))?;
-    Ok(format!("revoked: {described}"))
+        .map_err(|e| CommandError(e.to_string()))
 }
 
 /// `portcullis probe`: GETs `url` (default: the admin listener's `/readyz`) and succeeds

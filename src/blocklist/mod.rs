@@ -148,7 +148,11 @@ pub trait Store: Send + Sync + 'static {
     /// waiting up to `block` for them. A store that can be told of writes (Redis: a
     /// blocking `XREAD`) answers as soon as one lands, or after `block` with nothing;
     /// the default polls: it waits `block`, then reads [`Store::changes_since`] once.
-    fn wait_changes(&self, cursor: &str, block: Duration) -> BoxFuture<'_, Result<Changes, StoreError>> {
+    fn wait_changes(
+        &self,
+        cursor: &str,
+        block: Duration,
+    ) -> BoxFuture<'_, Result<Changes, StoreError>> {
         let cursor = cursor.to_owned();
         Box::pin(async move {
             tokio::time::sleep(block).await;
@@ -193,7 +197,8 @@ pub trait Store: Send + Sync + 'static {
                     })
                 }
             };
-            let revocations: Vec<Revocation> = live.into_iter().skip(start).take(limit + 1).collect();
+            let revocations: Vec<Revocation> =
+                live.into_iter().skip(start).take(limit + 1).collect();
             Ok(ExportPage::from_overfetch(revocations, limit, |last| {
                 let (kind, key, _) = last.parts();
                 format!("{}:{key}", kind.name())
@@ -269,7 +274,11 @@ impl ExportPage {
     ) -> ExportPage {
         let more = revocations.len() > limit;
         revocations.truncate(limit);
-        let next = if more { revocations.last().map(cursor_of) } else { None };
+        let next = if more {
+            revocations.last().map(cursor_of)
+        } else {
+            None
+        };
         ExportPage { revocations, next }
     }
 }
@@ -509,6 +518,16 @@ impl Blocklist {
                 Err(e)
             }
         }
+    }
+
+    /// One page of the live revocations in the store (admin export).
+    pub async fn export_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        now: u64,
+    ) -> Result<ExportPage, ExportError> {
+        self.store.export_page(after, limit, now).await
     }
 
     /// Whether the store answers (readiness).

@@ -861,7 +861,10 @@ impl Checker {
                     "#insecure (TLS without verifying the certificate) is not supported: use blocklist.redis_ca_file for a private CA",
                 );
             } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
-                self.error("blocklist.redis_url", format!("not a usable Redis URL: {e}"));
+                self.error(
+                    "blocklist.redis_url",
+                    format!("not a usable Redis URL: {e}"),
+                );
             }
         }
         let redis_ca_file = f.redis_ca_file.as_deref().map(|raw| {

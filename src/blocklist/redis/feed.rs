@@ -165,7 +165,11 @@ impl RedisStore {
     /// `XREVRANGE + - COUNT 1` run right after it answers: the first and last id, to
     /// check that the stream still holds our place. (A trim between the two only causes
     /// a needless resync.)
-    pub(super) async fn wait(&self, cursor: String, block: Duration) -> Result<Changes, StoreError> {
+    pub(super) async fn wait(
+        &self,
+        cursor: String,
+        block: Duration,
+    ) -> Result<Changes, StoreError> {
         let Some(position) = parse_id(&cursor) else {
             let (revocations, cursor) = self.resync().await?;
             return Ok(Changes {
@@ -246,6 +250,7 @@ impl RedisStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::load::{parse_item, parse_time};
     use super::*;
 
     #[test]

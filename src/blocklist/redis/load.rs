@@ -265,7 +265,9 @@ impl RedisStore {
             let left = limit - out.len();
             return Ok(self.export_subjects(out, "", 0, left).await?);
         }
-        Ok(self.export_subjects(out, &cursor.1, cursor.2, limit).await?)
+        Ok(self
+            .export_subjects(out, &cursor.1, cursor.2, limit)
+            .await?)
     }
 
     async fn export_subjects(

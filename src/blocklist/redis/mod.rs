@@ -205,7 +205,9 @@ impl RedisStore {
         limit: Duration,
     ) -> Result<T, StoreError> {
         self.link
-            .run(limit, |mut conn| async move { pipe.query_async(&mut conn).await })
+            .run(limit, |mut conn| async move {
+                pipe.query_async(&mut conn).await
+            })
             .await
             .map_err(|e| self.error(what, e))
     }
@@ -222,7 +224,10 @@ impl RedisStore {
         self.link
             .run(COMMAND_TIMEOUT, |mut conn| async move {
                 match call.query_async(&mut conn).await {
-                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
                         code.load_async(&mut conn).await?;
                         call.query_async(&mut conn).await
                     }
@@ -359,4 +364,3 @@ impl Store for RedisStore {
         })
     }
 }
-

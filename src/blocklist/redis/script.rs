@@ -77,7 +77,11 @@ return n
 impl RedisStore {
     /// An `EVALSHA` of [`RECORD_SCRIPT`] with `revocations`, after a replay check when
     /// `replay` names a key and its expiry.
-    fn record_call(&self, replay: Option<&(String, u64)>, revocations: &[Revocation]) -> redis::Cmd {
+    fn record_call(
+        &self,
+        replay: Option<&(String, u64)>,
+        revocations: &[Revocation],
+    ) -> redis::Cmd {
         let mut call = redis::cmd("EVALSHA");
         call.arg(self.record_script.get_hash())
             .arg(4 + revocations.len())
