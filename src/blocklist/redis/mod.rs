@@ -138,6 +138,24 @@ impl RedisStore {
             record_script: redis::Script::new(script::RECORD_SCRIPT),
             export_script: redis::Script::new(load::EXPORT_SCRIPT),
         };
+        // The first contact, named as such: an unreachable Redis, a refused password or
+        // a certificate that does not verify all end the start here.
+        match tokio::time::timeout(COMMAND_TIMEOUT * 2, store.link.get()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(StoreError(format!(
+                    "cannot reach Redis at {}: {e}",
+                    store.shown_url
+                )))
+            }
+            Err(_) => {
+                return Err(StoreError(format!(
+                    "cannot reach Redis at {}: no connection within {:?}",
+                    store.shown_url,
+                    COMMAND_TIMEOUT * 2
+                )))
+            }
+        }
         store.check_version().await?;
         Ok(store)
     }
