@@ -674,11 +674,7 @@ async fn redis_export_pages_through_ties_and_concurrent_purges() {
             None => break,
         }
     }
-    assert_eq!(
-        seen.len(),
-        2_800,
-        "every revocation, in some page"
-    );
+    assert_eq!(seen.len(), 2_800, "every revocation, in some page");
 }
 
 // ---------------------------------------------------------------------------
