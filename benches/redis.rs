@@ -1,36 +1,47 @@
-//! The Redis store: how fast a revocation reaches another replica, and how long a
-//! replica takes to load 1M live revocations at start.
+//! The Redis store: how fast a revocation reaches another replica (plain and over TLS),
+//! how long one NDJSON request of 100 000 revocations takes to import (SQLite and
+//! Redis), and how long a replica takes to load 1M live revocations over TLS at start.
 //!
-//! `cargo bench --bench redis` (needs `redis-server` on the PATH; skipped otherwise).
-//! `REDIS_BENCH_REVOCATIONS` (default 1000) and `REDIS_BENCH_ENTRIES` (default 1M)
-//! resize the two parts.
+//! `cargo bench --bench redis` (needs `redis-server` on the PATH, with TLS as Debian
+//! builds it; skipped otherwise). `REDIS_BENCH_REVOCATIONS` (default 1000),
+//! `REDIS_BENCH_IMPORT` (default 100 000) and `REDIS_BENCH_ENTRIES` (default 1M) resize
+//! the parts.
 //!
-//! 1. Propagation: two in-process [`Blocklist`]s, each over its own [`RedisStore`]
-//!    (its own connection) to one `redis-server`, each following the change feed every
-//!    250 ms as the gateway does. Revocations are written on A one at a time (each
-//!    awaited until Redis acknowledged it), spaced 5-35 ms apart so they land at every
-//!    phase of B's poll; a watcher thread spins on B's request-path check
+//! 1. Propagation: two in-process [`Blocklist`]s, each over its own [`RedisStore`] to
+//!    one `redis-server`, each following the change feed as the gateway does (a
+//!    blocking `XREAD` of up to 250 ms on a connection of its own). Revocations are
+//!    written on A one at a time (each awaited until Redis acknowledged it), spaced
+//!    5-35 ms apart; a watcher thread spins on B's request-path check
 //!    (`is_revoked_in_memory`) and records, per revocation, the time from A's
-//!    acknowledgement to B refusing the token. (Waiting for B before the next write
-//!    would measure the same distribution, ten times slower.)
-//! 2. Start-up: 1M live token revocations written through the store (10 000 per
-//!    script call), expiring over the next 24 h as real tokens do (about a dozen per
-//!    second), then a fresh store and blocklist `load()`: time and resident memory
-//!    added, as in benches/blocklist.rs. `REDIS_BENCH_SAME_EXP=1` gives them all one
-//!    expiry instead, which makes the load fall back from paging by score to `ZSCAN`.
+//!    acknowledgement to B refusing the token. Run twice: `redis://` and `rediss://`
+//!    (a CA generated here, `--tls-port`).
+//! 2. Import: the release `portcullis` binary on SQLite, then on the TLS Redis, and one
+//!    `POST /revocations` of `REDIS_BENCH_IMPORT` NDJSON lines to its admin listener:
+//!    the time until its `201`.
+//! 3. Start-up over TLS: 1M live token revocations written through the store,
+//!    expiring over the next 24 h as real tokens do, then a fresh store and blocklist
+//!    `load()` over `rediss://`: time and resident memory added, and Redis's memory per
+//!    revocation. `REDIS_BENCH_SAME_EXP=1` gives them all one expiry instead, which
+//!    makes the load fall back from paging by score to `ZSCAN`.
 
 mod support;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use portcullis::auth::verify::{now_unix, VerifiedToken};
+use portcullis::blocklist::redis::connect::RedisOptions;
 use portcullis::blocklist::redis::RedisStore;
 use portcullis::blocklist::{Blocklist, Revocation, Store};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use support::{jti, percentile, rss_mib, token};
 
 const PREFIX: &str = "portcullis:";
-const POLL: Duration = Duration::from_millis(250);
+/// The gateway's change-feed interval: the longest block of the pushed read.
+const BLOCK: Duration = Duration::from_millis(250);
+const ADMIN_TOKEN: &str = "admin-token-for-the-redis-bench-0";
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -39,25 +50,61 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// A `redis-server` without persistence on a free port, killed on drop.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A CA and a server certificate for `localhost`, as PEM files in `dir`.
+fn certificates(dir: &Path) -> PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyUsagePurpose};
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = params.self_signed(&ca_key).expect("CA");
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let server = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .signed_by(&key, &ca, &ca_key)
+        .expect("server certificate");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+    std::fs::write(dir.join("server.crt"), server.pem()).expect("write");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
+    dir.join("ca.pem")
+}
+
+/// A `redis-server` without persistence on a free port, plain and TLS, killed on drop.
 struct Server {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    tls_port: u16,
+    ca_file: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl Server {
     fn start() -> Option<Server> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let (port, tls_port) = (free_port(), free_port());
         let dir = tempfile::tempdir().expect("tempdir");
+        let ca_file = certificates(dir.path());
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--tls-port", &tls_port.to_string()])
+            .args([
+                "--tls-cert-file",
+                "server.crt",
+                "--tls-key-file",
+                "server.key",
+            ])
+            .args(["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
             .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
+            .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -65,7 +112,9 @@ impl Server {
         let server = Server {
             child,
             port,
-            _dir: dir,
+            tls_port,
+            ca_file,
+            dir,
         };
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -78,8 +127,19 @@ impl Server {
         Some(server)
     }
 
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+    fn plain(&self) -> RedisOptions {
+        RedisOptions {
+            url: format!("redis://127.0.0.1:{}/0", self.port),
+            ..RedisOptions::default()
+        }
+    }
+
+    fn tls(&self) -> RedisOptions {
+        RedisOptions {
+            url: format!("rediss://localhost:{}/0", self.tls_port),
+            ca_file: Some(self.ca_file.clone()),
+            sentinel: None,
+        }
     }
 }
 
@@ -90,21 +150,23 @@ impl Drop for Server {
     }
 }
 
-async fn follower(url: &str) -> (Arc<Blocklist>, tokio::task::JoinHandle<()>) {
-    let store = RedisStore::open(url, PREFIX).await.expect("open store");
+async fn follower(options: &RedisOptions) -> (Arc<Blocklist>, tokio::task::JoinHandle<()>) {
+    let store = RedisStore::connect(options, PREFIX)
+        .await
+        .expect("open store");
     let blocklist = Blocklist::new(Arc::new(store), 1 << 20);
     blocklist.load().await.expect("load");
     // The sender is leaked so the feed runs until the bench process ends.
     let (shutdown, watch) = tokio::sync::watch::channel(false);
     std::mem::forget(shutdown);
-    let task = blocklist.spawn_feed(POLL, watch);
+    let task = blocklist.spawn_feed(BLOCK, watch);
     (blocklist, task)
 }
 
-fn propagation(rt: &tokio::runtime::Runtime, url: &str, count: u64) {
+fn propagation(rt: &tokio::runtime::Runtime, options: &RedisOptions, label: &str, count: u64) {
     let (a, b, tasks) = rt.block_on(async {
-        let (a, ta) = follower(url).await;
-        let (b, tb) = follower(url).await;
+        let (a, ta) = follower(options).await;
+        let (b, tb) = follower(options).await;
         (a, b, [ta, tb])
     });
 
@@ -137,7 +199,7 @@ fn propagation(rt: &tokio::runtime::Runtime, url: &str, count: u64) {
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let exp = now_unix() + 3600;
         for i in 0..count {
-            let t = token(format!("prop-{}", jti(i)));
+            let t = token(format!("prop-{label}-{}", jti(i)));
             let started = Instant::now();
             a.revoke(vec![Revocation::Token {
                 key: t.revocation_key.clone(),
@@ -163,21 +225,22 @@ fn propagation(rt: &tokio::runtime::Runtime, url: &str, count: u64) {
     writes.sort();
     delays.sort();
     println!(
-        "write on A (revoke until Redis acknowledged), {count} revocations: p50 {:.2?}, p99 {:.2?}",
+        "[{label}] write on A (revoke until Redis acknowledged), {count} revocations: p50 {:.2?}, p99 {:.2?}",
         percentile(&writes, 0.50),
         percentile(&writes, 0.99)
     );
     println!(
-        "propagation A -> B (A acknowledged until B refuses), {count} revocations: p50 {:.1?}, p99 {:.1?}, max {:.1?} (poll every {POLL:?}; contract: < 1 s)",
+        "[{label}] propagation A -> B (A acknowledged until B refuses), {count} revocations: p50 {:.2?}, p99 {:.2?}, max {:.2?} (pushed XREAD, block {BLOCK:?}; target p99 < 20 ms)",
         percentile(&delays, 0.50),
         percentile(&delays, 0.99),
         delays[delays.len() - 1]
     );
 }
 
-fn startup(rt: &tokio::runtime::Runtime, url: &str, entries: u64) {
+fn startup(rt: &tokio::runtime::Runtime, server: &Server, entries: u64) {
+    let url = server.plain().url;
     rt.block_on(async {
-        let store = RedisStore::open(url, PREFIX).await.expect("open store");
+        let store = RedisStore::open(&url, PREFIX).await.expect("open store");
         let base = now_unix() + 3600;
         let same_exp = std::env::var_os("REDIS_BENCH_SAME_EXP").is_some();
         let started = Instant::now();
@@ -200,7 +263,7 @@ fn startup(rt: &tokio::runtime::Runtime, url: &str, entries: u64) {
                 "expiries spread over 24 h"
             }
         );
-        let mut conn = redis::Client::open(url)
+        let mut conn = redis::Client::open(url.as_str())
             .expect("url")
             .get_multiplexed_async_connection()
             .await
@@ -210,31 +273,122 @@ fn startup(rt: &tokio::runtime::Runtime, url: &str, entries: u64) {
             .query_async(&mut conn)
             .await
             .expect("INFO");
-        if let Some(used) = info
+        let used: f64 = info
             .lines()
-            .find_map(|l| l.strip_prefix("used_memory_human:"))
-        {
-            println!("Redis used_memory: {used}");
-        }
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        let stream: u64 = redis::cmd("XLEN")
+            .arg(format!("{PREFIX}changes"))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(0);
+        println!(
+            "Redis used_memory: {:.1} MiB for {entries} revocations, {:.0} bytes each (the change stream holds {stream} entries of them)",
+            used / 1024.0 / 1024.0,
+            used / entries.max(1) as f64
+        );
     });
 
     let before = rss_mib();
     let (blocklist, load_time) = rt.block_on(async {
         let started = Instant::now();
-        let store: Arc<dyn Store> = Arc::new(RedisStore::open(url, PREFIX).await.expect("open"));
+        let store: Arc<dyn Store> = Arc::new(
+            RedisStore::connect(&server.tls(), PREFIX)
+                .await
+                .expect("open over TLS"),
+        );
         let blocklist = Blocklist::new(store, entries * 2);
         blocklist.load().await.expect("load");
         (blocklist, started.elapsed())
     });
     let held = blocklist.entries();
     let after = rss_mib();
-    println!("start-up load: {held} revocations in {load_time:.2?} (connect, read the live set, fill memory)");
+    println!("start-up load over TLS: {held} revocations in {load_time:.2?} (connect, read the live set, fill memory; target < 3 s)");
     println!(
         "added RSS: {:.1} MiB for {held} revocations ({:.0} bytes each)",
         after - before,
         (after - before) * 1024.0 * 1024.0 / held.max(1) as f64
     );
     assert_eq!(held, entries, "every revocation should be loaded");
+}
+
+/// One `POST /revocations` of `lines` NDJSON revocations to a release `portcullis` on
+/// `store` (`sqlite` or the TLS Redis): the time until its `201`.
+fn import(rt: &tokio::runtime::Runtime, server: &Server, store: &str, lines: u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (edge, admin) = (free_port(), free_port());
+    let blocklist = match store {
+        "sqlite" => "  store: sqlite\n  sqlite_path: revocations.db\n".to_owned(),
+        _ => format!(
+            "  store: redis\n  redis_url: rediss://localhost:{}/0\n  redis_ca_file: {}\n  key_prefix: \"import:\"\n",
+            server.tls_port,
+            server.ca_file.display()
+        ),
+    };
+    let config = format!(
+        "server:\n  listen: 127.0.0.1:{edge}\nadmin:\n  listen: 127.0.0.1:{admin}\n  token: {ADMIN_TOKEN}\n\
+         jwt:\n  algorithms: [HS256]\n  secret: bench-secret-bench-secret-bench-secret\n\
+         blocklist:\n{blocklist}upstreams:\n  app:\n    url: http://127.0.0.1:9\n\
+         routes:\n  - prefix: /\n    upstream: app\n"
+    );
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, config).expect("config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start portcullis");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "portcullis did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exp = now_unix() + 3600;
+    let mut body = String::with_capacity(lines as usize * 80);
+    for i in 0..lines {
+        body.push_str(&format!(
+            "{{\"jti\":\"import-{}\",\"exp\":{}}}\n",
+            jti(i),
+            exp + i % 3600
+        ));
+    }
+    let bytes = body.len();
+    let took = rt.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+        let request = http::Request::post(format!("http://127.0.0.1:{admin}/revocations"))
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .header("content-type", "application/x-ndjson")
+            .body(Full::new(Bytes::from(body)))
+            .expect("request");
+        let started = Instant::now();
+        let response = client.request(request).await.expect("import");
+        let status = response.status();
+        let reply = response
+            .into_body()
+            .collect()
+            .await
+            .expect("reply")
+            .to_bytes();
+        let took = started.elapsed();
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&reply));
+        took
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "import on {store}: one NDJSON request of {lines} revocations ({:.1} MB) answered 201 in {took:.2?} (target < 2 s)",
+        bytes as f64 / 1e6
+    );
 }
 
 fn main() {
@@ -246,10 +400,24 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    propagation(&rt, &server.url(), env_or("REDIS_BENCH_REVOCATIONS", 1000));
-    // A clean Redis for the load, so the first part's entries do not count.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "machine: {} CPUs, load average {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let count = env_or("REDIS_BENCH_REVOCATIONS", 1000);
+    propagation(&rt, &server.plain(), "redis://", count);
+    propagation(&rt, &server.tls(), "rediss://", count);
+    let lines = env_or("REDIS_BENCH_IMPORT", 100_000);
+    import(&rt, &server, "sqlite", lines);
+    import(&rt, &server, "redis", lines);
+    // A clean Redis for the load, so the earlier parts' entries do not count.
     rt.block_on(async {
-        let mut conn = redis::Client::open(server.url())
+        let mut conn = redis::Client::open(server.plain().url.as_str())
             .expect("url")
             .get_multiplexed_async_connection()
             .await
@@ -259,5 +427,6 @@ fn main() {
             .await
             .expect("FLUSHALL");
     });
-    startup(&rt, &server.url(), env_or("REDIS_BENCH_ENTRIES", 1_000_000));
+    startup(&rt, &server, env_or("REDIS_BENCH_ENTRIES", 1_000_000));
+    drop(server.dir.path().to_owned());
 }

@@ -4,9 +4,7 @@
 //! private address); `/revocations` needs `Authorization: Bearer <admin.token>`,
 //! compared in constant time.
 
-use crate::auth::claim_text;
-use crate::blocklist::{Kind, Revocation};
-use crate::commands::{revocation_for, RevokeTarget};
+use crate::blocklist::{ExportError, Kind, Revocation};
 use crate::gateway::Gateway;
 use crate::metrics::{Gauges, Metrics};
 use crate::net::body_limit::{read_body, BodyError, BodyLimit};
@@ -19,6 +17,9 @@ use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::auth::verify::now_unix;
+use crate::revocation_io;
 
 /// What the admin handlers read: the current gateway and the metrics.
 pub struct Admin {
@@ -74,6 +75,10 @@ impl RevocationBody {
         }
     }
 }
+
+/// `GET /revocations`: lines per page without `limit`, and at most.
+pub const EXPORT_DEFAULT_LIMIT: usize = 1_000;
+pub const EXPORT_MAX_LIMIT: usize = 100_000;
 
 fn respond(
     status: StatusCode,
@@ -133,12 +138,15 @@ impl Admin {
                     Err(e) => return body_refused(e),
                 };
                 match kind {
-                    // The NDJSON bulk import (CONTRACT §4, its own issue) plugs in here;
-                    // until then such a body is judged as one JSON object, as before.
-                    RevocationBody::Json | RevocationBody::Ndjson => {
-                        self.revoke(&gateway, &body).await
-                    }
+                    RevocationBody::Json => self.revoke(&gateway, &body).await,
+                    RevocationBody::Ndjson => self.import(&gateway, &body).await,
                 }
+            }
+            (&Method::GET, "/revocations") => {
+                if !authorized(&gateway, &request) {
+                    return unauthorized();
+                }
+                export(&gateway, request.uri().query()).await
             }
             (&Method::GET, p) if p.starts_with("/revocations/") => {
                 if !authorized(&gateway, &request) {
@@ -210,11 +218,35 @@ impl Admin {
         )
     }
 
+    /// `POST /revocations` with NDJSON: every line parsed first, then all recorded in
+    /// one store write (one SQLite transaction; pipelined script batches on Redis).
+    async fn import(&self, gateway: &Gateway, body: &[u8]) -> Response<Body> {
+        let revocations = match revocation_io::parse_ndjson(body) {
+            Ok(revocations) => revocations,
+            Err(e) => {
+                return json_reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": e.message, "line": e.line}),
+                )
+            }
+        };
+        let recorded = revocations.len();
+        match gateway.blocklist.revoke(revocations).await {
+            Ok(()) => {
+                self.metrics
+                    .revocations_api
+                    .fetch_add(recorded as u64, Ordering::Relaxed);
+                json_reply(StatusCode::CREATED, json!({"recorded": recorded}))
+            }
+            Err(_) => store_unavailable(),
+        }
+    }
+
     async fn revoke(&self, gateway: &Gateway, bytes: &[u8]) -> Response<Body> {
         let Ok(request) = serde_json::from_slice::<Value>(bytes) else {
             return bad_request("body must be JSON");
         };
-        let revocation = match parse_revocation(&request) {
+        let revocation = match revocation_io::parse_object(&request, now_unix()) {
             Ok(r) => r,
             Err(message) => return bad_request(&message),
         };
@@ -229,30 +261,63 @@ impl Admin {
     }
 }
 
-/// `{"token": T}`, `{"jti": J, "exp": E}`, `{"sid": S, "exp": E}` or `{"sub": S}`.
-/// `jti`, `sid` and `sub` may be strings or numbers, read as a token's claims are
-/// ([`claim_text`]): `{"sub": 12345}` and `{"sub": "12345"}` are the same revocation.
-fn parse_revocation(body: &Value) -> Result<Revocation, String> {
-    let text = |key: &str| body.get(key).and_then(claim_text).filter(|s| !s.is_empty());
-    let exp = body.get("exp").and_then(Value::as_u64);
-    match (text("token"), text("jti"), text("sid"), text("sub")) {
-        (Some(token), None, None, None) => {
-            revocation_for(RevokeTarget::Token(token.into_owned())).map_err(|e| e.0)
+/// `GET /revocations?limit=N&cursor=C`: one page of the live revocations as NDJSON, with
+/// `Link: <...>; rel="next"` while more remain.
+async fn export(gateway: &Gateway, query: Option<&str>) -> Response<Body> {
+    let mut limit = EXPORT_DEFAULT_LIMIT;
+    let mut cursor = None;
+    for (name, value) in form_pairs(query.unwrap_or("")) {
+        match name.as_str() {
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if n > 0 => limit = n.min(EXPORT_MAX_LIMIT),
+                _ => return bad_request("limit must be a positive whole number"),
+            },
+            "cursor" => cursor = Some(value),
+            _ => {}
         }
-        (None, Some(jti), None, None) => Ok(Revocation::Token {
-            key: jti.into_owned(),
-            exp: exp.ok_or("jti needs a numeric exp")?,
-        }),
-        (None, None, Some(sid), None) => Ok(Revocation::Session {
-            sid: sid.into_owned(),
-            at: crate::auth::verify::now_unix(),
-            exp: exp.ok_or("sid needs a numeric exp")?,
-        }),
-        (None, None, None, Some(sub)) => {
-            revocation_for(RevokeTarget::Subject(sub.into_owned())).map_err(|e| e.0)
-        }
-        _ => Err("expected exactly one of token, jti (+exp), sid (+exp) or sub".to_owned()),
     }
+    let page = match gateway
+        .blocklist
+        .export_page(cursor.as_deref(), limit, now_unix())
+        .await
+    {
+        Ok(page) => page,
+        Err(ExportError::BadCursor(_)) => {
+            return bad_request("cursor is not one this gateway gave out")
+        }
+        Err(ExportError::Store(_)) => return store_unavailable(),
+    };
+    let mut body = Vec::new();
+    revocation_io::write_ndjson(&page.revocations, &mut body);
+    let mut response = respond(StatusCode::OK, "application/x-ndjson", body);
+    if let Some(next) = page.next {
+        let next = percent_encoding::utf8_percent_encode(&next, QUERY_VALUE);
+        let link = format!("</revocations?limit={limit}&cursor={next}>; rel=\"next\"");
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    response
+}
+
+/// Characters escaped in a query value: everything but the unreserved ones.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// `a=1&b=x%20y` as decoded pairs (`+` as a space, as forms send it).
+fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    query.split('&').filter(|p| !p.is_empty()).map(move |pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(name), decode(value))
+    })
 }
 
 fn authorized(gateway: &Gateway, request: &Request<Incoming>) -> bool {

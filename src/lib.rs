@@ -20,6 +20,7 @@ pub mod logout;
 pub mod metrics;
 pub mod net;
 pub mod path;
+pub mod revocation_io;
 pub mod server;
 pub mod tls;
 pub mod upstream;

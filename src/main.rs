@@ -70,17 +70,21 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Revoke this token (by its jti, or its digest when it has none).
-        #[arg(long, conflicts_with_all = ["jti", "sub"])]
+        #[arg(long, conflicts_with_all = ["jti", "sub", "file"])]
         token: Option<String>,
         /// Revoke by jti (needs --exp).
-        #[arg(long, requires = "exp", conflicts_with = "sub")]
+        #[arg(long, requires = "exp", conflicts_with_all = ["sub", "file"])]
         jti: Option<String>,
         /// Expiry (unix seconds) of the token revoked by --jti.
         #[arg(long)]
         exp: Option<u64>,
         /// Revoke every token of this subject issued up to now.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "file")]
         sub: Option<String>,
+        /// Revoke every admin-API revocation object in this NDJSON file (`-`: stdin),
+        /// all or nothing.
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
 }
 
@@ -205,13 +209,30 @@ fn main() -> ExitCode {
             jti,
             exp,
             sub,
+            file,
         } => {
+            if let Some(file) = file {
+                init_logging(cli.log_format == "json");
+                let rt = match runtime() {
+                    Ok(rt) => rt,
+                    Err(e) => return fail(e),
+                };
+                return match rt.block_on(commands::revoke_file(&resolve_path(config), &file)) {
+                    Ok(message) => {
+                        println!("{message}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(e),
+                };
+            }
             let target = match (token, jti, exp, sub) {
                 (Some(t), None, _, None) => RevokeTarget::Token(t),
                 (None, Some(jti), Some(exp), None) => RevokeTarget::Jti { jti, exp },
                 (None, None, _, Some(sub)) => RevokeTarget::Subject(sub),
                 _ => {
-                    eprintln!("error: give one of --token T, --jti J --exp UNIX, or --sub S");
+                    eprintln!(
+                        "error: give one of --token T, --jti J --exp UNIX, --sub S, or --file F.ndjson"
+                    );
                     return ExitCode::from(2);
                 }
             };

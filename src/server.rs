@@ -28,7 +28,9 @@ use tokio::sync::{watch, Semaphore};
 /// gateway itself.
 pub const MIN_HYPER_BUF: usize = 8192;
 
-/// How often the blocklist polls its store for revocations written by other processes.
+/// How often the blocklist reads its store's change feed for revocations written by
+/// other processes: SQLite's poll period, and the longest block of Redis's pushed read
+/// (which answers as soon as a revocation lands).
 pub const CHANGE_FEED_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Why the gateway could not start.
@@ -53,8 +55,17 @@ pub async fn open_store(config: &config::BlocklistConfig) -> Result<Arc<dyn Stor
         StoreKind::Memory => Arc::new(blocklist::memory::MemoryStore::default()),
         StoreKind::Sqlite => Arc::new(blocklist::sqlite::SqliteStore::open(&config.sqlite_path)?),
         StoreKind::Redis => {
-            let url = config.redis_url.as_deref().unwrap_or_default();
-            Arc::new(blocklist::redis::RedisStore::open(url, &config.key_prefix).await?)
+            let options = blocklist::redis::connect::RedisOptions {
+                url: config.redis_url.clone().unwrap_or_default(),
+                ca_file: config.redis_ca_file.clone(),
+                sentinel: config.redis_sentinel.as_ref().map(|s| {
+                    blocklist::redis::SentinelOptions {
+                        master_name: s.master_name.clone(),
+                        addresses: s.addresses.clone(),
+                    }
+                }),
+            };
+            Arc::new(blocklist::redis::RedisStore::connect(&options, &config.key_prefix).await?)
         }
     })
 }

@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 impl Blocklist {
-    /// Starts the supervised change-feed follower, polling every `interval`, until
+    /// Starts the supervised change-feed follower, reading the feed at least every
+    /// `interval` (see [`Blocklist::wait_feed`]), until
     /// `shutdown` changes (or its sender is dropped). Call after [`Blocklist::load`].
     pub fn spawn_feed(
         self: &Arc<Self>,
@@ -57,14 +58,45 @@ impl Blocklist {
         }
     }
 
-    /// Polls the change feed every `interval` and purges expired entries, forever.
+    /// One read of the change feed through [`super::Store::wait_changes`], waiting up
+    /// to `block` for something new; applies what it finds. Returns whether the read
+    /// succeeded. A wait that ends with nothing new is a successful read: the copy is
+    /// fresh as of its end.
+    pub async fn wait_feed(&self, block: Duration) -> bool {
+        if fault::active(fault::FEED_PANIC) {
+            panic!("fault injection: {} is present", fault::FEED_PANIC);
+        }
+        let cursor = self.current_cursor();
+        match self.store.wait_changes(&cursor, block).await {
+            Ok(changes) => {
+                if !self.store_healthy.swap(true, Ordering::Relaxed) {
+                    tracing::info!("revocation store reachable again");
+                }
+                let now = now_unix();
+                for r in changes.revocations.iter().filter(|r| r.is_live(now)) {
+                    self.remember(r);
+                }
+                self.set_cursor(changes.cursor);
+                self.mark_synced(changes.complete_at);
+                true
+            }
+            Err(e) => {
+                self.note_store_error(&e);
+                false
+            }
+        }
+    }
+
+    /// Follows the change feed (each read waiting up to `interval`: a poll period for
+    /// SQLite, the longest block of a pushed read for Redis) and purges expired
+    /// entries, forever.
     async fn follow(self: Arc<Self>, interval: Duration) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_purge = Instant::now();
         loop {
-            ticker.tick().await;
-            self.poll_feed().await;
+            if !self.wait_feed(interval).await {
+                // A store that fails at once must not be asked in a tight loop.
+                tokio::time::sleep(interval).await;
+            }
             if last_purge.elapsed() > PURGE_EVERY {
                 last_purge = Instant::now();
                 let now = now_unix();

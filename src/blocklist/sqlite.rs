@@ -24,7 +24,7 @@
 //! with it, so other processes sharing the file (`portcullis revoke`, a second gateway)
 //! find new revocations with `WHERE seq > cursor`, even after old rows are purged.
 
-use super::{fault, BoxFuture, Kind, Revocation, Store, StoreError};
+use super::{fault, BoxFuture, ExportError, ExportPage, Kind, Revocation, Store, StoreError};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -399,6 +399,58 @@ impl Store for SqliteStore {
                 out.extend(row_to_revocation(&kind, key, value, at));
             }
             Ok((out, next.to_string()))
+        })
+    }
+
+    fn export_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        now: u64,
+    ) -> BoxFuture<'_, Result<ExportPage, ExportError>> {
+        // Keyset pagination on the primary key: `kind:key` of the last row sent.
+        let after = match after {
+            None => Ok((String::new(), String::new())),
+            Some(text) => text
+                .split_once(':')
+                .map(|(kind, key)| (kind.to_owned(), key.to_owned()))
+                .ok_or_else(|| ExportError::BadCursor(text.to_owned())),
+        };
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        Box::pin(async move {
+            let (kind, key) = after?;
+            let rows = self
+                .read(move |conn| {
+                    let mut stmt = conn
+                        .prepare_cached(
+                            "SELECT kind, key, exp, at FROM revocations
+                             WHERE (kind, key) > (?1, ?2) AND (kind = 'sub' OR exp >= ?3)
+                             ORDER BY kind, key LIMIT ?4",
+                        )
+                        .map_err(err)?;
+                    let rows = stmt
+                        .query_map(params![kind, key, now, fetch], |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, i64>(2)?,
+                                r.get::<_, Option<i64>>(3)?,
+                            ))
+                        })
+                        .map_err(err)?;
+                    let mut out = Vec::new();
+                    for row in rows {
+                        let (kind, key, value, at) = row.map_err(err)?;
+                        out.extend(row_to_revocation(&kind, key, value, at));
+                    }
+                    Ok(out)
+                })
+                .await?;
+            Ok(ExportPage::from_overfetch(rows, limit, |last| {
+                let (kind, key, _) = last.parts();
+                format!("{}:{key}", kind.name())
+            }))
         })
     }
 

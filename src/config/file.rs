@@ -98,9 +98,19 @@ pub struct BlocklistFile {
     pub store: Option<String>,
     pub sqlite_path: Option<String>,
     pub redis_url: Option<String>,
+    pub redis_ca_file: Option<String>,
+    pub redis_sentinel: Option<RedisSentinelFile>,
     pub key_prefix: Option<String>,
     pub cache_max_entries: Option<u64>,
     pub on_store_error: Option<String>,
+}
+
+/// `blocklist.redis_sentinel:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSentinelFile {
+    pub master_name: Option<String>,
+    pub addresses: Option<Vec<String>>,
 }
 
 /// `logout:`

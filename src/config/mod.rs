@@ -141,9 +141,21 @@ pub struct BlocklistConfig {
     pub store: StoreKind,
     pub sqlite_path: PathBuf,
     pub redis_url: Option<String>,
+    /// `rediss://` with a private CA (else the webpki roots).
+    pub redis_ca_file: Option<PathBuf>,
+    /// Find the master through Sentinel.
+    pub redis_sentinel: Option<RedisSentinelConfig>,
     pub key_prefix: String,
     pub cache_max_entries: u64,
     pub on_store_error: OnStoreError,
+}
+
+/// `blocklist.redis_sentinel:`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSentinelConfig {
+    pub master_name: String,
+    /// Sentinel `(host, port)` pairs.
+    pub addresses: Vec<(String, u16)>,
 }
 
 /// `logout:`
@@ -832,6 +844,8 @@ impl Checker {
             store: None,
             sqlite_path: None,
             redis_url: None,
+            redis_ca_file: None,
+            redis_sentinel: None,
             key_prefix: None,
             cache_max_entries: None,
             on_store_error: None,
@@ -854,19 +868,43 @@ impl Checker {
                 "required when blocklist.store is redis",
             );
         }
+        let tls = f
+            .redis_url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("rediss://"));
         if let Some(url) = &f.redis_url {
-            if url.starts_with("rediss://") {
+            if !(url.starts_with("redis://") || tls || url.starts_with("unix://")) {
                 self.error(
                     "blocklist.redis_url",
-                    "rediss:// (TLS to Redis) is not supported by this build; use redis:// on a private network or a local TLS tunnel",
+                    format!("{url:?} is not a redis:// or rediss:// URL"),
                 );
-            } else if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+            } else if url.contains("#insecure") {
                 self.error(
                     "blocklist.redis_url",
-                    format!("{url:?} is not a redis:// URL"),
+                    "#insecure (TLS without verifying the certificate) is not supported: use blocklist.redis_ca_file for a private CA",
+                );
+            } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                self.error(
+                    "blocklist.redis_url",
+                    format!("not a usable Redis URL: {e}"),
                 );
             }
         }
+        let redis_ca_file = f.redis_ca_file.as_deref().map(|raw| {
+            let path = self.file_exists(raw, "blocklist.redis_ca_file");
+            if !tls {
+                self.error(
+                    "blocklist.redis_ca_file",
+                    "only used with a rediss:// blocklist.redis_url",
+                );
+            } else if path.is_file() {
+                if let Err(e) = crate::tls::read_certs(&path) {
+                    self.error("blocklist.redis_ca_file", e);
+                }
+            }
+            path
+        });
+        let redis_sentinel = f.redis_sentinel.map(|s| self.redis_sentinel(s));
         let on_store_error = match f.on_store_error.as_deref().unwrap_or("deny") {
             "deny" => OnStoreError::Deny,
             "allow" => OnStoreError::Allow,
@@ -887,9 +925,46 @@ impl Checker {
             store,
             sqlite_path: self.path_of(&sqlite_path),
             redis_url: f.redis_url,
+            redis_ca_file,
+            redis_sentinel,
             key_prefix: f.key_prefix.unwrap_or_else(|| "portcullis:".to_owned()),
             cache_max_entries,
             on_store_error,
+        }
+    }
+
+    fn redis_sentinel(&mut self, f: file::RedisSentinelFile) -> RedisSentinelConfig {
+        let master_name = f.master_name.unwrap_or_default();
+        if master_name.is_empty() {
+            self.error(
+                "blocklist.redis_sentinel.master_name",
+                "required: the name the Sentinels monitor the master under",
+            );
+        }
+        let raw = f.addresses.unwrap_or_default();
+        if raw.is_empty() {
+            self.error(
+                "blocklist.redis_sentinel.addresses",
+                "required: at least one Sentinel host:port",
+            );
+        }
+        let mut addresses = Vec::new();
+        for (i, address) in raw.iter().enumerate() {
+            let parsed = address
+                .rsplit_once(':')
+                .and_then(|(host, port)| Some((host.trim_matches(['[', ']']), port.parse().ok()?)))
+                .filter(|(host, port): &(&str, u16)| !host.is_empty() && *port != 0);
+            match parsed {
+                Some((host, port)) => addresses.push((host.to_owned(), port)),
+                None => self.error(
+                    &format!("blocklist.redis_sentinel.addresses[{i}]"),
+                    format!("{address:?} is not host:port"),
+                ),
+            }
+        }
+        RedisSentinelConfig {
+            master_name,
+            addresses,
         }
     }
 
@@ -1210,8 +1285,19 @@ impl Config {
             self.blocklist.store,
             match self.blocklist.store {
                 StoreKind::Sqlite => format!(" at {}", self.blocklist.sqlite_path.display()),
-                StoreKind::Redis =>
-                    format!(" at {}", self.blocklist.redis_url.as_deref().unwrap_or("")),
+                StoreKind::Redis => match &self.blocklist.redis_sentinel {
+                    Some(sentinel) => format!(
+                        " master {:?} via {} Sentinel(s)",
+                        sentinel.master_name,
+                        sentinel.addresses.len()
+                    ),
+                    None => format!(
+                        " at {}",
+                        crate::blocklist::redis::connect::redact(
+                            self.blocklist.redis_url.as_deref().unwrap_or("")
+                        )
+                    ),
+                },
                 StoreKind::Memory => String::new(),
             },
             self.blocklist.cache_max_entries,

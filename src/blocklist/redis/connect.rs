@@ -1,0 +1,384 @@
+//! Reaching Redis: plain or TLS (`rediss://`, on the aws-lc-rs rustls provider, with
+//! `blocklist.redis_ca_file` or the webpki roots), directly or through Sentinel, and
+//! finding it again after it went away.
+//!
+//! A [`Link`] holds one multiplexed connection and replaces it when it fails: a command
+//! that meets a connection error, a timeout or a `READONLY`/`MASTERDOWN` answer (a master
+//! demoted by a failover) drops the connection, and the next command connects anew. With
+//! Sentinel, connecting asks the Sentinels for the current master (and checks that it
+//! says it is one), so after a failover the store writes to the new master without a
+//! restart. While there is no master, commands fail quickly and the blocklist treats it
+//! as an outage (503 for logouts, `on_store_error` for requests).
+//!
+//! TLS never falls back: a certificate that does not verify fails the connection, and at
+//! start that fails the gateway. redis-rs's `#insecure` URL fragment is refused (and
+//! this build lacks the crate's `tls-rustls-insecure` feature anyway).
+
+use redis::aio::MultiplexedConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError,
+    ServerErrorKind, TlsCertificates, TlsMode,
+};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How to reach Redis: `blocklist.redis_url`, `redis_ca_file`, `redis_sentinel`.
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// `redis://` or `rediss://` (TLS), with user, password and db. With Sentinel only
+    /// the scheme, user, password and db count.
+    pub url: String,
+    /// PEM CA certificates for `rediss://` (else the webpki roots).
+    pub ca_file: Option<PathBuf>,
+    /// Find the master through these Sentinels.
+    pub sentinel: Option<SentinelOptions>,
+}
+
+/// `blocklist.redis_sentinel`.
+#[derive(Debug, Clone)]
+pub struct SentinelOptions {
+    pub master_name: String,
+    /// Sentinel `host:port` pairs. They are reached with the URL's TLS settings (and CA),
+    /// without credentials.
+    pub addresses: Vec<(String, u16)>,
+}
+
+/// Why a Redis client could not be set up from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("blocklist.redis_url {url}: {source}")]
+    Url {
+        url: String,
+        #[source]
+        source: RedisError,
+    },
+    #[error("blocklist.redis_url {url}: #insecure (TLS without verifying the certificate) is not supported")]
+    Insecure { url: String },
+    #[error("blocklist.redis_ca_file is set but blocklist.redis_url {url} is not rediss://")]
+    CaWithoutTls { url: String },
+    #[error("blocklist.redis_ca_file {path}: {source}")]
+    CaFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("blocklist.redis_ca_file {path}: {message}")]
+    CaCerts { path: String, message: String },
+    #[error("blocklist.redis_url {url}: {source}")]
+    Client {
+        url: String,
+        #[source]
+        source: RedisError,
+    },
+    #[error("blocklist.redis_sentinel: {source}")]
+    Sentinel {
+        #[source]
+        source: RedisError,
+    },
+}
+
+/// `redis://user:secret@host/0` → `redis://user:***@host/0`: URLs end up in logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Makes aws-lc-rs the process's rustls provider, which redis-rs's TLS uses (it builds its
+/// configs with `ClientConfig::builder()`). The only provider compiled in; installing it
+/// explicitly keeps that so even if another crate ever enables a second one.
+fn install_crypto_provider() {
+    // Err means a provider is installed already: the one of an earlier call.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Where connections go: one Redis, or whichever master the Sentinels name.
+pub enum Target {
+    Direct(redis::Client),
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+impl Target {
+    /// Builds the client from `options`; nothing is connected yet.
+    pub fn new(options: &RedisOptions) -> Result<Target, SetupError> {
+        install_crypto_provider();
+        let shown = redact(&options.url);
+        if options.url.contains("#insecure") {
+            return Err(SetupError::Insecure { url: shown });
+        }
+        let info = options
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|source| SetupError::Url {
+                url: shown.clone(),
+                source,
+            })?;
+        let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+        let root_cert = match &options.ca_file {
+            Some(_) if !tls => return Err(SetupError::CaWithoutTls { url: shown }),
+            Some(path) => Some(read_ca(path)?),
+            None => None,
+        };
+        let certificates = root_cert.map(|pem| TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        });
+        let Some(sentinel) = &options.sentinel else {
+            let client = match certificates {
+                Some(certs) => redis::Client::build_with_tls(info, certs),
+                None => redis::Client::open(info),
+            }
+            .map_err(|source| SetupError::Client { url: shown, source })?;
+            return Ok(Target::Direct(client));
+        };
+        let nodes = sentinel.addresses.iter().map(|(host, port)| {
+            if tls {
+                ConnectionAddr::TcpTls {
+                    host: host.clone(),
+                    port: *port,
+                    insecure: false,
+                    tls_params: None,
+                }
+            } else {
+                ConnectionAddr::Tcp(host.clone(), *port)
+            }
+        });
+        let settings = info.redis_settings();
+        let sentinel_error = |source| SetupError::Sentinel { source };
+        let mut builder =
+            SentinelClientBuilder::new(nodes, &sentinel.master_name, SentinelServerType::Master)
+                .map_err(sentinel_error)?
+                .set_client_to_redis_db(settings.db());
+        if let Some(user) = settings.username() {
+            builder = builder.set_client_to_redis_username(user);
+        }
+        if let Some(password) = settings.password() {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if tls {
+            builder = builder
+                .set_client_to_redis_tls_mode(TlsMode::Secure)
+                .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+            if let Some(certs) = certificates {
+                builder = builder
+                    .set_client_to_redis_certificates(certs.clone())
+                    .set_client_to_sentinel_certificates(certs);
+            }
+        }
+        let client = builder.build().map_err(sentinel_error)?;
+        Ok(Target::Sentinel(tokio::sync::Mutex::new(client)))
+    }
+
+    /// A new connection to the (current) master.
+    async fn connect(&self) -> Result<MultiplexedConnection, RedisError> {
+        // Timeouts are the caller's (per command, see `Link::run`); a blocking XREAD
+        // must not be cut short by a connection-wide response timeout.
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(super::COMMAND_TIMEOUT))
+            .set_response_timeout(None);
+        let client = match self {
+            Target::Direct(client) => client.clone(),
+            Target::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await?,
+        };
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+}
+
+/// Reads the CA bundle and checks it holds certificates rustls accepts.
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, SetupError> {
+    let shown = path.display().to_string();
+    let pem = std::fs::read(path).map_err(|source| SetupError::CaFile {
+        path: shown.clone(),
+        source,
+    })?;
+    crate::tls::read_certs(path).map_err(|message| SetupError::CaCerts {
+        path: shown,
+        message,
+    })?;
+    Ok(pem)
+}
+
+/// Whether `e` means the connection should be replaced: it broke, timed out, or the
+/// server it reaches is no longer a writable master (a failover demoted it).
+pub fn needs_new_connection(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+        )
+}
+
+/// One multiplexed connection to the current master, replaced when it fails.
+pub struct Link {
+    target: std::sync::Arc<Target>,
+    /// The connection in use and its generation (so a failure reported late does not
+    /// drop a newer connection).
+    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// Held while connecting: one attempt at a time.
+    connecting: tokio::sync::Mutex<()>,
+    /// Connection attempts so far, and the error of the last failed one: callers that
+    /// waited behind a failed attempt share its answer instead of queueing their own.
+    attempts: AtomicU64,
+    last_failure: Mutex<Option<(u64, String)>>,
+    generation: AtomicU64,
+}
+
+impl Link {
+    pub fn new(target: std::sync::Arc<Target>) -> Link {
+        Link {
+            target,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            attempts: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    fn cached(&self) -> Option<(u64, MultiplexedConnection)> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The current connection, connecting first if there is none.
+    pub async fn get(&self) -> Result<(u64, MultiplexedConnection), String> {
+        if let Some(current) = self.cached() {
+            return Ok(current);
+        }
+        let seen = self.attempts.load(Ordering::Acquire);
+        let _connecting = self.connecting.lock().await;
+        if let Some(current) = self.cached() {
+            return Ok(current);
+        }
+        let failure = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // Someone else tried while this caller waited, and failed: share that answer.
+        if let Some((_, message)) = failure.filter(|(attempt, _)| *attempt > seen) {
+            return Err(message);
+        }
+        let attempt = self.attempts.fetch_add(1, Ordering::AcqRel) + 1;
+        // Boxed: redis-rs's Sentinel lookup is a deeply nested future, too deep to be
+        // laid out inline in every caller's state machine.
+        let connecting: crate::blocklist::BoxFuture<'_, _> = Box::pin(self.target.connect());
+        match connecting.await {
+            Ok(conn) => {
+                let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((generation, conn.clone()));
+                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Ok((generation, conn))
+            }
+            Err(e) => {
+                let message = format!("cannot connect: {e}");
+                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((attempt, message.clone()));
+                Err(message)
+            }
+        }
+    }
+
+    /// Drops connection `generation` (if still current): the next command reconnects.
+    pub fn drop_connection(&self, generation: u64) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *current = None;
+        }
+    }
+
+    /// Runs `f` on the current connection within `limit`, replacing the connection when
+    /// the error calls for it (or on a timeout, which may leave it mid-reply).
+    pub async fn run<T, F, Fut>(&self, limit: Duration, f: F) -> Result<T, String>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        let used = AtomicU64::new(0);
+        let attempt = async {
+            let (generation, conn) = self.get().await?;
+            used.store(generation, Ordering::Relaxed);
+            match f(conn).await {
+                Ok(value) => Ok(value),
+                Err(e) => {
+                    if needs_new_connection(&e) {
+                        self.drop_connection(generation);
+                    }
+                    Err(e.to_string())
+                }
+            }
+        };
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.drop_connection(used.load(Ordering::Relaxed));
+                Err(format!("no answer within {limit:?}"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact("redis://:hunter2@cache:6379/0"),
+            "redis://:***@cache:6379/0"
+        );
+        assert_eq!(
+            redact("rediss://app:p@ss@cache/1"),
+            "rediss://app:***@cache/1"
+        );
+    }
+
+    #[test]
+    fn refuses_insecure_and_a_ca_without_tls() {
+        let options = |url: &str, ca: Option<&str>| RedisOptions {
+            url: url.into(),
+            ca_file: ca.map(PathBuf::from),
+            sentinel: None,
+        };
+        assert!(matches!(
+            Target::new(&options("rediss://cache:6380/0#insecure", None)),
+            Err(SetupError::Insecure { .. })
+        ));
+        assert!(matches!(
+            Target::new(&options("redis://cache:6379/0", Some("/nonexistent.pem"))),
+            Err(SetupError::CaWithoutTls { .. })
+        ));
+        assert!(matches!(
+            Target::new(&options("rediss://cache:6380/0", Some("/nonexistent.pem"))),
+            Err(SetupError::CaFile { .. })
+        ));
+        assert!(Target::new(&options("rediss://u:p@cache:6380/2", None)).is_ok());
+    }
+}

@@ -1,0 +1,315 @@
+//! The change feed: the `P changes` stream, read after a cursor (a stream id).
+//!
+//! The follower reads it with a blocking `XREAD BLOCK <ms> ... STREAMS P changes <id>`
+//! on a connection of its own ([`RedisStore::wait`]), so a revocation written on one
+//! replica reaches the others as soon as Redis has it, not at the next poll; a block
+//! that ends with nothing new still proves the copy complete up to its end, which keeps
+//! the blocklist fresh on a quiet stream. The same reply carries the stream's first and
+//! last id, to notice a trim past the cursor or a replaced stream (then: a resync).
+
+use super::{RedisStore, COMMAND_TIMEOUT, FEED_PAGE, FEED_PAGES_PER_POLL, STREAM_MAXLEN};
+use crate::auth::verify::now_unix;
+use crate::blocklist::{now_millis, Changes, Revocation, StoreError};
+use std::time::Duration;
+
+/// One stream entry as `XRANGE` returns it: its id and the flat field/value list.
+type StreamEntry = (String, Vec<Vec<u8>>);
+
+/// A change-feed entry back into a revocation. Entries this build does not understand
+/// (a newer kind, a hand-written typo) are skipped, not fatal: the feed must go on.
+fn parse_entry(fields: &[Vec<u8>]) -> Option<Revocation> {
+    let (mut kind, mut key, mut value, mut at) = (None, None, None, None);
+    for pair in fields.chunks_exact(2) {
+        match pair[0].as_slice() {
+            b"kind" => kind = std::str::from_utf8(&pair[1]).ok(),
+            b"key" => key = String::from_utf8(pair[1].clone()).ok(),
+            b"value" => value = super::load::parse_time(&pair[1]),
+            b"at" => at = super::load::parse_time(&pair[1]),
+            _ => {}
+        }
+    }
+    Revocation::from_parts(kind?, key?, value?, at)
+}
+
+/// A stream id `<ms>-<seq>`, comparable. `None` for anything else.
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Whether a reader at `position` lost its place in a stream whose first and last
+/// entries are `first` and `last`: the stream is gone (flushed, a new Redis), trimmed
+/// past it, or never reached it (a failover to a copy that lags).
+fn lost_place(position: (u64, u64), first: &[StreamEntry], last: &[StreamEntry]) -> bool {
+    if position == (0, 0) {
+        return false;
+    }
+    let first = first.first().and_then(|(id, _)| parse_id(id));
+    let last = last.first().and_then(|(id, _)| parse_id(id));
+    match (first, last) {
+        (None, _) | (_, None) => true,
+        (Some(first), Some(last)) => first > position || last < position,
+    }
+}
+
+impl RedisStore {
+    /// Entries after `cursor`, read with `XRANGE` (a poll), resyncing when the stream
+    /// lost our place.
+    pub(super) async fn read_changes(
+        &self,
+        cursor: String,
+    ) -> Result<(Vec<Revocation>, String), StoreError> {
+        {
+            let Some(position) = parse_id(&cursor) else {
+                return self.resync().await;
+            };
+            let mut out = Vec::new();
+            let mut next = cursor;
+            for page in 0..FEED_PAGES_PER_POLL {
+                let mut pipe = redis::pipe();
+                // One MULTI: the entries, the oldest and the newest id, as one snapshot
+                // (no trim can slip in between the reads).
+                pipe.atomic()
+                    .cmd("XRANGE")
+                    .arg(&self.changes_key)
+                    .arg(format!("({next}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(FEED_PAGE)
+                    .cmd("XRANGE")
+                    .arg(&self.changes_key)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1)
+                    .cmd("XREVRANGE")
+                    .arg(&self.changes_key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1);
+                let (entries, first, last): (Vec<StreamEntry>, Vec<StreamEntry>, Vec<StreamEntry>) =
+                    self.run_pipe("reading the change feed", pipe).await?;
+                if page == 0 && lost_place(position, &first, &last) {
+                    return self.resync().await;
+                }
+                let full = entries.len() == FEED_PAGE;
+                for (id, fields) in entries {
+                    out.extend(parse_entry(&fields));
+                    next = id;
+                }
+                if !full {
+                    break;
+                }
+            }
+            Ok((out, next))
+        }
+    }
+
+    /// The current end of the stream (adding the start marker to an empty one).
+    pub(super) async fn stream_end(&self) -> Result<String, StoreError> {
+        {
+            let last: Vec<StreamEntry> = self
+                .run(
+                    "reading the change feed position",
+                    redis::cmd("XREVRANGE")
+                        .arg(&self.changes_key)
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1)
+                        .clone(),
+                )
+                .await?;
+            if let Some((id, _)) = last.into_iter().next() {
+                return Ok(id);
+            }
+            // An empty or missing stream offers no position to check a later trim
+            // against: a replica holding `0-0` that was cut off while more than
+            // STREAM_MAXLEN entries were written would read the trimmed stream from its
+            // start and never notice what it lost. So the feed always starts with a
+            // marker entry (skipped by readers), and its id becomes the cursor.
+            self.run(
+                "starting the change feed",
+                redis::cmd("XADD")
+                    .arg(&self.changes_key)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(STREAM_MAXLEN)
+                    .arg("*")
+                    .arg("kind")
+                    .arg("start")
+                    .clone(),
+            )
+            .await
+        }
+    }
+
+    /// The current end of the stream, then the whole live set: what a replica that lost
+    /// track of the feed needs. Taking the cursor first means anything written during
+    /// the load is read again from the feed (applying a revocation twice is harmless).
+    pub(super) async fn resync(&self) -> Result<(Vec<Revocation>, String), StoreError> {
+        let cursor = self.stream_end().await?;
+        let live = self.load_live_paged(now_unix()).await?;
+        tracing::info!(
+            entries = live.len(),
+            "revocation change feed lost its place (trimmed or reset): reloaded the live set from Redis"
+        );
+        Ok((live, cursor))
+    }
+
+    /// One pushed read: entries after `cursor`, or nothing after `block`.
+    ///
+    /// `XREAD BLOCK` answers at once when entries are there and otherwise as soon as one
+    /// is added. Pipelined behind it on the same connection, `XRANGE - + COUNT 1` and
+    /// `XREVRANGE + - COUNT 1` run right after it answers: the first and last id, to
+    /// check that the stream still holds our place. (A trim between the two only causes
+    /// a needless resync.)
+    pub(super) async fn wait(
+        &self,
+        cursor: String,
+        block: Duration,
+    ) -> Result<Changes, StoreError> {
+        let Some(position) = parse_id(&cursor) else {
+            let (revocations, cursor) = self.resync().await?;
+            return Ok(Changes {
+                revocations,
+                cursor,
+                complete_at: now_millis(),
+            });
+        };
+        // Below a second, so the copy stays fresh (STALE_AFTER) on a quiet stream.
+        let block = block.clamp(Duration::from_millis(1), Duration::from_millis(900));
+        let began = now_millis();
+        let mut pipe = redis::pipe();
+        pipe.cmd("XREAD")
+            .arg("COUNT")
+            .arg(FEED_PAGE)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.changes_key)
+            .arg(&cursor)
+            .cmd("XRANGE")
+            .arg(&self.changes_key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XREVRANGE")
+            .arg(&self.changes_key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+        type Reply = (
+            Option<Vec<(String, Vec<StreamEntry>)>>,
+            Vec<StreamEntry>,
+            Vec<StreamEntry>,
+        );
+        let (read, first, last): Reply = self
+            .feed
+            .run(block + COMMAND_TIMEOUT, |mut conn| async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await
+            .map_err(|e| self.error("waiting on the change feed (XREAD)", e))?;
+        if lost_place(position, &first, &last) {
+            let (revocations, cursor) = self.resync().await?;
+            return Ok(Changes {
+                revocations,
+                cursor,
+                complete_at: began,
+            });
+        }
+        let entries: Vec<StreamEntry> = read
+            .into_iter()
+            .flatten()
+            .flat_map(|(_, entries)| entries)
+            .collect();
+        // Nothing new for the whole block (Redis started waiting after `began`): the
+        // copy is complete up to its end. Otherwise up to the read's start.
+        let complete_at = if entries.is_empty() {
+            began + block.as_millis() as u64
+        } else {
+            began
+        };
+        let mut revocations = Vec::with_capacity(entries.len());
+        let mut next = cursor;
+        for (id, fields) in entries {
+            revocations.extend(parse_entry(&fields));
+            next = id;
+        }
+        Ok(Changes {
+            revocations,
+            cursor: next,
+            complete_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::load::{parse_item, parse_time};
+    use super::*;
+
+    #[test]
+    fn parses_ids_and_entries() {
+        assert_eq!(parse_id("1700000000000-3"), Some((1_700_000_000_000, 3)));
+        assert_eq!(parse_id("0-0"), Some((0, 0)));
+        assert_eq!(parse_id("garbage"), None);
+        let fields: Vec<Vec<u8>> = ["kind", "sid", "key", "s-1", "value", "1767225600"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        assert_eq!(
+            parse_entry(&fields),
+            Some(Revocation::Session {
+                sid: "s-1".into(),
+                at: crate::blocklist::WHOLE_SESSION,
+                exp: 1_767_225_600
+            }),
+            "an entry from before cut-offs revokes the whole session"
+        );
+        let fields: Vec<Vec<u8>> = [
+            "kind",
+            "sid",
+            "key",
+            "s-1",
+            "value",
+            "1767225600",
+            "at",
+            "1767220000",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        assert_eq!(
+            parse_entry(&fields),
+            Some(Revocation::Session {
+                sid: "s-1".into(),
+                at: 1_767_220_000,
+                exp: 1_767_225_600
+            })
+        );
+        assert_eq!(parse_item(b"100:90"), Some((100, Some(90))));
+        assert_eq!(parse_item(b"100"), Some((100, None)));
+        assert_eq!(parse_item(b"x"), None);
+        let unknown: Vec<Vec<u8>> = ["kind", "nope", "key", "k", "value", "1"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        assert_eq!(parse_entry(&unknown), None);
+        assert_eq!(parse_time(b"1767225600.0"), Some(1_767_225_600));
+        assert_eq!(parse_time(b"-5"), None);
+    }
+    #[test]
+    fn notices_a_lost_place() {
+        let entry = |id: &str| vec![(id.to_owned(), Vec::new())];
+        assert!(!lost_place((5, 0), &entry("1-0"), &entry("9-0")));
+        assert!(lost_place((5, 0), &entry("6-0"), &entry("9-0")), "trimmed");
+        assert!(lost_place((5, 0), &entry("1-0"), &entry("4-0")), "replaced");
+        assert!(lost_place((5, 0), &[], &[]), "gone");
+        assert!(!lost_place((0, 0), &[], &[]));
+    }
+}
