@@ -9,7 +9,8 @@
 
 mod support;
 
-use portcullis::auth::verify::{now_unix, VerifiedToken};
+use portcullis::auth::verify::VerifiedToken;
+use portcullis::clock::now_unix;
 use portcullis::blocklist::sqlite::SqliteStore;
 use portcullis::blocklist::{Blocklist, Revocation, Store};
 use std::sync::Arc;

@@ -28,7 +28,8 @@ mod support;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use portcullis::auth::verify::{now_unix, VerifiedToken};
+use portcullis::auth::verify::VerifiedToken;
+use portcullis::clock::now_unix;
 use portcullis::blocklist::redis::connect::RedisOptions;
 use portcullis::blocklist::redis::RedisStore;
 use portcullis::blocklist::{Blocklist, Revocation, Store};

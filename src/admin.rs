@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::verify::now_unix;
+use crate::clock::now_unix;
 use crate::revocation_io;
 
 /// What the admin handlers read: the current gateway and the metrics.

@@ -13,7 +13,8 @@
 //! step: of two replicas receiving the same logout token at once, exactly one acts.
 
 use crate::admin::store_unavailable;
-use crate::auth::verify::{now_unix, AuthError};
+use crate::auth::verify::AuthError;
+use crate::clock::now_unix;
 use crate::blocklist::Revocation;
 use crate::config::BackchannelRevokes;
 use crate::gateway::Gateway;

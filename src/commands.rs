@@ -1,6 +1,6 @@
 //! The offline subcommands: `check`, `token` and `revoke`.
 
-use crate::auth::verify::now_unix;
+use crate::clock::now_unix;
 use crate::blocklist::Revocation;
 use crate::config::{self, Config};
 use crate::revocation_io;

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod auth;
 pub mod backchannel;
 pub mod blocklist;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod error;

@@ -8,7 +8,8 @@
 //! revocation, 503 `RevocationStoreError` when it could not.
 
 use crate::auth::extract;
-use crate::auth::verify::{now_unix, TokenType};
+use crate::auth::verify::TokenType;
+use crate::clock::now_unix;
 use crate::auth::{self, Authenticated};
 use crate::blocklist::Revocation;
 use crate::config::AuthMode;

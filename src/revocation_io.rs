@@ -14,7 +14,8 @@
 //! skipped).
 
 use crate::auth::claim_text;
-use crate::auth::verify::{now_unix, token_digest_key};
+use crate::auth::verify::token_digest_key;
+use crate::clock::now_unix;
 use crate::blocklist::{Revocation, WHOLE_SESSION};
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;

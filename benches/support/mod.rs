@@ -1,6 +1,7 @@
 //! Helpers shared by the blocklist benches (`blocklist.rs`, `redis.rs`).
 
-use portcullis::auth::verify::{now_unix, TokenType, VerifiedToken};
+use portcullis::auth::verify::{TokenType, VerifiedToken};
+use portcullis::clock::now_unix;
 use std::time::Duration;
 
 /// This process's resident set (VmRSS), in MiB.

@@ -12,6 +12,7 @@ use crate::auth::jwks::Jwks;
 use crate::auth::keys::KeySet;
 use crate::config::provider::typ_matches;
 use crate::config::JwtConfig;
+use crate::clock::now_unix;
 use crate::error::GatewayError;
 use crate::metrics::CacheStats;
 use http::{HeaderName, HeaderValue};
@@ -104,14 +105,6 @@ impl Expiring for Cached {
     fn expires_at(&self) -> u64 {
         self.token.exp
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Verifier {

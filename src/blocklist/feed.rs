@@ -7,8 +7,8 @@
 //! shuts down. While no successful read happens, for whatever reason, the blocklist
 //! turns stale after [`super::STALE_AFTER`] and `on_store_error` applies.
 
-use super::{fault, now_millis, Blocklist};
-use crate::auth::verify::now_unix;
+use super::{fault, Blocklist};
+use crate::clock::{now_millis, now_unix};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

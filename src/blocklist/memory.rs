@@ -110,7 +110,7 @@ impl Store for MemoryStore {
     ) -> BoxFuture<'_, Result<bool, StoreError>> {
         let first = {
             let mut seen = self.seen_once.lock().unwrap_or_else(|p| p.into_inner());
-            let now = crate::auth::verify::now_unix();
+            let now = crate::clock::now_unix();
             match seen.get(key) {
                 Some(&until) if until >= now => false,
                 _ => {

@@ -19,7 +19,8 @@ pub mod redis;
 pub mod set;
 pub mod sqlite;
 
-use crate::auth::verify::{now_unix, VerifiedToken};
+use crate::auth::verify::VerifiedToken;
+use crate::clock::{now_millis, now_unix};
 use set::RevocationSet;
 use std::collections::HashMap;
 use std::future::Future;
@@ -318,14 +319,6 @@ pub struct Blocklist {
 /// How long the local copy may go without a successful read of the store before
 /// `on_store_error` applies to requests.
 pub const STALE_AFTER: Duration = Duration::from_secs(1);
-
-/// Milliseconds since the Unix epoch.
-pub fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 impl Blocklist {
     /// Creates an empty blocklist over `store`; call [`Blocklist::load`] before serving.

@@ -265,7 +265,7 @@ fn write_batch(conn: &mut Connection, batch: &[WriteRequest]) -> Result<Vec<bool
                  WHERE seen_once.exp < ?3",
             )
             .map_err(err)?;
-        let now = i64::try_from(crate::auth::verify::now_unix()).unwrap_or(i64::MAX);
+        let now = i64::try_from(crate::clock::now_unix()).unwrap_or(i64::MAX);
         let mut record = |revocations: &[Revocation]| -> Result<(), StoreError> {
             for r in revocations {
                 let (kind, key, value) = r.parts();

@@ -8,8 +8,8 @@
 //! last id, to notice a trim past the cursor or a replaced stream (then: a resync).
 
 use super::{RedisStore, COMMAND_TIMEOUT, FEED_PAGE, FEED_PAGES_PER_POLL, STREAM_MAXLEN};
-use crate::auth::verify::now_unix;
-use crate::blocklist::{now_millis, Changes, Revocation, StoreError};
+use crate::blocklist::{Changes, Revocation, StoreError};
+use crate::clock::{now_millis, now_unix};
 use std::time::Duration;
 
 /// One stream entry as `XRANGE` returns it: its id and the flat field/value list.

@@ -61,7 +61,7 @@ mod load;
 mod script;
 
 use super::{BoxFuture, Changes, ExportError, ExportPage, Kind, Revocation, Store, StoreError};
-use crate::auth::verify::now_unix;
+use crate::clock::now_unix;
 use connect::{Link, RedisOptions, Target};
 use load::{parse_item, parse_time};
 use redis::FromRedisValue;
