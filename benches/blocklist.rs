@@ -10,9 +10,9 @@
 mod support;
 
 use portcullis::auth::verify::VerifiedToken;
-use portcullis::clock::now_unix;
 use portcullis::blocklist::sqlite::SqliteStore;
 use portcullis::blocklist::{Blocklist, Revocation, Store};
+use portcullis::clock::now_unix;
 use std::sync::Arc;
 use std::time::Instant;
 use support::{jti, percentile, rss_mib, token};

@@ -14,8 +14,8 @@
 
 use crate::admin::store_unavailable;
 use crate::auth::verify::AuthError;
-use crate::clock::now_unix;
 use crate::blocklist::Revocation;
+use crate::clock::now_unix;
 use crate::config::BackchannelRevokes;
 use crate::gateway::Gateway;
 use crate::logout::SESSION_REVOCATION_TTL;

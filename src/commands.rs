@@ -1,7 +1,7 @@
 //! The offline subcommands: `check`, `token` and `revoke`.
 
-use crate::clock::now_unix;
 use crate::blocklist::Revocation;
+use crate::clock::now_unix;
 use crate::config::{self, Config};
 use crate::revocation_io;
 use crate::server;

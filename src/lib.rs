@@ -17,6 +17,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod keys;
 pub mod logout;
 pub mod metrics;
 pub mod net;

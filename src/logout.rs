@@ -9,9 +9,9 @@
 
 use crate::auth::extract;
 use crate::auth::verify::TokenType;
-use crate::clock::now_unix;
 use crate::auth::{self, Authenticated};
 use crate::blocklist::Revocation;
+use crate::clock::now_unix;
 use crate::config::AuthMode;
 use crate::error::GatewayError;
 use crate::gateway::{json_response, Gateway, Target, Trace};

@@ -15,8 +15,8 @@
 
 use crate::auth::claim_text;
 use crate::auth::verify::token_digest_key;
-use crate::clock::now_unix;
 use crate::blocklist::{Revocation, WHOLE_SESSION};
+use crate::clock::now_unix;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
 

@@ -2,7 +2,7 @@
 //! the mapping of upstream failures to 502/504.
 
 use crate::config::UpstreamConfig;
-use crate::error::GatewayError;
+use crate::error::{error_chain, GatewayError};
 use crate::net::body::Held;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -121,16 +121,4 @@ impl Upstream {
             }
         }
     }
-}
-
-/// An error and its sources on one line, for logs.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }

@@ -264,7 +264,7 @@ impl Jwks {
             .client
             .request(request)
             .await
-            .map_err(|e| format!("GET {url}: {}", crate::upstream::error_chain(&e)))?;
+            .map_err(|e| format!("GET {url}: {}", crate::error::error_chain(&e)))?;
         if !response.status().is_success() {
             return Err(format!("GET {url}: status {}", response.status()));
         }

@@ -4,7 +4,6 @@
 pub mod cache;
 pub mod extract;
 pub mod jwks;
-pub mod keys;
 pub mod verify;
 
 use crate::config::{AuthMode, JwtConfig};

@@ -9,11 +9,11 @@
 use crate::auth::cache::{Expiring, TokenCache};
 use crate::auth::claim_text;
 use crate::auth::jwks::Jwks;
-use crate::auth::keys::KeySet;
+use crate::clock::now_unix;
 use crate::config::provider::typ_matches;
 use crate::config::JwtConfig;
-use crate::clock::now_unix;
 use crate::error::GatewayError;
+use crate::keys::KeySet;
 use crate::metrics::CacheStats;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;

@@ -11,8 +11,11 @@ pub mod file;
 pub mod limits;
 pub mod lines;
 pub mod provider;
+mod redact;
 
-use crate::auth::keys::{KeySet, SigningKey};
+pub use redact::redact_url;
+
+use crate::keys::{KeySet, SigningKey};
 use crate::net::header_pattern::HeaderPattern;
 use http::{HeaderName, Method, Uri};
 use jsonwebtoken::Algorithm;
@@ -1293,9 +1296,7 @@ impl Config {
                     ),
                     None => format!(
                         " at {}",
-                        crate::blocklist::redis::connect::redact(
-                            self.blocklist.redis_url.as_deref().unwrap_or("")
-                        )
+                        redact_url(self.blocklist.redis_url.as_deref().unwrap_or(""))
                     ),
                 },
                 StoreKind::Memory => String::new(),

@@ -14,6 +14,7 @@
 //! start that fails the gateway. redis-rs's `#insecure` URL fragment is refused (and
 //! this build lacks the crate's `tls-rustls-insecure` feature anyway).
 
+use crate::config::redact_url as redact;
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
@@ -78,22 +79,6 @@ pub enum SetupError {
         #[source]
         source: RedisError,
     },
-}
-
-/// `redis://user:secret@host/0` → `redis://user:***@host/0`: URLs end up in logs.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
-            format!("{scheme}://{user}:***{}", &rest[at..])
-        }
-        None => url.to_owned(),
-    }
 }
 
 /// Makes aws-lc-rs the process's rustls provider, which redis-rs's TLS uses (it builds its
@@ -343,22 +328,6 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("redis://127.0.0.1:6379/0"),
-            "redis://127.0.0.1:6379/0"
-        );
-        assert_eq!(
-            redact("redis://:hunter2@cache:6379/0"),
-            "redis://:***@cache:6379/0"
-        );
-        assert_eq!(
-            redact("rediss://app:p@ss@cache/1"),
-            "rediss://app:***@cache/1"
-        );
-    }
 
     #[test]
     fn refuses_insecure_and_a_ca_without_tls() {

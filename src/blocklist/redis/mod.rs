@@ -125,7 +125,7 @@ impl RedisStore {
     /// older than 6.2: the gateway must not report ready without having loaded the live
     /// set.
     pub async fn connect(options: &RedisOptions, prefix: &str) -> Result<RedisStore, StoreError> {
-        let shown_url = connect::redact(&options.url);
+        let shown_url = crate::config::redact_url(&options.url);
         let target = Arc::new(Target::new(options).map_err(|e| StoreError(e.to_string()))?);
         let store = RedisStore {
             link: Link::new(target.clone()),
