@@ -8,7 +8,7 @@ use crate::blocklist::{ExportError, Kind, Revocation};
 use crate::gateway::Gateway;
 use crate::metrics::{Gauges, Metrics};
 use crate::net::body_limit::{read_body, BodyError, BodyLimit};
-use crate::upstream::{full, Body};
+use crate::response::{full, store_unavailable, Body};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -367,10 +367,3 @@ fn bad_request(message: &str) -> Response<Body> {
     error_reply(StatusCode::BAD_REQUEST, "BadRequestError", message)
 }
 
-pub(crate) fn store_unavailable() -> Response<Body> {
-    error_reply(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "RevocationStoreError",
-        "Revocation store unavailable",
-    )
-}

@@ -12,7 +12,6 @@
 //! first sight of a `jti` and the revocations it causes are recorded in one atomic
 //! step: of two replicas receiving the same logout token at once, exactly one acts.
 
-use crate::admin::store_unavailable;
 use crate::auth::verify::AuthError;
 use crate::blocklist::Revocation;
 use crate::clock::now_unix;
@@ -20,7 +19,7 @@ use crate::config::BackchannelRevokes;
 use crate::gateway::Gateway;
 use crate::logout::SESSION_REVOCATION_TTL;
 use crate::net::body_limit::{read_body, BodyError, BodyLimit};
-use crate::upstream::{full, Body};
+use crate::response::{full, store_unavailable, Body};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use hyper::body::Incoming;

@@ -6,7 +6,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::config;
-use portcullis::upstream::{full, Body};
+use portcullis::response::{full, Body};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;

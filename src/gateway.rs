@@ -14,10 +14,11 @@ use crate::config::{AuthMode, Config, OnStoreError, RouteConfig};
 use crate::error::GatewayError;
 use crate::metrics::{Histogram, Metrics, Outcome, RouteStats};
 use crate::net::{forwarding, head};
-use crate::upstream::{full, Body, Upstream};
+use crate::response::{full, Body};
+use crate::upstream::Upstream;
 use crate::{logout, path};
 use http::request::Parts;
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -402,17 +403,6 @@ async fn tunnel(
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(error = %e, "upgraded connection closed");
     }
-}
-
-/// `{"message": ...}` with status 200: the gateway's own successful answers.
-pub fn json_response(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut response = Response::new(full(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub mod logout;
 pub mod metrics;
 pub mod net;
 pub mod path;
+pub mod response;
 pub mod revocation_io;
 pub mod server;
 pub mod tls;

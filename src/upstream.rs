@@ -3,27 +3,15 @@
 
 use crate::config::UpstreamConfig;
 use crate::error::{error_chain, GatewayError};
-use crate::net::body::Held;
-use bytes::Bytes;
+use crate::response::Body;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
-use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
-
-/// Body of requests sent upstream and of responses sent to clients: streamed from the
-/// other side, or held by the gateway (a small body it wrote itself, or the start of a
-/// client's body it has read, then the rest of it: [`Held`]).
-pub type Body = Either<Incoming, Held>;
-
-/// A body the gateway wrote itself.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Either::Right(Held::full(bytes.into()))
-}
 
 /// One upstream app and its connection pool.
 pub struct Upstream {
