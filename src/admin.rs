@@ -366,4 +366,3 @@ fn body_refused(error: BodyError) -> Response<Body> {
 fn bad_request(message: &str) -> Response<Body> {
     error_reply(StatusCode::BAD_REQUEST, "BadRequestError", message)
 }
-

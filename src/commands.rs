@@ -4,7 +4,6 @@ use crate::blocklist::Revocation;
 use crate::clock::now_unix;
 use crate::config::{self, Config};
 use crate::revocation_io;
-use crate::server;
 use serde_json::{Map, Value};
 use std::path::Path;
 use std::time::Duration;
@@ -159,7 +158,7 @@ async fn record(config: &Config, revocations: Vec<Revocation>) -> Result<(), Com
                 .into(),
         ));
     }
-    let store = server::open_store(&config.blocklist)
+    let store = crate::blocklist::open_store(&config.blocklist)
         .await
         .map_err(|e| CommandError(e.to_string()))?;
     // Straight into the store: this process enforces nothing itself.

@@ -192,7 +192,7 @@ impl Gateway {
         trace: &mut Trace,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
-        if conn.max_header_bytes < crate::server::MIN_HYPER_BUF {
+        if conn.max_header_bytes < crate::net::head::MIN_HYPER_BUF {
             check_head_size(&parts, conn.max_header_bytes)?;
         }
         head::check(&parts, &self.config.jwt.header_name)?;

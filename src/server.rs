@@ -4,8 +4,8 @@
 //! only if it is valid).
 
 use crate::admin::Admin;
-use crate::blocklist::{self, Blocklist, Store};
-use crate::config::{self, Config, StoreKind};
+use crate::blocklist::{self, Blocklist};
+use crate::config::{self, Config};
 use crate::gateway::{ConnInfo, Gateway};
 use crate::metrics::Metrics;
 use crate::net::idle::{self, Activity, IdleLimits, Tracked};
@@ -23,10 +23,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-
-/// hyper's smallest HTTP/1 read buffer; smaller `max_header_bytes` are enforced by the
-/// gateway itself.
-pub const MIN_HYPER_BUF: usize = 8192;
 
 /// How often the blocklist reads its store's change feed for revocations written by
 /// other processes: SQLite's poll period, and the longest block of Redis's pushed read
@@ -49,27 +45,6 @@ pub enum StartError {
     Build(String),
 }
 
-/// Opens the configured revocation store.
-pub async fn open_store(config: &config::BlocklistConfig) -> Result<Arc<dyn Store>, StartError> {
-    Ok(match config.store {
-        StoreKind::Memory => Arc::new(blocklist::memory::MemoryStore::default()),
-        StoreKind::Sqlite => Arc::new(blocklist::sqlite::SqliteStore::open(&config.sqlite_path)?),
-        StoreKind::Redis => {
-            let options = blocklist::redis::connect::RedisOptions {
-                url: config.redis_url.clone().unwrap_or_default(),
-                ca_file: config.redis_ca_file.clone(),
-                sentinel: config.redis_sentinel.as_ref().map(|s| {
-                    blocklist::redis::SentinelOptions {
-                        master_name: s.master_name.clone(),
-                        addresses: s.addresses.clone(),
-                    }
-                }),
-            };
-            Arc::new(blocklist::redis::RedisStore::connect(&options, &config.key_prefix).await?)
-        }
-    })
-}
-
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
     let listener = TcpListener::bind(addr)
         .await
@@ -86,7 +61,7 @@ pub async fn run(path: PathBuf) -> Result<(), StartError> {
     for warning in &config.warnings {
         tracing::warn!("config: {warning}");
     }
-    let store = open_store(&config.blocklist).await?;
+    let store = blocklist::open_store(&config.blocklist).await?;
     let blocklist = Blocklist::new(store, config.blocklist.cache_max_entries);
     let started = std::time::Instant::now();
     blocklist.load().await?;
@@ -281,7 +256,7 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(MIN_HYPER_BUF))
+        .max_buf_size(limits.max_header_bytes.max(crate::net::head::MIN_HYPER_BUF))
         .keep_alive(true);
     builder
         .http2()

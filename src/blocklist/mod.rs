@@ -15,9 +15,12 @@
 pub mod fault;
 pub mod feed;
 pub mod memory;
+mod open;
 pub mod redis;
 pub mod set;
 pub mod sqlite;
+
+pub use open::open_store;
 
 use crate::auth::verify::VerifiedToken;
 use crate::clock::{now_millis, now_unix};

@@ -16,6 +16,10 @@ use crate::error::GatewayError;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, Version};
 
+/// hyper's smallest HTTP/1 read buffer; a smaller `server.max_header_bytes` is enforced
+/// by the gateway itself (it counts the head's bytes).
+pub const MIN_HYPER_BUF: usize = 8192;
+
 /// Refuses a request head the gateway cannot forward unambiguously.
 pub fn check(parts: &Parts, token_header: &HeaderName) -> Result<(), GatewayError> {
     if has_several(&parts.headers, token_header) {
