@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::now_unix;
-use crate::revocation_io;
+use crate::revocation;
 
 /// What the admin handlers read: the current gateway and the metrics.
 pub struct Admin {
@@ -221,7 +221,7 @@ impl Admin {
     /// `POST /revocations` with NDJSON: every line parsed first, then all recorded in
     /// one store write (one SQLite transaction; pipelined script batches on Redis).
     async fn import(&self, gateway: &Gateway, body: &[u8]) -> Response<Body> {
-        let revocations = match revocation_io::parse_ndjson(body) {
+        let revocations = match revocation::parse_ndjson(body) {
             Ok(revocations) => revocations,
             Err(e) => {
                 return json_reply(
@@ -246,7 +246,7 @@ impl Admin {
         let Ok(request) = serde_json::from_slice::<Value>(bytes) else {
             return bad_request("body must be JSON");
         };
-        let revocation = match revocation_io::parse_object(&request, now_unix()) {
+        let revocation = match revocation::parse_object(&request, now_unix()) {
             Ok(r) => r,
             Err(message) => return bad_request(&message),
         };
@@ -288,7 +288,7 @@ async fn export(gateway: &Gateway, query: Option<&str>) -> Response<Body> {
         Err(ExportError::Store(_)) => return store_unavailable(),
     };
     let mut body = Vec::new();
-    revocation_io::write_ndjson(&page.revocations, &mut body);
+    revocation::write_ndjson(&page.revocations, &mut body);
     let mut response = respond(StatusCode::OK, "application/x-ndjson", body);
     if let Some(next) = page.next {
         let next = percent_encoding::utf8_percent_encode(&next, QUERY_VALUE);

@@ -17,9 +17,9 @@ use crate::blocklist::Revocation;
 use crate::clock::now_unix;
 use crate::config::BackchannelRevokes;
 use crate::gateway::Gateway;
-use crate::logout::SESSION_REVOCATION_TTL;
 use crate::net::body_limit::{read_body, BodyError, BodyLimit};
 use crate::response::{full, store_unavailable, Body};
+use crate::revocation::session_cutoff;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use hyper::body::Incoming;
@@ -101,11 +101,7 @@ pub async fn handle(gw: &Gateway, body: Incoming) -> Response<Body> {
     };
     let (sid, sub) = (text("sid"), text("sub"));
     let revocation = match (gw.config.logout.backchannel_revokes, &sid, &sub) {
-        (BackchannelRevokes::Session, Some(sid), _) => Revocation::Session {
-            sid: sid.clone(),
-            at: now,
-            exp: now + SESSION_REVOCATION_TTL,
-        },
+        (BackchannelRevokes::Session, Some(sid), _) => session_cutoff(sid.clone(), now, now),
         (_, _, Some(sub)) => Revocation::Subject {
             sub: sub.clone(),
             at: now,

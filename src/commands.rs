@@ -3,7 +3,7 @@
 use crate::blocklist::Revocation;
 use crate::clock::now_unix;
 use crate::config::{self, Config};
-use crate::revocation_io;
+use crate::revocation::{self, revocation_for, RevokeTarget};
 use serde_json::{Map, Value};
 use std::path::Path;
 use std::time::Duration;
@@ -100,32 +100,10 @@ fn random_hex(bytes: usize) -> Result<String, CommandError> {
     Ok(hex::encode(buf))
 }
 
-/// What `portcullis revoke` revokes.
-pub enum RevokeTarget {
-    Token(String),
-    Jti { jti: String, exp: u64 },
-    Subject(String),
-}
-
-/// Turns a revoke target into the revocation to record. A whole token is decoded
-/// without checking its signature: revoking can only ever refuse more.
-pub fn revocation_for(target: RevokeTarget) -> Result<Revocation, CommandError> {
-    Ok(match target {
-        RevokeTarget::Jti { jti, exp } => Revocation::Token { key: jti, exp },
-        RevokeTarget::Subject(sub) => Revocation::Subject {
-            sub,
-            at: now_unix(),
-        },
-        RevokeTarget::Token(token) => {
-            revocation_io::token_revocation(&token).map_err(|e| CommandError(format!("--{e}")))?
-        }
-    })
-}
-
 /// `portcullis revoke`: records the revocation in the configured store, durably.
 pub async fn revoke(path: &Path, target: RevokeTarget) -> Result<String, CommandError> {
     let config = config::load(path)?;
-    let revocation = revocation_for(target)?;
+    let revocation = revocation_for(target).map_err(|e| CommandError(format!("--{e}")))?;
     let described = format!("{revocation:?}");
     record(&config, vec![revocation]).await?;
     Ok(format!("revoked: {described}"))
@@ -143,7 +121,7 @@ pub async fn revoke_file(path: &Path, file: &Path) -> Result<String, CommandErro
     } else {
         std::fs::read(file).map_err(|e| CommandError(format!("{}: {e}", file.display())))?
     };
-    let revocations = revocation_io::parse_ndjson(&body)
+    let revocations = revocation::parse_ndjson(&body)
         .map_err(|e| CommandError(format!("{}: {e}; nothing recorded", file.display())))?;
     let recorded = revocations.len();
     record(&config, revocations).await?;

@@ -23,7 +23,7 @@ pub mod metrics;
 pub mod net;
 pub mod path;
 pub mod response;
-pub mod revocation_io;
+pub mod revocation;
 pub mod server;
 pub mod tls;
 pub mod upstream;

@@ -17,6 +17,7 @@ use crate::error::GatewayError;
 use crate::gateway::{Gateway, Target, Trace};
 use crate::net::body::read_start;
 use crate::response::{json_response, Body};
+use crate::revocation;
 use http::request::Parts;
 use http::{HeaderName, Response, StatusCode};
 use http_body_util::Either;
@@ -36,10 +37,6 @@ const MAX_LOGOUT_BODY: usize = 64 * 1024;
 /// slot) by trickling the body. Past it the logout goes on without the body's refresh
 /// token (the cookie and `X-Refresh-Token` carriers, and a `sid`, still apply).
 const LOGOUT_BODY_WAIT: Duration = Duration::from_secs(2);
-
-/// How long a session (`sid`) revocation lasts when no refresh token tells us: the
-/// longest refresh-token lifetime we expect from an identity provider.
-pub const SESSION_REVOCATION_TTL: u64 = 30 * 24 * 3600;
 
 /// Handles a request to `logout.path` with one of `logout.methods`.
 pub async fn handle(
@@ -66,24 +63,8 @@ pub async fn handle(
     };
     let now = now_unix();
     let token = &auth.token;
-    let mut revocations = vec![Revocation::Token {
-        key: token.revocation_key.clone(),
-        exp: token.exp,
-    }];
-    if let Some(r) = refresh.and_then(|refresh| valid_refresh(gw, &auth, &refresh, now)) {
-        revocations.push(r);
-    }
-    if let Some(sid) = &token.sid {
-        // A cut-off as of now: the tokens of this session issued so far (the refresh
-        // token included, sent or not) are refused; a token the identity provider
-        // issues later in the same session is accepted, since its session outlives the
-        // gateway's logout. Kept as long as any refresh token of the session may live.
-        revocations.push(Revocation::Session {
-            sid: sid.clone(),
-            at: now,
-            exp: token.exp.max(now + SESSION_REVOCATION_TTL),
-        });
-    }
+    let refresh = refresh.and_then(|refresh| valid_refresh(gw, &auth, &refresh, now));
+    let revocations = revocation::logout(token, refresh, now);
     gw.blocklist
         .revoke(revocations)
         .await

@@ -4,8 +4,9 @@
 mod demo;
 
 use clap::{Parser, Subcommand};
-use portcullis::commands::{self, RevokeTarget, TokenRequest};
+use portcullis::commands::{self, TokenRequest};
 use portcullis::config::resolve_path;
+use portcullis::revocation::RevokeTarget;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -1,0 +1,73 @@
+//! The revocation service: every way a revocation is asked for (a logout, a back-channel
+//! logout token, the admin API, `portcullis revoke`, an NDJSON import) becomes the
+//! [`Revocation`]s to write here, with one set of rules. The handlers only decide
+//! *whether* to revoke and write the result through the [`Blocklist`](crate::blocklist).
+//!
+//! - [`io`]: the JSON/NDJSON shapes of the admin API, the CLI's `--file` and the export.
+//! - [`logout`]: what a logout revokes, from the verified access token.
+//! - [`session_cutoff`]: a session revocation as of now, with its lifetime.
+//! - [`RevokeTarget`]: what the `revoke` command names on its command line.
+
+pub mod io;
+
+use crate::auth::verify::VerifiedToken;
+use crate::blocklist::Revocation;
+use crate::clock::now_unix;
+
+pub use io::{parse_ndjson, parse_object, token_revocation, write_ndjson, LineError};
+
+/// How long a session (`sid`) revocation lasts when no refresh token tells us: the
+/// longest refresh-token lifetime we expect from an identity provider.
+pub const SESSION_REVOCATION_TTL: u64 = 30 * 24 * 3600;
+
+/// A cut-off for session `sid` as of `now`: the tokens of this session issued so far
+/// are refused; a token the identity provider issues later in the same session is
+/// accepted, since its session outlives the gateway's logout. Kept until `exp` or for
+/// [`SESSION_REVOCATION_TTL`], whichever is later, so every refresh token of the
+/// session that may still live is covered.
+pub fn session_cutoff(sid: String, now: u64, exp: u64) -> Revocation {
+    Revocation::Session {
+        sid,
+        at: now,
+        exp: exp.max(now.saturating_add(SESSION_REVOCATION_TTL)),
+    }
+}
+
+/// What a logout with `access` revokes at `now`: the access token itself, the refresh
+/// token sent along (already judged valid and of the same subject by the caller), and
+/// the access token's session as of now.
+pub fn logout(access: &VerifiedToken, refresh: Option<Revocation>, now: u64) -> Vec<Revocation> {
+    let mut revocations = Vec::with_capacity(3);
+    revocations.push(Revocation::Token {
+        key: access.revocation_key.clone(),
+        exp: access.exp,
+    });
+    revocations.extend(refresh);
+    if let Some(sid) = &access.sid {
+        revocations.push(session_cutoff(sid.clone(), now, access.exp));
+    }
+    revocations
+}
+
+/// What `portcullis revoke` names on its command line.
+pub enum RevokeTarget {
+    /// A whole token (its `jti`, or its digest, until its `exp`).
+    Token(String),
+    /// A `jti` until `exp`.
+    Jti { jti: String, exp: u64 },
+    /// Every token of a subject issued until now.
+    Subject(String),
+}
+
+/// The revocation `target` stands for. A whole token is decoded without checking its
+/// signature: revoking can only ever refuse more.
+pub fn revocation_for(target: RevokeTarget) -> Result<Revocation, String> {
+    Ok(match target {
+        RevokeTarget::Jti { jti, exp } => Revocation::Token { key: jti, exp },
+        RevokeTarget::Subject(sub) => Revocation::Subject {
+            sub,
+            at: now_unix(),
+        },
+        RevokeTarget::Token(token) => token_revocation(&token)?,
+    })
+}
