@@ -7,6 +7,7 @@
 //! `sid` claim, the whole session. Answers 200 only after the store committed every
 //! revocation, 503 `RevocationStoreError` when it could not.
 
+use super::{Gateway, Target, Trace};
 use crate::auth::extract;
 use crate::auth::verify::TokenType;
 use crate::auth::{self, Authenticated};
@@ -14,7 +15,6 @@ use crate::blocklist::Revocation;
 use crate::clock::now_unix;
 use crate::config::AuthMode;
 use crate::error::GatewayError;
-use crate::gateway::{Gateway, Target, Trace};
 use crate::net::body::read_start;
 use crate::response::{json_response, Body};
 use crate::revocation;

@@ -5,6 +5,9 @@
 //! normalize path → logout? → match route → strip client identity headers →
 //! authenticate → revocation → authorize → forward.
 
+pub mod backchannel;
+pub mod logout;
+
 use crate::auth::extract;
 use crate::auth::jwks::{Jwks, JwksSettings};
 use crate::auth::verify::{AuthError, VerifiedToken, Verifier};
@@ -14,9 +17,9 @@ use crate::config::{AuthMode, Config, OnStoreError, RouteConfig};
 use crate::error::GatewayError;
 use crate::metrics::{Histogram, Metrics, Outcome, RouteStats};
 use crate::net::{forwarding, head};
+use crate::path;
 use crate::response::{full, Body};
 use crate::upstream::Upstream;
-use crate::{logout, path};
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
@@ -210,7 +213,7 @@ impl Gateway {
         if parts.method == http::Method::POST && logout.backchannel_path.as_deref() == Some(&*path)
         {
             trace.stats = Some(self.config.routes.len());
-            return Ok(crate::backchannel::handle(self, body).await);
+            return Ok(backchannel::handle(self, body).await);
         }
         if *path == *logout.path && logout.methods.contains(&parts.method) {
             forwarding::strip_matching(&mut parts.headers, &self.config.forward.strip_headers);

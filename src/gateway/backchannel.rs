@@ -12,11 +12,11 @@
 //! first sight of a `jti` and the revocations it causes are recorded in one atomic
 //! step: of two replicas receiving the same logout token at once, exactly one acts.
 
+use super::Gateway;
 use crate::auth::verify::AuthError;
 use crate::blocklist::Revocation;
 use crate::clock::now_unix;
 use crate::config::BackchannelRevokes;
-use crate::gateway::Gateway;
 use crate::net::body_limit::{read_body, BodyError, BodyLimit};
 use crate::response::{full, store_unavailable, Body};
 use crate::revocation::session_cutoff;
