@@ -12,7 +12,6 @@ use crate::response::{full, store_unavailable, Body};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -121,7 +120,7 @@ pub fn revocation_json(r: &Revocation) -> Value {
 
 impl Admin {
     /// Answers one admin request.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, request: Request<Body>) -> Response<Body> {
         let gateway = self.gateway.load_full();
         let path = request.uri().path().to_owned();
         match (request.method(), path.as_str()) {
@@ -320,7 +319,7 @@ fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     })
 }
 
-fn authorized(gateway: &Gateway, request: &Request<Incoming>) -> bool {
+fn authorized<B>(gateway: &Gateway, request: &Request<B>) -> bool {
     use subtle::ConstantTimeEq;
     let Some(admin) = &gateway.config.admin else {
         return false;

@@ -10,7 +10,9 @@ use crate::gateway::{ConnInfo, Gateway};
 use crate::metrics::Metrics;
 use crate::net::idle::{self, Activity, IdleLimits, Tracked};
 use arc_swap::ArcSwap;
-use http::HeaderValue;
+use http::{HeaderValue, Request};
+use http_body_util::Either;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -378,14 +380,14 @@ async fn serve_connection<I>(
     let info = Arc::new(info);
     let activity = Activity::new();
     let requests = activity.clone();
-    let service = service_fn(move |request| {
+    let service = service_fn(move |request: Request<Incoming>| {
         // One atomic load per request: a reload swaps the gateway for new requests only.
         let gateway = state.load_full();
         let info = info.clone();
         // Counts the request as open until its response body is done or dropped.
         let guard = requests.begin();
         async move {
-            let response = gateway.handle(request, &info).await;
+            let response = gateway.handle(request.map(Either::Left), &info).await;
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
         }
     });
@@ -440,9 +442,9 @@ async fn serve_admin(
         };
         let admin = admin.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
+            let service = service_fn(move |request: Request<Incoming>| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(request).await) }
+                async move { Ok::<_, Infallible>(admin.handle(request.map(Either::Left)).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

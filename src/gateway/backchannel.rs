@@ -22,7 +22,6 @@ use crate::response::{full, store_unavailable, Body};
 use crate::revocation::session_cutoff;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use hyper::body::Incoming;
 use jsonwebtoken::Validation;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -61,7 +60,7 @@ fn refusal(status: StatusCode, description: &str) -> Response<Body> {
 }
 
 /// Handles a POST to `logout.backchannel_path`.
-pub async fn handle(gw: &Gateway, body: Incoming) -> Response<Body> {
+pub async fn handle(gw: &Gateway, body: Body) -> Response<Body> {
     let limit = BACKCHANNEL_BODY.capped(gw.config.server.header_read_timeout);
     let bytes: Bytes = match read_body(body, limit).await {
         Ok(bytes) => bytes,

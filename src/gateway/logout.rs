@@ -21,7 +21,6 @@ use crate::revocation;
 use http::request::Parts;
 use http::{HeaderName, Response, StatusCode};
 use http_body_util::Either;
-use hyper::body::Incoming;
 use std::time::Duration;
 
 /// Header that may carry the refresh token to revoke along with the access token.
@@ -42,7 +41,7 @@ const LOGOUT_BODY_WAIT: Duration = Duration::from_secs(2);
 pub async fn handle(
     gw: &Gateway,
     parts: Parts,
-    body: Incoming,
+    body: Body,
     target: &Target<'_>,
     trace: &mut Trace,
 ) -> Result<Response<Body>, GatewayError> {
@@ -59,7 +58,7 @@ pub async fn handle(
     let (refresh, body) = if gw.config.logout.revoke_refresh {
         find_refresh_token(&parts, body, jwt).await
     } else {
-        (None, Either::Left(body))
+        (None, body)
     };
     let now = now_unix();
     let token = &auth.token;
@@ -89,11 +88,11 @@ pub async fn handle(
 /// no refresh token in it as far as the logout is concerned, and the logout goes on.
 async fn find_refresh_token(
     parts: &Parts,
-    body: Incoming,
+    body: Body,
     jwt: &crate::config::JwtConfig,
 ) -> (Option<String>, Body) {
     if let Some(t) = extract::cookie_value(&parts.headers, &jwt.refresh_cookie_name) {
-        return (Some(t.to_owned()), Either::Left(body));
+        return (Some(t.to_owned()), body);
     }
     if let Some(t) = parts
         .headers
@@ -102,7 +101,7 @@ async fn find_refresh_token(
     {
         let t = t.trim();
         let t = t.strip_prefix("Bearer ").unwrap_or(t);
-        return (Some(t.to_owned()), Either::Left(body));
+        return (Some(t.to_owned()), body);
     }
     let is_json = parts
         .headers
@@ -110,7 +109,7 @@ async fn find_refresh_token(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.to_ascii_lowercase().contains("json"));
     if !is_json {
-        return (None, Either::Left(body));
+        return (None, body);
     }
     let start = read_start(body, MAX_LOGOUT_BODY, LOGOUT_BODY_WAIT).await;
     let token = start

@@ -23,7 +23,6 @@ use crate::upstream::Upstream;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -143,7 +142,7 @@ impl Gateway {
 
     /// Answers one request; never fails (errors become their contract responses).
     /// Counts it, and writes the access-log line when `server.access_log` is on.
-    pub async fn handle(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    pub async fn handle(&self, request: Request<Body>, conn: &ConnInfo) -> Response<Body> {
         // Only the access log needs these after the request is consumed.
         let logged = self.config.server.access_log.then(|| {
             (
@@ -190,7 +189,7 @@ impl Gateway {
 
     async fn handle_inner(
         &self,
-        request: Request<Incoming>,
+        request: Request<Body>,
         conn: &ConnInfo,
         trace: &mut Trace,
     ) -> Result<Response<Body>, GatewayError> {
@@ -242,15 +241,8 @@ impl Gateway {
                 Some(auth)
             }
         };
-        self.forward(
-            route,
-            parts,
-            Either::Left(body),
-            &target,
-            authenticated.as_ref(),
-            trace,
-        )
-        .await
+        self.forward(route, parts, body, &target, authenticated.as_ref(), trace)
+            .await
     }
 
     /// Finds and verifies the token for `mode`; a `kid` the JWKS does not know yet gets

@@ -6,7 +6,7 @@
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -52,7 +52,22 @@ pub struct Start {
 /// a frame being bounded by hyper's read buffer or the HTTP/2 frame size, are held). A
 /// body announcing more than `limit` bytes (`Content-Length`) is not read at all. Never fails: what could not be read is simply
 /// not `complete`, and stays in the returned body for whoever forwards it.
-pub async fn read_start(mut body: Incoming, limit: usize, wait: Duration) -> Start {
+///
+/// A body the gateway already holds (built in-process, or read before) is returned as it
+/// is: complete when nothing of it is left to stream.
+pub async fn read_start(body: Either<Incoming, Held>, limit: usize, wait: Duration) -> Start {
+    let mut body = match body {
+        Either::Left(incoming) => incoming,
+        Either::Right(held) => {
+            let complete = held.rest.is_none()
+                && held.error.is_none()
+                && held.head.as_ref().is_none_or(|h| h.len() <= limit);
+            return Start {
+                body: held,
+                complete,
+            };
+        }
+    };
     if body.size_hint().lower() > limit as u64 {
         return Start {
             body: Held {
