@@ -549,16 +549,7 @@ impl Checker {
     }
 
     fn server(&mut self, f: Option<file::ServerFile>) -> ServerConfig {
-        let f = f.unwrap_or(file::ServerFile {
-            listen: None,
-            tls: None,
-            max_connections: None,
-            header_read_timeout: None,
-            idle_timeout: None,
-            max_header_bytes: None,
-            shutdown_grace: None,
-            access_log: None,
-        });
+        let f = f.unwrap_or_default();
         let listen = self.socket_addr(f.listen.as_deref(), "server.listen", "0.0.0.0:8000");
         let tls = f.tls.map(|t| {
             let cert = t.cert_file.unwrap_or_default();
@@ -789,11 +780,7 @@ impl Checker {
             )
             .unwrap_or(http::header::AUTHORIZATION);
         let csrf = {
-            let c = f.csrf.unwrap_or(file::CsrfFile {
-                enabled: None,
-                header_name: None,
-                methods: None,
-            });
+            let c = f.csrf.unwrap_or_default();
             CsrfConfig {
                 enabled: c.enabled.unwrap_or(true),
                 header_name: self
@@ -843,16 +830,7 @@ impl Checker {
     }
 
     fn blocklist(&mut self, f: Option<file::BlocklistFile>) -> BlocklistConfig {
-        let f = f.unwrap_or(file::BlocklistFile {
-            store: None,
-            sqlite_path: None,
-            redis_url: None,
-            redis_ca_file: None,
-            redis_sentinel: None,
-            key_prefix: None,
-            cache_max_entries: None,
-            on_store_error: None,
-        });
+        let f = f.unwrap_or_default();
         let store = match f.store.as_deref().unwrap_or("sqlite") {
             "memory" => StoreKind::Memory,
             "sqlite" => StoreKind::Sqlite,
@@ -972,15 +950,7 @@ impl Checker {
     }
 
     fn logout(&mut self, f: Option<file::LogoutFile>, jwt: Option<&JwtConfig>) -> LogoutConfig {
-        let f = f.unwrap_or(file::LogoutFile {
-            path: None,
-            methods: None,
-            revoke_refresh: None,
-            forward: None,
-            backchannel_path: None,
-            backchannel_audience: None,
-            backchannel_revokes: None,
-        });
+        let f = f.unwrap_or_default();
         let path = f.path.unwrap_or_else(|| "/logout".to_owned());
         self.absolute_path(&path, "logout.path");
         let backchannel_audience = match f.backchannel_audience {
@@ -1194,11 +1164,7 @@ impl Checker {
     }
 
     fn forward(&mut self, f: Option<file::ForwardFile>) -> ForwardConfig {
-        let f = f.unwrap_or(file::ForwardFile {
-            token: None,
-            identity_headers: None,
-            strip_headers: None,
-        });
+        let f = f.unwrap_or_default();
         let identity = f.identity_headers.unwrap_or_else(|| {
             [("sub", "X-Auth-Subject"), ("jti", "X-Auth-Token-Id")]
                 .into_iter()
