@@ -12,6 +12,8 @@ pub mod limits;
 pub mod lines;
 pub mod provider;
 mod redact;
+#[cfg(test)]
+mod tests;
 
 pub use redact::redact_url;
 
