@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-/// Collects errors while turning the raw tree into a [`Config`].
+/// Collects errors while turning the raw tree into a [`super::Config`].
 pub(super) struct Checker {
     lines: LineIndex,
     pub(super) errors: Vec<ConfigError>,

@@ -40,6 +40,9 @@ pub(super) fn expand_strings(
 }
 
 impl Checker {
+    /// Validates every section, in dependency order. `None` only when no [`Config`] can be
+    /// built at all (not a mapping, no usable `jwt:`); otherwise the caller decides by
+    /// `errors`, so that every section is checked even after an earlier one failed.
     pub(super) fn build(&mut self, root: &Value, source: &Path) -> Option<Config> {
         let Some(map) = root.as_mapping() else {
             self.error(

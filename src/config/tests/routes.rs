@@ -124,6 +124,13 @@ pub(super) const ROWS: &[Row] = &[
         Some(2),
         "fresh and require_claims need a token",
     ),
+    // A claim value JSON cannot hold: a mapping keyed by a list.
+    (
+        "routes:\n  - prefix: /\n    upstream: app\n    require_claims:\n      roles: {[1]: x}\n",
+        "routes[0].require_claims.roles",
+        Some(5),
+        "key must be a string",
+    ),
     (
         "forward:\n  identity_headers:\n    sub: \"x subject\"\n",
         "forward.identity_headers.sub",
