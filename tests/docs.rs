@@ -88,7 +88,7 @@ fn mentions(ty: &str, name: &str) -> bool {
 
 /// The section path a struct is read at, e.g. `server.tls`, `upstreams.<name>`,
 /// `routes[]`: from the field that holds it (`tls: Option<TlsFile>` in the struct at
-/// `server`), or, for a struct no other struct holds (a section that `config::mod` reads
+/// `server`), or, for a struct no other struct holds (a section that `config::document` reads
 /// from the top level), from its doc comment, which names the path: ``/// `routes[i]:` ``.
 fn struct_path(
     name: &str,

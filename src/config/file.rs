@@ -1,15 +1,16 @@
 //! The shape of `gateway.yaml`, as serde reads it.
 //!
-//! Leaves are kept as plain strings, numbers and lists here; `config::validate` turns
-//! them into typed values (durations, algorithms, URIs, keys) so that one bad value
-//! does not hide the others: every semantic error is reported at once.
+//! Leaves are kept as plain strings, numbers and lists here; [`super::parse`] (through
+//! the per-section validators beside this file) turns them into typed values (durations,
+//! algorithms, URIs, keys) so that one bad value does not hide the others: every
+//! semantic error is reported at once. `Default` is the section left out of the file.
 //! `deny_unknown_fields` everywhere: a typo must not silently disable a check.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// `server:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
     pub listen: Option<String>,
@@ -23,7 +24,7 @@ pub struct ServerFile {
 }
 
 /// `server.tls:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
     pub cert_file: Option<String>,
@@ -31,7 +32,7 @@ pub struct TlsFile {
 }
 
 /// `admin:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub listen: Option<String>,
@@ -56,7 +57,7 @@ impl OneOrMany {
 }
 
 /// `jwt:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtFile {
     pub algorithms: Option<OneOrMany>,
@@ -83,7 +84,7 @@ pub struct JwtFile {
 }
 
 /// `jwt.csrf:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CsrfFile {
     pub enabled: Option<bool>,
@@ -92,7 +93,7 @@ pub struct CsrfFile {
 }
 
 /// `blocklist:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlocklistFile {
     pub store: Option<String>,
@@ -106,7 +107,7 @@ pub struct BlocklistFile {
 }
 
 /// `blocklist.redis_sentinel:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSentinelFile {
     pub master_name: Option<String>,
@@ -114,7 +115,7 @@ pub struct RedisSentinelFile {
 }
 
 /// `logout:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogoutFile {
     pub path: Option<String>,
@@ -127,7 +128,7 @@ pub struct LogoutFile {
 }
 
 /// `upstreams.<name>:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     pub url: Option<String>,
@@ -137,7 +138,7 @@ pub struct UpstreamFile {
 }
 
 /// `routes[i]:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
     pub prefix: Option<String>,
@@ -148,7 +149,7 @@ pub struct RouteFile {
 }
 
 /// `forward:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardFile {
     pub token: Option<bool>,

@@ -1,0 +1,186 @@
+//! The validation context every section validator writes to, and the leaf checks they
+//! share (durations, addresses, header names, methods, files, paths). Errors are
+//! collected, never returned early, so one run of `check` shows every problem.
+
+use super::lines::LineIndex;
+use super::{file, ConfigError};
+use http::{HeaderName, Method};
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Collects errors while turning the raw tree into a [`super::Config`].
+pub(super) struct Checker {
+    lines: LineIndex,
+    pub(super) errors: Vec<ConfigError>,
+    pub(super) warnings: Vec<ConfigError>,
+    base_dir: PathBuf,
+}
+
+impl Checker {
+    /// A checker for `text`, resolving relative file paths against `base_dir` (the
+    /// config file's directory).
+    pub(super) fn new(text: &str, base_dir: PathBuf) -> Checker {
+        Checker {
+            lines: LineIndex::new(text),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            base_dir,
+        }
+    }
+
+    pub(super) fn error(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.to_owned(),
+            line: self.lines.line(path),
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn warning(&mut self, path: &str, message: impl Into<String>) {
+        self.warnings.push(ConfigError {
+            path: path.to_owned(),
+            line: self.lines.line(path),
+            message: message.into(),
+        });
+    }
+
+    /// Deserializes `value` as `T`, reporting a failure under `path` (plus the inner path).
+    pub(super) fn typed<T: DeserializeOwned>(&mut self, value: &Value, path: &str) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let full = match inner.as_str() {
+                    "." | "" => path.to_owned(),
+                    inner if inner.starts_with('[') => format!("{path}{inner}"),
+                    inner => format!("{path}.{inner}"),
+                };
+                let message = e.into_inner().to_string();
+                self.error(&full, message);
+                None
+            }
+        }
+    }
+
+    pub(super) fn path_of(&self, raw: &str) -> PathBuf {
+        let p = Path::new(raw);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    pub(super) fn duration(
+        &mut self,
+        raw: Option<&str>,
+        path: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(raw) = raw else { return default };
+        match humantime::parse_duration(raw.trim()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.error(
+                    path,
+                    format!("{raw:?} is not a duration ({e}); use e.g. 500ms, 30s, 15m, 20d"),
+                );
+                default
+            }
+        }
+    }
+
+    pub(super) fn socket_addr(
+        &mut self,
+        raw: Option<&str>,
+        path: &str,
+        default: &str,
+    ) -> SocketAddr {
+        let raw = raw.unwrap_or(default);
+        match raw.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                self.error(
+                    path,
+                    format!("{raw:?} is not an address; use host:port, e.g. 0.0.0.0:8000"),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        }
+    }
+
+    pub(super) fn header_name(&mut self, raw: &str, path: &str) -> Option<HeaderName> {
+        match HeaderName::from_str(raw) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                self.error(path, format!("{raw:?} is not a valid header name"));
+                None
+            }
+        }
+    }
+
+    pub(super) fn methods(
+        &mut self,
+        raw: Option<file::OneOrMany>,
+        path: &str,
+        default: &[&str],
+    ) -> Vec<Method> {
+        let raw = raw
+            .map(file::OneOrMany::into_vec)
+            .unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+        let mut out = Vec::new();
+        for (i, m) in raw.iter().enumerate() {
+            match Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()) {
+                Ok(method) => out.push(method),
+                Err(_) => self.error(
+                    &format!("{path}[{i}]"),
+                    format!("{m:?} is not an HTTP method"),
+                ),
+            }
+        }
+        out
+    }
+
+    pub(super) fn file_exists(&mut self, raw: &str, path: &str) -> PathBuf {
+        let resolved = self.path_of(raw);
+        if !resolved.is_file() {
+            self.error(path, format!("file {} does not exist", resolved.display()));
+        }
+        resolved
+    }
+
+    pub(super) fn section<T: DeserializeOwned>(
+        &mut self,
+        root: &serde_yaml::Mapping,
+        name: &str,
+    ) -> Option<T> {
+        match root.get(name) {
+            None | Some(Value::Null) => None,
+            Some(v) => self.typed(v, name),
+        }
+    }
+
+    pub(super) fn absolute_path(&mut self, path: &str, key: &str) {
+        match crate::path::normalize(path) {
+            Ok(n) if n == path => {}
+            _ => self.error(
+                key,
+                format!("{path:?} must be an absolute, normalized path such as /logout"),
+            ),
+        }
+    }
+}
+
+/// A mapping key as text (YAML keys need not be strings).
+pub(super) fn key_name(key: &Value) -> String {
+    match key {
+        Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
+    }
+}

@@ -1,0 +1,69 @@
+//! `server:`: the edge listener, its TLS files and connection limits.
+
+use super::checker::Checker;
+use super::{file, ServerConfig, TlsFiles};
+use std::time::Duration;
+
+impl Checker {
+    pub(super) fn server(&mut self, f: Option<file::ServerFile>) -> ServerConfig {
+        let f = f.unwrap_or_default();
+        let listen = self.socket_addr(f.listen.as_deref(), "server.listen", "0.0.0.0:8000");
+        let tls = f.tls.map(|t| {
+            let cert = t.cert_file.unwrap_or_default();
+            let key = t.key_file.unwrap_or_default();
+            if cert.is_empty() {
+                self.error("server.tls.cert_file", "required when server.tls is set");
+            }
+            if key.is_empty() {
+                self.error("server.tls.key_file", "required when server.tls is set");
+            }
+            let files = TlsFiles {
+                cert_file: self.file_exists(&cert, "server.tls.cert_file"),
+                key_file: self.file_exists(&key, "server.tls.key_file"),
+            };
+            if files.cert_file.is_file() && files.key_file.is_file() {
+                if let Err(e) = crate::tls::server_config(&files.cert_file, &files.key_file) {
+                    self.error("server.tls", e);
+                }
+            }
+            files
+        });
+        let max_connections = f.max_connections.unwrap_or(10_000);
+        if max_connections == 0 {
+            self.error("server.max_connections", "must be at least 1");
+        }
+        let max_header_bytes = f.max_header_bytes.unwrap_or(16_384);
+        if !(1024..=1 << 20).contains(&max_header_bytes) {
+            self.error(
+                "server.max_header_bytes",
+                "must be between 1024 and 1048576 bytes",
+            );
+        }
+        let idle_timeout = self.duration(
+            f.idle_timeout.as_deref(),
+            "server.idle_timeout",
+            Duration::from_secs(60),
+        );
+        if idle_timeout.is_zero() {
+            self.error("server.idle_timeout", "must be longer than 0s");
+        }
+        ServerConfig {
+            listen,
+            tls,
+            idle_timeout: idle_timeout.max(Duration::from_millis(1)),
+            max_connections: max_connections.max(1) as usize,
+            header_read_timeout: self.duration(
+                f.header_read_timeout.as_deref(),
+                "server.header_read_timeout",
+                Duration::from_secs(10),
+            ),
+            max_header_bytes: max_header_bytes.clamp(1024, 1 << 20) as usize,
+            shutdown_grace: self.duration(
+                f.shutdown_grace.as_deref(),
+                "server.shutdown_grace",
+                Duration::from_secs(30),
+            ),
+            access_log: f.access_log.unwrap_or(true),
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The one-screen summary `portcullis check` prints for a valid file.
+
+use super::{redact_url, Config, StoreKind};
+
+impl Config {
+    /// A one-screen summary for `portcullis check`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "config {} is valid", self.source.display());
+        let _ = writeln!(
+            s,
+            "  edge      {} ({})",
+            self.server.listen,
+            if self.server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            }
+        );
+        if let Some(admin) = &self.admin {
+            let _ = writeln!(s, "  admin     {}", admin.listen);
+        }
+        let algs: Vec<String> = self
+            .jwt
+            .algorithms
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  jwt       {} via {:?}{}",
+            algs.join(", "),
+            self.jwt.token_location,
+            match &self.jwt.required_typ {
+                Some(typ) => format!(", required typ {typ}"),
+                None => String::new(),
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  blocklist {:?}{} (cache {} entries, on_store_error {:?})",
+            self.blocklist.store,
+            match self.blocklist.store {
+                StoreKind::Sqlite => format!(" at {}", self.blocklist.sqlite_path.display()),
+                StoreKind::Redis => match &self.blocklist.redis_sentinel {
+                    Some(sentinel) => format!(
+                        " master {:?} via {} Sentinel(s)",
+                        sentinel.master_name,
+                        sentinel.addresses.len()
+                    ),
+                    None => format!(
+                        " at {}",
+                        redact_url(self.blocklist.redis_url.as_deref().unwrap_or(""))
+                    ),
+                },
+                StoreKind::Memory => String::new(),
+            },
+            self.blocklist.cache_max_entries,
+            self.blocklist.on_store_error
+        );
+        let _ = writeln!(
+            s,
+            "  logout    {} {:?}",
+            self.logout.path, self.logout.methods
+        );
+        for u in &self.upstreams {
+            let _ = writeln!(s, "  upstream  {} -> {}", u.name, u.url);
+        }
+        for r in &self.routes {
+            let _ = writeln!(
+                s,
+                "  route     {} -> {} (auth {:?}{})",
+                r.prefix,
+                self.upstreams[r.upstream].name,
+                r.auth,
+                if r.fresh { ", fresh" } else { "" }
+            );
+        }
+        s
+    }
+}

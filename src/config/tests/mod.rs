@@ -1,0 +1,142 @@
+//! Table tests of the config validators, run through the real [`parse`]: each row is one
+//! error site, `(yaml, key path, line, message fragment)`, or one default of a valid file.
+//!
+//! A row's YAML comes first in the document, so its line numbers are the row's own; the
+//! sections it leaves out are filled in from [`BASE`] after it (a `# without a, b`
+//! comment keeps sections out, for the "section missing" errors). Relative paths resolve
+//! against the crate root, so `Cargo.toml` is a file that exists but holds no PEM.
+
+mod blocklist;
+mod defaults;
+mod document;
+mod jwt;
+mod routes;
+mod server;
+
+use super::{parse, Config, ConfigErrors};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// `(yaml, key path, line, message fragment)`: `parse` must report an error at exactly
+/// this key path and line whose message holds the fragment.
+type Row = (&'static str, &'static str, Option<usize>, &'static str);
+
+/// A minimal valid config, one section at a time.
+const BASE: &[(&str, &str)] = &[
+    ("jwt", "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n"),
+    ("blocklist", "blocklist:\n  store: memory\n"),
+    (
+        "upstreams",
+        "upstreams:\n  app:\n    url: http://127.0.0.1:9\n",
+    ),
+    ("routes", "routes:\n  - prefix: /\n    upstream: app\n"),
+];
+
+/// `yaml` followed by the [`BASE`] sections it neither has nor excludes.
+fn document(yaml: &str) -> String {
+    let mut text = yaml.to_owned();
+    for (section, base) in BASE {
+        let present = yaml.lines().any(|line| {
+            line.strip_prefix(section)
+                .is_some_and(|rest| rest.starts_with(':'))
+        });
+        let excluded = yaml
+            .lines()
+            .filter_map(|line| line.strip_prefix("# without "))
+            .flat_map(|list| list.split([',', ' ']))
+            .any(|name| name == *section);
+        if !present && !excluded {
+            text.push_str(base);
+        }
+    }
+    text
+}
+
+/// The variables rows may expand: `EMPTY` is set to "", everything else is unset.
+fn env(name: &str) -> Option<String> {
+    (name == "EMPTY").then(String::new)
+}
+
+fn load(yaml: &str) -> Result<Config, ConfigErrors> {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.yaml");
+    parse(&document(yaml), &source, env)
+}
+
+/// Runs every row, collecting all mismatches so one run shows every broken row.
+fn check_rows(rows: &[Row]) {
+    let mut failures = Vec::new();
+    for &(yaml, path, line, fragment) in rows {
+        let errors = match load(yaml) {
+            Ok(_) => {
+                failures.push(format!("{path}: accepted\n{}", document(yaml)));
+                continue;
+            }
+            Err(errors) => errors.0,
+        };
+        let at_path: Vec<_> = errors.iter().filter(|e| e.path == path).collect();
+        match at_path.iter().find(|e| e.message.contains(fragment)) {
+            Some(e) if e.line == line => {}
+            Some(e) => failures.push(format!(
+                "{path}: line {:?}, expected {line:?}\n{}",
+                e.line,
+                document(yaml)
+            )),
+            None => failures.push(format!(
+                "{path}: no error holding {fragment:?}; got {errors:#?}\n{}",
+                document(yaml)
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Every table, for the checks that span them.
+fn all_rows() -> Vec<Row> {
+    [
+        document::ROWS,
+        server::ROWS,
+        jwt::ROWS,
+        blocklist::ROWS,
+        routes::ROWS,
+    ]
+    .concat()
+}
+
+#[test]
+fn rows_are_distinct_and_many() {
+    let rows = all_rows();
+    let mut seen = BTreeSet::new();
+    for (yaml, path, _, fragment) in &rows {
+        assert!(
+            seen.insert((*yaml, *path, *fragment)),
+            "duplicate row {path} {fragment:?}"
+        );
+    }
+    assert!(rows.len() + defaults::COUNT >= 60, "{} rows", rows.len());
+}
+
+#[test]
+fn the_base_document_is_valid() {
+    let config = load("").expect("BASE is a valid config");
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
+
+#[test]
+fn an_error_displays_its_key_path_and_line() {
+    let errors = load("server:\n  max_connections: 0\n")
+        .err()
+        .expect("refused");
+    assert_eq!(
+        errors.to_string(),
+        "server.max_connections (line 2): must be at least 1"
+    );
+    let errors = load("- a\n# without jwt, blocklist, upstreams, routes\n")
+        .err()
+        .expect("refused");
+    assert!(
+        errors
+            .to_string()
+            .starts_with("gateway.yaml: the top level"),
+        "{errors}"
+    );
+}

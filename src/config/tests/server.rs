@@ -1,0 +1,109 @@
+//! `server:` and `admin:`.
+
+use super::{check_rows, Row};
+
+pub(super) const ROWS: &[Row] = &[
+    (
+        "server:\n  listen: nowhere\n",
+        "server.listen",
+        Some(2),
+        "\"nowhere\" is not an address; use host:port",
+    ),
+    (
+        "server:\n  tls:\n    key_file: Cargo.toml\n",
+        "server.tls.cert_file",
+        Some(2),
+        "required when server.tls is set",
+    ),
+    (
+        "server:\n  tls:\n    cert_file: Cargo.toml\n",
+        "server.tls.key_file",
+        Some(2),
+        "required when server.tls is set",
+    ),
+    (
+        "server:\n  tls:\n    cert_file: missing-cert.pem\n    key_file: Cargo.toml\n",
+        "server.tls.cert_file",
+        Some(3),
+        "missing-cert.pem does not exist",
+    ),
+    (
+        "server:\n  tls:\n    cert_file: Cargo.toml\n    key_file: missing-key.pem\n",
+        "server.tls.key_file",
+        Some(4),
+        "missing-key.pem does not exist",
+    ),
+    // Both files exist, neither is PEM: crate::tls says why, under the section.
+    (
+        "server:\n  tls:\n    cert_file: Cargo.toml\n    key_file: Cargo.toml\n",
+        "server.tls",
+        Some(2),
+        "holds no PEM certificate",
+    ),
+    (
+        "server:\n  max_connections: 0\n",
+        "server.max_connections",
+        Some(2),
+        "must be at least 1",
+    ),
+    (
+        "server:\n  max_header_bytes: 100\n",
+        "server.max_header_bytes",
+        Some(2),
+        "must be between 1024 and 1048576 bytes",
+    ),
+    (
+        "server:\n  max_header_bytes: 2000000\n",
+        "server.max_header_bytes",
+        Some(2),
+        "must be between 1024 and 1048576 bytes",
+    ),
+    (
+        "server:\n  idle_timeout: 0s\n",
+        "server.idle_timeout",
+        Some(2),
+        "must be longer than 0s",
+    ),
+    (
+        "server:\n  idle_timeout: soon\n",
+        "server.idle_timeout",
+        Some(2),
+        "\"soon\" is not a duration",
+    ),
+    (
+        "server:\n  header_read_timeout: 10 parsecs\n",
+        "server.header_read_timeout",
+        Some(2),
+        "use e.g. 500ms, 30s, 15m, 20d",
+    ),
+    (
+        "server:\n  listen: 0.0.0.0:8000\n  shutdown_grace: -1s\n",
+        "server.shutdown_grace",
+        Some(3),
+        "is not a duration",
+    ),
+    (
+        "admin:\n  listen: localhost\n  token: 0123456789abcdef\n",
+        "admin.listen",
+        Some(2),
+        "\"localhost\" is not an address",
+    ),
+    (
+        "admin:\n  token: short\n",
+        "admin.token",
+        Some(2),
+        "required, at least 16 characters",
+    ),
+    // A missing key points at its section.
+    (
+        "admin:\n  listen: 127.0.0.1:9901\n",
+        "admin.token",
+        Some(1),
+        "required, at least 16 characters",
+    ),
+];
+
+#[test]
+fn server_and_admin_errors() {
+    check_rows(ROWS);
+}

@@ -1,0 +1,76 @@
+//! `upstreams:`: the named backends routes send requests to.
+
+use super::checker::{key_name, Checker};
+use super::{file, UpstreamConfig};
+use http::Uri;
+use serde_yaml::Value;
+use std::time::Duration;
+
+impl Checker {
+    pub(super) fn upstreams(&mut self, raw: Option<&Value>) -> Vec<UpstreamConfig> {
+        let mut out = Vec::new();
+        let Some(raw) = raw else {
+            self.error("upstreams", "at least one upstream is required");
+            return out;
+        };
+        let Some(map) = raw.as_mapping() else {
+            self.error("upstreams", "must be a mapping of name -> { url, ... }");
+            return out;
+        };
+        for (key, value) in map {
+            let name = key_name(key);
+            let path = format!("upstreams.{name}");
+            let Some(f) = self.typed::<file::UpstreamFile>(value, &path) else {
+                continue;
+            };
+            let url = match f.url.as_deref() {
+                None => {
+                    self.error(&format!("{path}.url"), "required");
+                    continue;
+                }
+                Some(raw) => match raw.parse::<Uri>() {
+                    Ok(uri)
+                        if matches!(uri.scheme_str(), Some("http") | Some("https"))
+                            && uri.authority().is_some() =>
+                    {
+                        uri
+                    }
+                    _ => {
+                        self.error(
+                            &format!("{path}.url"),
+                            format!("{raw:?} is not an http:// or https:// URL"),
+                        );
+                        continue;
+                    }
+                },
+            };
+            let connect_timeout = self.duration(
+                f.connect_timeout.as_deref(),
+                &format!("{path}.connect_timeout"),
+                Duration::from_secs(2),
+            );
+            let timeout = self.duration(
+                f.timeout.as_deref(),
+                &format!("{path}.timeout"),
+                Duration::from_secs(30),
+            );
+            let ca_file = f
+                .ca_file
+                .as_deref()
+                .map(|p| self.file_exists(p, &format!("{path}.ca_file")));
+            if let Some(ca) = ca_file.as_deref().filter(|p| p.is_file()) {
+                if let Err(e) = crate::tls::read_certs(ca) {
+                    self.error(&format!("{path}.ca_file"), e);
+                }
+            }
+            out.push(UpstreamConfig {
+                name,
+                url,
+                connect_timeout,
+                timeout,
+                ca_file,
+            });
+        }
+        out
+    }
+}
