@@ -1,22 +1,66 @@
 //! The offline subcommands: `check`, `token` and `revoke`.
 
 use crate::blocklist::Revocation;
+use crate::blocklist::StoreError;
 use crate::clock::now_unix;
 use crate::config::{self, Config};
 use crate::revocation::{self, revocation_for, RevokeTarget};
 use serde_json::{Map, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A failed command: the message for stderr (exit code 1).
+/// A failed command: its message goes to stderr (exit code 1). Each variant keeps the
+/// error it came from, as its `source`.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CommandError(pub String);
-
-impl From<config::ConfigErrors> for CommandError {
-    fn from(e: config::ConfigErrors) -> Self {
-        CommandError(e.to_string())
-    }
+pub enum CommandError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigErrors),
+    #[error(
+        "no signing key: set jwt.secret (HS*) or jwt.private_key_file for an asymmetric algorithm"
+    )]
+    NoSigningKey,
+    #[error("--claim {0:?}: expected key=value")]
+    ClaimSyntax(String),
+    #[error("signing failed: {0}")]
+    Signing(#[source] jsonwebtoken::errors::Error),
+    #[error("no randomness available")]
+    NoRandomness,
+    /// What `--token`, `--jti` or `--sub` named is not a revocation.
+    #[error("--{0}")]
+    Target(String),
+    #[error("reading stdin: {0}")]
+    Stdin(#[source] std::io::Error),
+    #[error("{}: {source}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}; nothing recorded", path.display())]
+    BadLine {
+        path: PathBuf,
+        source: revocation::LineError,
+    },
+    #[error("blocklist.store is memory: a separate process cannot reach it (use the admin API)")]
+    MemoryStore,
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("no admin listener configured: pass --url")]
+    NoAdminListener,
+    #[error("{0:?} is not a URL")]
+    BadUrl(String),
+    #[error("{0}: no answer within 3s")]
+    ProbeTimeout(String),
+    #[error("{url}: {source}")]
+    Probe {
+        url: String,
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("{url}: {status} {body}")]
+    ProbeStatus {
+        url: String,
+        status: http::StatusCode,
+        body: String,
+    },
 }
 
 /// What `portcullis check` reports for a valid config.
@@ -54,11 +98,11 @@ pub fn token(path: &Path, request: &TokenRequest) -> Result<String, CommandError
 
 /// Signs a token for `request` with `config`'s signing key.
 pub fn mint(config: &Config, request: &TokenRequest) -> Result<String, CommandError> {
-    let signing = config.jwt.signing.as_ref().ok_or_else(|| {
-        CommandError(
-            "no signing key: set jwt.secret (HS*) or jwt.private_key_file for an asymmetric algorithm".into(),
-        )
-    })?;
+    let signing = config
+        .jwt
+        .signing
+        .as_ref()
+        .ok_or(CommandError::NoSigningKey)?;
     let now = now_unix();
     let mut claims = Map::new();
     claims.insert("sub".into(), Value::String(request.sub.clone()));
@@ -81,7 +125,7 @@ pub fn mint(config: &Config, request: &TokenRequest) -> Result<String, CommandEr
     for pair in &request.claims {
         let (k, v) = pair
             .split_once('=')
-            .ok_or_else(|| CommandError(format!("--claim {pair:?}: expected key=value")))?;
+            .ok_or_else(|| CommandError::ClaimSyntax(pair.clone()))?;
         let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned()));
         claims.insert(k.to_owned(), value);
     }
@@ -90,20 +134,19 @@ pub fn mint(config: &Config, request: &TokenRequest) -> Result<String, CommandEr
         // The gateway's own tokens must pass its `required_typ` check.
         header.typ = Some(typ.clone());
     }
-    jsonwebtoken::encode(&header, &claims, &signing.key)
-        .map_err(|e| CommandError(format!("signing failed: {e}")))
+    jsonwebtoken::encode(&header, &claims, &signing.key).map_err(CommandError::Signing)
 }
 
 fn random_hex(bytes: usize) -> Result<String, CommandError> {
     let mut buf = vec![0u8; bytes];
-    aws_lc_rs::rand::fill(&mut buf).map_err(|_| CommandError("no randomness available".into()))?;
+    aws_lc_rs::rand::fill(&mut buf).map_err(|_| CommandError::NoRandomness)?;
     Ok(hex::encode(buf))
 }
 
 /// `portcullis revoke`: records the revocation in the configured store, durably.
 pub async fn revoke(path: &Path, target: RevokeTarget) -> Result<String, CommandError> {
     let config = config::load(path)?;
-    let revocation = revocation_for(target).map_err(|e| CommandError(format!("--{e}")))?;
+    let revocation = revocation_for(target).map_err(CommandError::Target)?;
     let described = format!("{revocation:?}");
     record(&config, vec![revocation]).await?;
     Ok(format!("revoked: {described}"))
@@ -116,13 +159,18 @@ pub async fn revoke_file(path: &Path, file: &Path) -> Result<String, CommandErro
     let body = if file == Path::new("-") {
         let mut body = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut body)
-            .map_err(|e| CommandError(format!("reading stdin: {e}")))?;
+            .map_err(CommandError::Stdin)?;
         body
     } else {
-        std::fs::read(file).map_err(|e| CommandError(format!("{}: {e}", file.display())))?
+        std::fs::read(file).map_err(|source| CommandError::ReadFile {
+            path: file.to_owned(),
+            source,
+        })?
     };
-    let revocations = revocation::parse_ndjson(&body)
-        .map_err(|e| CommandError(format!("{}: {e}; nothing recorded", file.display())))?;
+    let revocations = revocation::parse_ndjson(&body).map_err(|source| CommandError::BadLine {
+        path: file.to_owned(),
+        source,
+    })?;
     let recorded = revocations.len();
     record(&config, revocations).await?;
     Ok(format!("recorded {recorded} revocations"))
@@ -131,19 +179,11 @@ pub async fn revoke_file(path: &Path, file: &Path) -> Result<String, CommandErro
 /// Writes `revocations` into the configured store (not memory: another process's).
 async fn record(config: &Config, revocations: Vec<Revocation>) -> Result<(), CommandError> {
     if config.blocklist.store == config::StoreKind::Memory {
-        return Err(CommandError(
-            "blocklist.store is memory: a separate process cannot reach it (use the admin API)"
-                .into(),
-        ));
+        return Err(CommandError::MemoryStore);
     }
-    let store = crate::blocklist::open_store(&config.blocklist)
-        .await
-        .map_err(|e| CommandError(e.to_string()))?;
+    let store = crate::blocklist::open_store(&config.blocklist).await?;
     // Straight into the store: this process enforces nothing itself.
-    store
-        .record(revocations)
-        .await
-        .map_err(|e| CommandError(e.to_string()))
+    Ok(store.record(revocations).await?)
 }
 
 /// `portcullis probe`: GETs `url` (default: the admin listener's `/readyz`) and succeeds
@@ -154,9 +194,7 @@ pub async fn probe(path: &Path, url: Option<String>) -> Result<String, CommandEr
         Some(url) => url,
         None => {
             let config = config::load(path)?;
-            let admin = config
-                .admin
-                .ok_or_else(|| CommandError("no admin listener configured: pass --url".into()))?;
+            let admin = config.admin.ok_or(CommandError::NoAdminListener)?;
             let mut addr = admin.listen;
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -164,16 +202,17 @@ pub async fn probe(path: &Path, url: Option<String>) -> Result<String, CommandEr
             format!("http://{addr}/readyz")
         }
     };
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| CommandError(format!("{url:?} is not a URL")))?;
+    let uri: http::Uri = url.parse().map_err(|_| CommandError::BadUrl(url.clone()))?;
     let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
     let response = tokio::time::timeout(Duration::from_secs(3), client.get(uri))
         .await
-        .map_err(|_| CommandError(format!("{url}: no answer within 3s")))?
-        .map_err(|e| CommandError(format!("{url}: {e}")))?;
+        .map_err(|_| CommandError::ProbeTimeout(url.clone()))?
+        .map_err(|source| CommandError::Probe {
+            url: url.clone(),
+            source,
+        })?;
     let status = response.status();
     let body = response
         .into_body()
@@ -184,6 +223,6 @@ pub async fn probe(path: &Path, url: Option<String>) -> Result<String, CommandEr
     if status.is_success() {
         Ok(format!("{status} {body}"))
     } else {
-        Err(CommandError(format!("{url}: {status} {body}")))
+        Err(CommandError::ProbeStatus { url, status, body })
     }
 }

@@ -6,7 +6,7 @@
 use crate::admin::Admin;
 use crate::blocklist::{self, Blocklist};
 use crate::config::{self, Config};
-use crate::gateway::{ConnInfo, Gateway};
+use crate::gateway::{BuildError, ConnInfo, Gateway};
 use crate::metrics::Metrics;
 use crate::net::idle::{self, Activity, IdleLimits, Tracked};
 use arc_swap::ArcSwap;
@@ -44,7 +44,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Build(String),
+    Build(#[from] BuildError),
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
@@ -75,8 +75,7 @@ pub async fn run(path: PathBuf) -> Result<(), StartError> {
 
     let metrics = Arc::new(Metrics::default());
     let gateway_blocklist = blocklist.clone();
-    let gateway = Gateway::build(config.clone(), blocklist, metrics.clone(), None)
-        .map_err(StartError::Build)?;
+    let gateway = Gateway::build(config.clone(), blocklist, metrics.clone(), None)?;
     if let Some(jwks) = gateway.verifier.jwks() {
         // The ready line waits for the first key set (up to the fetch timeout).
         jwks.start().await;
@@ -176,7 +175,7 @@ async fn watch_signals(
 pub async fn reload(path: &Path, state: &ArcSwap<Gateway>, limit: &ConnectionLimit) -> bool {
     let current = state.load_full();
     let result = config::load(path)
-        .map_err(|e| e.to_string())
+        .map_err(StartError::from)
         .and_then(|config| {
             for warning in &config.warnings {
                 tracing::warn!("{warning}");
@@ -191,6 +190,7 @@ pub async fn reload(path: &Path, state: &ArcSwap<Gateway>, limit: &ConnectionLim
                 current.metrics.clone(),
                 Some(&current),
             )
+            .map_err(StartError::from)
         });
     match result {
         Ok(gateway) => {
@@ -203,7 +203,7 @@ pub async fn reload(path: &Path, state: &ArcSwap<Gateway>, limit: &ConnectionLim
             true
         }
         Err(errors) => {
-            for line in errors.lines() {
+            for line in errors.to_string().lines() {
                 tracing::error!("reload refused, keeping the running config: {line}");
             }
             false

@@ -13,6 +13,18 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
 
+/// Why an upstream's client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstreams.{name}.url has no host")]
+    NoHost { name: String },
+    #[error("upstreams.{name}.ca_file: {source}")]
+    CaFile {
+        name: String,
+        source: crate::tls::TlsError,
+    },
+}
+
 /// One upstream app and its connection pool.
 pub struct Upstream {
     pub name: String,
@@ -27,13 +39,15 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds the upstream's client; fails for what this build cannot do yet.
-    pub fn new(config: &UpstreamConfig) -> Result<Upstream, String> {
+    pub fn new(config: &UpstreamConfig) -> Result<Upstream, UpstreamError> {
         let scheme = config.url.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = config
             .url
             .authority()
             .cloned()
-            .ok_or_else(|| format!("upstreams.{}.url has no host", config.name))?;
+            .ok_or_else(|| UpstreamError::NoHost {
+                name: config.name.clone(),
+            })?;
         let mut connector = HttpConnector::new();
         // The TLS wrapper below decides per URI scheme; the TCP layer must accept both.
         connector.enforce_http(false);
@@ -41,8 +55,12 @@ impl Upstream {
         // Latency over throughput: small request heads must not wait for Nagle.
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(60)));
-        let tls = crate::tls::client_config(config.ca_file.as_deref())
-            .map_err(|e| format!("upstreams.{}.ca_file: {e}", config.name))?;
+        let tls = crate::tls::client_config(config.ca_file.as_deref()).map_err(|source| {
+            UpstreamError::CaFile {
+                name: config.name.clone(),
+                source,
+            }
+        })?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()

@@ -123,9 +123,12 @@ pub struct Jwks {
 
 impl Jwks {
     /// Prepares (does not fetch) the key set for `settings`.
-    pub fn new(settings: JwksSettings, allowed: &[Algorithm]) -> Result<Arc<Jwks>, String> {
-        let tls = crate::tls::client_config(settings.ca_file.as_deref())
-            .map_err(|e| format!("jwt.jwks_ca_file: {e}"))?;
+    /// Fails only when `jwt.jwks_ca_file` cannot be used.
+    pub fn new(
+        settings: JwksSettings,
+        allowed: &[Algorithm],
+    ) -> Result<Arc<Jwks>, crate::tls::TlsError> {
+        let tls = crate::tls::client_config(settings.ca_file.as_deref())?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(2)));

@@ -86,8 +86,7 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
     )
     .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(err)?;
+    retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL")).map_err(err)?;
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(err)?;
     Ok(conn)
@@ -98,15 +97,48 @@ fn row_to_revocation(kind: &str, key: String, value: i64, at: Option<i64>) -> Op
     Revocation::from_parts(kind, key, u64::try_from(value).unwrap_or(0), at)
 }
 
+/// How long opening waits for another process that is setting up the same file.
+const OPEN_BUSY_WAIT: Duration = Duration::from_secs(5);
+
+/// Runs `step` again while another process holds a lock it needs. Two replicas starting
+/// on one new file at once race to switch it to WAL and to create the schema, and SQLite
+/// answers some of those steps "database is locked" at once, without calling its busy
+/// handler (a lock upgrade that could deadlock). Only ever at open, never per request.
+fn retry_busy<T>(mut step: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + OPEN_BUSY_WAIT;
+    loop {
+        match step() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Brings a database written by an older build up to [`SCHEMA`]: the `at` column.
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let has_at = conn
-        .prepare("SELECT 1 FROM pragma_table_info('revocations') WHERE name = 'at'")
-        .and_then(|mut s| s.exists([]))
-        .map_err(err)?;
-    if !has_at {
-        conn.execute_batch("ALTER TABLE revocations ADD COLUMN at INTEGER")
-            .map_err(err)?;
+    let has_at = || {
+        retry_busy(|| {
+            conn.prepare("SELECT 1 FROM pragma_table_info('revocations') WHERE name = 'at'")
+                .and_then(|mut s| s.exists([]))
+        })
+        .map_err(err)
+    };
+    if !has_at()? {
+        let added =
+            retry_busy(|| conn.execute_batch("ALTER TABLE revocations ADD COLUMN at INTEGER"));
+        // Another process starting on the same file may have added it in between.
+        if let Err(e) = added {
+            if !has_at()? {
+                return Err(err(e));
+            }
+        }
     }
     Ok(())
 }
@@ -126,7 +158,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let writer_conn = open(path)?;
-        writer_conn.execute_batch(SCHEMA).map_err(err)?;
+        retry_busy(|| writer_conn.execute_batch(SCHEMA)).map_err(err)?;
         migrate(&writer_conn)?;
         let identity = file_identity(path)?;
         let reader = open(path)?;

@@ -56,7 +56,7 @@ impl Checker {
                 );
             } else if path.is_file() {
                 if let Err(e) = crate::tls::read_certs(&path) {
-                    self.error("blocklist.redis_ca_file", e);
+                    self.error("blocklist.redis_ca_file", e.to_string());
                 }
             }
             path

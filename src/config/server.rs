@@ -23,7 +23,7 @@ impl Checker {
             };
             if files.cert_file.is_file() && files.key_file.is_file() {
                 if let Err(e) = crate::tls::server_config(&files.cert_file, &files.key_file) {
-                    self.error("server.tls", e);
+                    self.error("server.tls", e.to_string());
                 }
             }
             files

@@ -60,7 +60,7 @@ impl Checker {
                 .map(|p| self.file_exists(p, &format!("{path}.ca_file")));
             if let Some(ca) = ca_file.as_deref().filter(|p| p.is_file()) {
                 if let Err(e) = crate::tls::read_certs(ca) {
-                    self.error(&format!("{path}.ca_file"), e);
+                    self.error(&format!("{path}.ca_file"), e.to_string());
                 }
             }
             out.push(UpstreamConfig {

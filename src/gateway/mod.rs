@@ -62,6 +62,18 @@ pub struct Trace {
     pub(crate) upstream_elapsed: Option<Duration>,
 }
 
+/// Why a gateway could not be built from a validated config (files that changed or
+/// vanished since validation, mostly).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("jwt.jwks_ca_file: {0}")]
+    JwksCa(#[source] crate::tls::TlsError),
+    #[error("{0}")]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
 /// What the accept loop knows about a connection.
 pub struct ConnInfo {
     /// The peer's IP, pre-rendered for `X-Forwarded-For`.
@@ -86,7 +98,7 @@ impl Gateway {
         blocklist: Arc<Blocklist>,
         metrics: Arc<Metrics>,
         previous: Option<&Gateway>,
-    ) -> Result<Gateway, String> {
+    ) -> Result<Gateway, BuildError> {
         let jwt = &config.jwt;
         let jwks = match JwksSettings::of(jwt) {
             None => None,
@@ -95,7 +107,7 @@ impl Gateway {
                 .filter(|j| j.settings == settings)
             {
                 Some(running) => Some(running.clone()),
-                None => Some(Jwks::new(settings, &jwt.algorithms)?),
+                None => Some(Jwks::new(settings, &jwt.algorithms).map_err(BuildError::JwksCa)?),
             },
         };
         let verifier = Verifier::new(

@@ -66,8 +66,12 @@ pub enum SetupError {
         #[source]
         source: std::io::Error,
     },
-    #[error("blocklist.redis_ca_file {path}: {message}")]
-    CaCerts { path: String, message: String },
+    #[error("blocklist.redis_ca_file {path}: {source}")]
+    CaCerts {
+        path: String,
+        #[source]
+        source: Box<crate::tls::TlsError>,
+    },
     #[error("blocklist.redis_url {url}: {source}")]
     Client {
         url: String,
@@ -191,9 +195,9 @@ fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, SetupError> {
         path: shown.clone(),
         source,
     })?;
-    crate::tls::read_certs(path).map_err(|message| SetupError::CaCerts {
+    crate::tls::read_certs(path).map_err(|source| SetupError::CaCerts {
         path: shown,
-        message,
+        source: Box::new(source),
     })?;
     Ok(pem)
 }
