@@ -97,10 +97,14 @@ fn json_reply(status: StatusCode, body: Value) -> Response<Body> {
 }
 
 fn error_reply(status: StatusCode, error_type: &str, message: &str) -> Response<Body> {
-    let mut response = json_reply(
-        status,
-        json!({"message": message, "error_type": error_type}),
+    // Keys in the edge's order (`message`, then `error_type`; `GatewayError::body`):
+    // serde_json's map would sort them.
+    let body = format!(
+        "{{\"message\":{},\"error_type\":{}}}",
+        Value::from(message),
+        Value::from(error_type)
     );
+    let mut response = respond(status, "application/json", body);
     if status == StatusCode::UNAUTHORIZED {
         response
             .headers_mut()

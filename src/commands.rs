@@ -21,6 +21,10 @@ pub enum CommandError {
     NoSigningKey,
     #[error("--claim {0:?}: expected key=value")]
     ClaimSyntax(String),
+    #[error("--claim {0:?}: the subject is set by --sub")]
+    ClaimSub(String),
+    #[error("--ttl must be longer than 0s")]
+    ZeroTtl,
     #[error("signing failed: {0}")]
     Signing(#[source] jsonwebtoken::errors::Error),
     #[error("no randomness available")]
@@ -103,6 +107,9 @@ pub fn mint(config: &Config, request: &TokenRequest) -> Result<String, CommandEr
         .signing
         .as_ref()
         .ok_or(CommandError::NoSigningKey)?;
+    if request.ttl.as_secs() == 0 {
+        return Err(CommandError::ZeroTtl);
+    }
     let now = now_unix();
     let mut claims = Map::new();
     claims.insert("sub".into(), Value::String(request.sub.clone()));
@@ -126,6 +133,9 @@ pub fn mint(config: &Config, request: &TokenRequest) -> Result<String, CommandEr
         let (k, v) = pair
             .split_once('=')
             .ok_or_else(|| CommandError::ClaimSyntax(pair.clone()))?;
+        if k == "sub" {
+            return Err(CommandError::ClaimSub(pair.clone()));
+        }
         let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned()));
         claims.insert(k.to_owned(), value);
     }
@@ -147,9 +157,36 @@ fn random_hex(bytes: usize) -> Result<String, CommandError> {
 pub async fn revoke(path: &Path, target: RevokeTarget) -> Result<String, CommandError> {
     let config = config::load(path)?;
     let revocation = revocation_for(target).map_err(CommandError::Target)?;
-    let described = format!("{revocation:?}");
+    let described = describe(&revocation);
     record(&config, vec![revocation]).await?;
-    Ok(format!("revoked: {described}"))
+    Ok(format!("revoked {described}"))
+}
+
+/// A revocation in words, times in UTC: `jti dave-1 until 2026-12-01T10:00:00Z`.
+pub fn describe(revocation: &Revocation) -> String {
+    /// 9999-12-31T23:59:59Z: RFC 3339 has four-digit years.
+    const LAST_RFC3339: u64 = 253_402_300_799;
+    let time = |unix: u64| match unix {
+        ..=LAST_RFC3339 => {
+            let at = std::time::UNIX_EPOCH + Duration::from_secs(unix);
+            humantime::format_rfc3339_seconds(at).to_string()
+        }
+        _ => "the end of time".to_owned(),
+    };
+    match revocation {
+        Revocation::Token { key, exp } if key.starts_with("sha256:") => {
+            format!("token {key} until {}", time(*exp))
+        }
+        Revocation::Token { key, exp } => format!("jti {key} until {}", time(*exp)),
+        Revocation::Subject { sub, at } => {
+            format!("every token of subject {sub} issued before {}", time(*at))
+        }
+        Revocation::Session { sid, at, exp } => format!(
+            "every token of session {sid} issued before {} (kept until {})",
+            time((*at).min(*exp)),
+            time(*exp)
+        ),
+    }
 }
 
 /// `portcullis revoke --file F` (`-`: stdin): one admin-API revocation object per line,

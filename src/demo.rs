@@ -75,7 +75,7 @@ pub enum DemoError {
 }
 
 /// Starts the echo app on the address of the config's first upstream, then the gateway.
-pub async fn run(path: PathBuf) -> Result<(), DemoError> {
+pub async fn run(path: PathBuf, json_logs: bool) -> Result<(), DemoError> {
     let config = config::load(&path)?;
     let upstream = config.upstreams.first().ok_or(DemoError::NoUpstream)?;
     let not_an_address = || DemoError::NotAnAddress(upstream.name.clone());
@@ -89,5 +89,5 @@ pub async fn run(path: PathBuf) -> Result<(), DemoError> {
         .map_err(|source| DemoError::Bind { addr, source })?;
     tracing::info!("demo upstream listening on {addr}");
     tokio::spawn(serve_echo(listener));
-    Ok(portcullis::server::run(path).await?)
+    Ok(portcullis::server::run(path, json_logs).await?)
 }

@@ -15,6 +15,10 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Config file [default: $PORTCULLIS_CONFIG, else gateway.yaml]. Accepted before or
+    /// after the subcommand, so `portcullis --config PATH` runs the gateway.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     /// Log format: text (default) or json.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -23,33 +27,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default).
-    Run {
-        /// Config file [default: $PORTCULLIS_CONFIG, else gateway.yaml]
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    Run,
     /// Run the gateway with a small echo app standing in for the first upstream.
-    Demo {
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    Demo,
     /// GET the admin listener's /readyz (or --url); exit 0 on 2xx. For health checks.
     Probe {
-        #[arg(long)]
-        config: Option<PathBuf>,
         /// URL to probe instead of http://<admin.listen>/readyz.
         #[arg(long)]
         url: Option<String>,
     },
     /// Validate the config and print a summary, or every error.
-    Check {
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    Check,
     /// Print a token signed with the configured key.
     Token {
-        #[arg(long)]
-        config: Option<PathBuf>,
         /// Subject (`sub`).
         #[arg(long)]
         sub: String,
@@ -68,8 +58,6 @@ enum Command {
     },
     /// Write a revocation into the configured store.
     Revoke {
-        #[arg(long)]
-        config: Option<PathBuf>,
         /// Revoke this token (by its jti, or its digest when it has none).
         #[arg(long, conflicts_with_all = ["jti", "sub", "file"])]
         token: Option<String>,
@@ -130,40 +118,44 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Run { config: None });
+    let command = cli.command.unwrap_or(Command::Run);
+    let config = resolve_path(cli.config);
     match command {
-        Command::Run { config } => {
-            init_logging(cli.log_format == "json");
-            let path = resolve_path(config);
+        Command::Run => {
+            let json_logs = cli.log_format == "json";
+            init_logging(json_logs);
+            let path = config;
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => return fail(e),
             };
-            match rt.block_on(portcullis::server::run(path)) {
+            match rt.block_on(portcullis::server::run(path, json_logs)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    fail(e)
+                // Printed once: as a JSON log line for log collectors, else as text.
+                Err(e) if json_logs => {
+                    tracing::error!(error = %e, "cannot start");
+                    ExitCode::from(1)
                 }
+                Err(e) => fail(e),
             }
         }
-        Command::Demo { config } => {
+        Command::Demo => {
             init_logging(cli.log_format == "json");
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => return fail(e),
             };
-            match rt.block_on(demo::run(resolve_path(config))) {
+            match rt.block_on(demo::run(config, cli.log_format == "json")) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
         }
-        Command::Probe { config, url } => {
+        Command::Probe { url } => {
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => return fail(e),
             };
-            match rt.block_on(commands::probe(&resolve_path(config), url)) {
+            match rt.block_on(commands::probe(&config, url)) {
                 Ok(answer) => {
                     println!("{answer}");
                     ExitCode::SUCCESS
@@ -171,7 +163,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Check { config } => match commands::check(&resolve_path(config)) {
+        Command::Check => match commands::check(&config) {
             Ok(report) => {
                 for warning in &report.warnings {
                     eprintln!("warning: {warning}");
@@ -182,7 +174,6 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Command::Token {
-            config,
             sub,
             token_type,
             ttl,
@@ -196,7 +187,7 @@ fn main() -> ExitCode {
                 fresh,
                 claims,
             };
-            match commands::token(&resolve_path(config), &request) {
+            match commands::token(&config, &request) {
                 Ok(token) => {
                     println!("{token}");
                     ExitCode::SUCCESS
@@ -205,7 +196,6 @@ fn main() -> ExitCode {
             }
         }
         Command::Revoke {
-            config,
             token,
             jti,
             exp,
@@ -218,7 +208,7 @@ fn main() -> ExitCode {
                     Ok(rt) => rt,
                     Err(e) => return fail(e),
                 };
-                return match rt.block_on(commands::revoke_file(&resolve_path(config), &file)) {
+                return match rt.block_on(commands::revoke_file(&config, &file)) {
                     Ok(message) => {
                         println!("{message}");
                         ExitCode::SUCCESS
@@ -242,7 +232,7 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return fail(e),
             };
-            match rt.block_on(commands::revoke(&resolve_path(config), target)) {
+            match rt.block_on(commands::revoke(&config, target)) {
                 Ok(message) => {
                     println!("{message}");
                     ExitCode::SUCCESS

@@ -58,7 +58,10 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 }
 
 /// Runs the gateway on the config at `path` until SIGTERM/SIGINT.
-pub async fn run(path: PathBuf) -> Result<(), StartError> {
+///
+/// `json_logs`: the process logs JSON, so the ready line also carries the listener
+/// addresses as fields (`"edge"`, `"admin"`) for log collectors.
+pub async fn run(path: PathBuf, json_logs: bool) -> Result<(), StartError> {
     let config = Arc::new(config::load(&path)?);
     for warning in &config.warnings {
         tracing::warn!("config: {warning}");
@@ -96,15 +99,23 @@ pub async fn run(path: PathBuf) -> Result<(), StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let feed = gateway_blocklist.spawn_feed(CHANGE_FEED_INTERVAL, shutdown_rx.clone());
     let mut ready = format!("portcullis ready edge={edge_addr}");
+    let mut admin_addr = None;
     if let Some((listener, addr)) = admin {
         ready.push_str(&format!(" admin={addr}"));
+        admin_addr = Some(addr);
         let admin = Arc::new(Admin {
             gateway: state.clone(),
             metrics: metrics.clone(),
         });
         tokio::spawn(serve_admin(listener, admin, shutdown_rx.clone()));
     }
-    tracing::info!("{ready}");
+    // One line naming every listener (CONTRACT §1); as JSON, also as fields (in text
+    // they would repeat the message).
+    match (json_logs, admin_addr) {
+        (false, _) => tracing::info!("{ready}"),
+        (true, Some(admin)) => tracing::info!(edge = %edge_addr, admin = %admin, "{ready}"),
+        (true, None) => tracing::info!(edge = %edge_addr, "{ready}"),
+    }
     let limit = Arc::new(ConnectionLimit::new(config.server.max_connections));
     tokio::spawn(watch_signals(
         signals,

@@ -451,7 +451,7 @@ async fn a_yaml_alias_bomb_is_a_config_error_for_check_and_sighup() {
     let (code, stderr, took) = check(dir.path(), &file).await;
     assert_eq!(code, 1, "{stderr}");
     assert!(
-        stderr.contains("gateway.yaml (line 2)") && stderr.contains("alias amplification"),
+        stderr.contains("bomb.yaml (line 2)") && stderr.contains("alias amplification"),
         "{stderr}"
     );
     assert!(took < Duration::from_secs(2), "check took {took:?}");
@@ -468,7 +468,8 @@ async fn deeply_nested_yaml_is_a_config_error_in_well_under_a_second() {
         let (code, stderr, took) = check(dir.path(), &file).await;
         assert_eq!(code, 1, "{stderr}");
         assert!(
-            stderr.contains("gateway.yaml (line 1)") && stderr.contains("nested deeper than 64"),
+            stderr.contains(&format!("nested-{bytes}.yaml (line 1)"))
+                && stderr.contains("nested deeper than 64"),
             "{bytes} bytes: {stderr}"
         );
         assert!(

@@ -1397,11 +1397,14 @@ async fn json_logs_have_an_access_line_per_request_and_never_the_token() {
         assert_eq!(line["fields"]["sub"], "alice", "{line}");
     }
 
-    // The ready line is JSON too.
-    assert!(
-        parsed.iter().any(|v| v["fields"]["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("portcullis ready edge="))),
-        "no JSON ready line"
-    );
+    // The ready line is JSON too, with the addresses as fields as well.
+    let ready = parsed
+        .iter()
+        .find(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("portcullis ready edge="))
+        })
+        .expect("no JSON ready line");
+    assert_eq!(ready["fields"]["edge"], gw.edge.to_string(), "{ready}");
 }

@@ -78,15 +78,45 @@ impl Checker {
             self.error("blocklist.cache_max_entries", "must be at least 1");
         }
         let sqlite_path = f.sqlite_path.unwrap_or_else(|| "revocations.db".to_owned());
+        let sqlite_path = self.path_of(&sqlite_path);
+        if store == StoreKind::Sqlite {
+            self.sqlite_directory(&sqlite_path);
+        }
         BlocklistConfig {
             store,
-            sqlite_path: self.path_of(&sqlite_path),
+            sqlite_path,
             redis_url: f.redis_url,
             redis_ca_file,
             redis_sentinel,
             key_prefix: f.key_prefix.unwrap_or_else(|| "portcullis:".to_owned()),
             cache_max_entries,
             on_store_error,
+        }
+    }
+
+    /// Warns (the file is only opened at start) when the SQLite file's directory is
+    /// missing or read-only: the gateway could not create the file and its WAL there.
+    fn sqlite_directory(&mut self, path: &std::path::Path) {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        };
+        match std::fs::metadata(dir) {
+            Err(_) => self.warning(
+                "blocklist.sqlite_path",
+                format!(
+                    "directory {} does not exist: the gateway will not start",
+                    dir.display()
+                ),
+            ),
+            Ok(meta) if meta.permissions().readonly() => self.warning(
+                "blocklist.sqlite_path",
+                format!(
+                    "directory {} is read-only: SQLite needs to create the file and its WAL there",
+                    dir.display()
+                ),
+            ),
+            Ok(_) => {}
         }
     }
 

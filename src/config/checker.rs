@@ -49,21 +49,41 @@ impl Checker {
     }
 
     /// Deserializes `value` as `T`, reporting a failure under `path` (plus the inner path).
+    /// Deserializes `value` (at key path `path`) into a file struct. Every bad key is
+    /// reported, not only the first: the key an error names is dropped and the rest is
+    /// read again, so a typo (`timout: 30s`) and a wrong type in the same section are
+    /// both reported, and the entry is still returned, as if the bad keys were absent,
+    /// for the checks that depend on it (a route naming that upstream). `None` only when
+    /// the value itself has the wrong shape.
     pub(super) fn typed<T: DeserializeOwned>(&mut self, value: &Value, path: &str) -> Option<T> {
-        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let inner = e.path().to_string();
-                let full = match inner.as_str() {
-                    "." | "" => path.to_owned(),
-                    inner if inner.starts_with('[') => format!("{path}{inner}"),
-                    inner => format!("{path}.{inner}"),
-                };
-                let message = e.into_inner().to_string();
-                self.error(&full, message);
-                None
+        /// More bad keys than any real section has: a bound, not a limit anyone meets.
+        const MAX_ERRORS: usize = 64;
+        let mut value = value.clone();
+        for _ in 0..MAX_ERRORS {
+            let error = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+                Ok(t) => return Some(t),
+                Err(e) => e,
+            };
+            let segments: Vec<String> = error
+                .path()
+                .iter()
+                .map(|segment| match segment {
+                    serde_path_to_error::Segment::Map { key } => key.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            let inner = error.path().to_string();
+            let full = match inner.as_str() {
+                "." | "" => path.to_owned(),
+                inner if inner.starts_with('[') => format!("{path}{inner}"),
+                inner => format!("{path}.{inner}"),
+            };
+            self.error(&full, error.into_inner().to_string());
+            if !remove_at(&mut value, &segments) {
+                return None;
             }
         }
+        None
     }
 
     pub(super) fn path_of(&self, raw: &str) -> PathBuf {
@@ -182,5 +202,32 @@ pub(super) fn key_name(key: &Value) -> String {
         other => serde_yaml::to_string(other)
             .map(|s| s.trim().to_owned())
             .unwrap_or_default(),
+    }
+}
+
+/// Removes the mapping entry at `segments` (keys; `[i]` for sequence items) from
+/// `value`. False when there is none to remove (the path is empty or not a mapping key).
+fn remove_at(value: &mut Value, segments: &[String]) -> bool {
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for segment in parents {
+        let next = match segment
+            .strip_prefix('[')
+            .and_then(|s| s.strip_suffix(']'))
+            .and_then(|i| i.parse::<usize>().ok())
+        {
+            Some(index) => node.get_mut(index),
+            None => node.get_mut(segment.as_str()),
+        };
+        match next {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    match node.as_mapping_mut() {
+        Some(map) => map.remove(last.as_str()).is_some(),
+        None => false,
     }
 }

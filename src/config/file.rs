@@ -16,9 +16,12 @@ pub struct ServerFile {
     pub listen: Option<String>,
     pub tls: Option<TlsFile>,
     pub max_connections: Option<u64>,
+    #[serde(default, deserialize_with = "duration_text")]
     pub header_read_timeout: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
     pub idle_timeout: Option<String>,
     pub max_header_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "duration_text")]
     pub shutdown_grace: Option<String>,
     pub access_log: Option<bool>,
 }
@@ -67,11 +70,13 @@ pub struct JwtFile {
     pub previous_secret: Option<String>,
     pub previous_public_key_file: Option<String>,
     pub jwks_url: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
     pub jwks_refresh: Option<String>,
     pub jwks_ca_file: Option<String>,
     pub discovery: Option<bool>,
     pub issuer: Option<String>,
     pub audience: Option<OneOrMany>,
+    #[serde(default, deserialize_with = "duration_text")]
     pub leeway: Option<String>,
     pub required_typ: Option<String>,
     pub token_location: Option<OneOrMany>,
@@ -132,7 +137,9 @@ pub struct LogoutFile {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     pub url: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
     pub connect_timeout: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
     pub timeout: Option<String>,
     pub ca_file: Option<String>,
 }
@@ -168,3 +175,32 @@ pub const SECTIONS: &[&str] = &[
     "routes",
     "forward",
 ];
+
+/// A duration as written: text (`30s`), or a bare number kept as its text so the
+/// validator gives it the same hint as any other duration without a unit, instead of
+/// serde's "invalid type: integer".
+fn duration_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a duration such as 500ms, 30s, 15m or 20d")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(Text)
+}

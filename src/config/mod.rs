@@ -58,9 +58,10 @@ pub fn resolve_path(flag: Option<PathBuf>) -> PathBuf {
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
-            path: String::new(),
+            // Whole-file errors name the file given (`--config`), whatever it is called.
+            path: path.display().to_string(),
             line: None,
-            message: format!("cannot read {}: {e}", path.display()),
+            message: format!("cannot read it: {e}"),
         }])
     })?;
     parse(&text, path, |name| std::env::var(name).ok())
@@ -76,7 +77,7 @@ pub fn parse(
     // than their size in serde_yaml (and libyaml), see `limits`.
     if let Err(refused) = limits::check(text) {
         return Err(ConfigErrors(vec![ConfigError {
-            path: String::new(),
+            path: source.display().to_string(),
             line: Some(refused.line),
             message: refused.message,
         }]));
@@ -88,7 +89,7 @@ pub fn parse(
         Ok(v) => v,
         Err(e) => {
             return Err(ConfigErrors(vec![ConfigError {
-                path: String::new(),
+                path: source.display().to_string(),
                 line: e.location().map(|l| l.line()),
                 message: format!("not valid YAML: {e}"),
             }]))
@@ -101,6 +102,13 @@ pub fn parse(
             config.warnings = std::mem::take(&mut cx.warnings);
             Ok(config)
         }
-        _ => Err(ConfigErrors(cx.errors)),
+        _ => {
+            // Errors about the file as a whole name it, whatever it is called.
+            let mut errors = cx.errors;
+            for e in errors.iter_mut().filter(|e| e.path.is_empty()) {
+                e.path = source.display().to_string();
+            }
+            Err(ConfigErrors(errors))
+        }
     }
 }

@@ -69,6 +69,17 @@ pub enum TokenLocation {
     Query,
 }
 
+impl TokenLocation {
+    /// The word `gateway.yaml` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenLocation::Headers => "headers",
+            TokenLocation::Cookies => "cookies",
+            TokenLocation::Query => "query",
+        }
+    }
+}
+
 /// `jwt:`
 #[derive(Clone)]
 pub struct JwtConfig {
@@ -112,6 +123,17 @@ pub enum StoreKind {
     Redis,
 }
 
+impl StoreKind {
+    /// The word `gateway.yaml` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Redis => "redis",
+        }
+    }
+}
+
 /// `blocklist.on_store_error`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnStoreError {
@@ -119,6 +141,16 @@ pub enum OnStoreError {
     Deny,
     /// Fail open: serve, log and count.
     Allow,
+}
+
+impl OnStoreError {
+    /// The word `gateway.yaml` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnStoreError::Deny => "deny",
+            OnStoreError::Allow => "allow",
+        }
+    }
 }
 
 /// `blocklist:`
@@ -184,6 +216,18 @@ pub enum AuthMode {
     Access,
     Refresh,
     Any,
+}
+
+impl AuthMode {
+    /// The word `gateway.yaml` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::None => "none",
+            AuthMode::Access => "access",
+            AuthMode::Refresh => "refresh",
+            AuthMode::Any => "any",
+        }
+    }
 }
 
 /// `routes[i]:`

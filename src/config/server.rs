@@ -47,16 +47,24 @@ impl Checker {
         if idle_timeout.is_zero() {
             self.error("server.idle_timeout", "must be longer than 0s");
         }
+        let header_read_timeout = self.duration(
+            f.header_read_timeout.as_deref(),
+            "server.header_read_timeout",
+            Duration::from_secs(10),
+        );
+        if header_read_timeout.is_zero() {
+            self.error(
+                "server.header_read_timeout",
+                "must be more than 0s: it is how long a client may take to send a request's \
+                 head (and to send a first request at all); 0s would close every connection",
+            );
+        }
         ServerConfig {
             listen,
             tls,
             idle_timeout: idle_timeout.max(Duration::from_millis(1)),
             max_connections: max_connections.max(1) as usize,
-            header_read_timeout: self.duration(
-                f.header_read_timeout.as_deref(),
-                "server.header_read_timeout",
-                Duration::from_secs(10),
-            ),
+            header_read_timeout,
             max_header_bytes: max_header_bytes.clamp(1024, 1 << 20) as usize,
             shutdown_grace: self.duration(
                 f.shutdown_grace.as_deref(),

@@ -29,9 +29,9 @@ impl Config {
             .collect();
         let _ = writeln!(
             s,
-            "  jwt       {} via {:?}{}",
+            "  jwt       {} via {}{}",
             algs.join(", "),
-            self.jwt.token_location,
+            words(self.jwt.token_location.iter().map(|l| l.as_str())),
             match &self.jwt.required_typ {
                 Some(typ) => format!(", required typ {typ}"),
                 None => String::new(),
@@ -39,8 +39,8 @@ impl Config {
         );
         let _ = writeln!(
             s,
-            "  blocklist {:?}{} (cache {} entries, on_store_error {:?})",
-            self.blocklist.store,
+            "  blocklist {}{} (cache {} entries, on_store_error {})",
+            self.blocklist.store.as_str(),
             match self.blocklist.store {
                 StoreKind::Sqlite => format!(" at {}", self.blocklist.sqlite_path.display()),
                 StoreKind::Redis => match &self.blocklist.redis_sentinel {
@@ -57,12 +57,13 @@ impl Config {
                 StoreKind::Memory => String::new(),
             },
             self.blocklist.cache_max_entries,
-            self.blocklist.on_store_error
+            self.blocklist.on_store_error.as_str()
         );
         let _ = writeln!(
             s,
-            "  logout    {} {:?}",
-            self.logout.path, self.logout.methods
+            "  logout    {} ({})",
+            self.logout.path,
+            words(self.logout.methods.iter().map(|m| m.as_str()))
         );
         for u in &self.upstreams {
             let _ = writeln!(s, "  upstream  {} -> {}", u.name, u.url);
@@ -70,13 +71,34 @@ impl Config {
         for r in &self.routes {
             let _ = writeln!(
                 s,
-                "  route     {} -> {} (auth {:?}{})",
+                "  route     {} -> {} (auth {}{}{})",
                 r.prefix,
                 self.upstreams[r.upstream].name,
-                r.auth,
-                if r.fresh { ", fresh" } else { "" }
+                r.auth.as_str(),
+                if r.fresh { ", fresh" } else { "" },
+                if r.require_claims.is_empty() {
+                    String::new()
+                } else {
+                    let claims = r
+                        .require_claims
+                        .iter()
+                        .map(|(name, value)| format!("{name}: {value}"));
+                    format!(", require_claims {}", words(claims))
+                }
             );
         }
         s
     }
+}
+
+/// `a, b, c`: a list as the config file's flow style writes it.
+fn words<S: AsRef<str>>(items: impl Iterator<Item = S>) -> String {
+    let mut out = String::new();
+    for item in items {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(item.as_ref());
+    }
+    out
 }

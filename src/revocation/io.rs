@@ -37,8 +37,11 @@ pub struct LineError {
 /// token is decoded without checking its signature: revoking can only ever refuse more.
 pub fn token_revocation(token: &str) -> Result<Revocation, String> {
     let token = token.trim();
+    if token.split('.').count() != 3 {
+        return Err("token is not a JWT (expected three base64url parts)".into());
+    }
     let claims: Map<String, Value> = jsonwebtoken::dangerous::insecure_decode_claims(token)
-        .map_err(|e| format!("token is not a JWT: {e}"))?;
+        .map_err(|_| "token is not a JWT (its payload is not base64url-encoded JSON claims)")?;
     let exp = claims
         .get("exp")
         .and_then(Value::as_u64)

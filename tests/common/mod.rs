@@ -696,7 +696,7 @@ fn spawn_drain(
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
             let line = strip_ansi(&line);
-            if line.contains("ready") && line.contains("edge=") {
+            if line.contains("ready") && listener_addr(&line, "edge").is_some() {
                 if let Some((mut stdin, text)) = on_ready.take() {
                     let _ = stdin.write_all(text.as_bytes());
                 }
@@ -713,6 +713,12 @@ fn spawn_drain(
 
 /// Finds `<key>=<ip:port>` in a log line (tolerating `key="..."`).
 pub fn listener_addr(line: &str, key: &str) -> Option<SocketAddr> {
+    // `edge=ADDR` in text logs, `"edge":"ADDR"` in JSON ones.
+    let json = format!("\"{key}\":\"");
+    if let Some(i) = line.find(&json) {
+        let rest = &line[i + json.len()..];
+        return rest[..rest.find('"').unwrap_or(rest.len())].parse().ok();
+    }
     let needle = format!("{key}=");
     let start = line
         .match_indices(&needle)

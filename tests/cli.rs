@@ -1,0 +1,229 @@
+//! The command line as a newcomer meets it (issue 15): `check` that reports every
+//! mistake once and nothing false, output in the config file's words, `--config` before
+//! or after the subcommand, and the refusals of `token` and `revoke`.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+const SECRET_ENV: &str = "dev-secret-change-me-at-least-32-bytes";
+
+/// Writes `yaml` as `name` in a fresh directory and runs `portcullis <args>` there.
+fn run_with(name: &str, yaml: &str, args: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join(name), yaml).expect("write config");
+    portcullis(args, dir.path())
+}
+
+/// A valid config with a memory store and one upstream, plus `extra` appended to the
+/// `server:` section.
+fn minimal(server_extra: &str) -> String {
+    format!(
+        "server:\n  listen: 127.0.0.1:0\n{server_extra}jwt:\n  algorithms: [HS256]\n  secret: {SECRET_ENV}\nblocklist:\n  store: memory\nupstreams:\n  app:\n    url: http://127.0.0.1:9\nroutes:\n  - prefix: /\n    upstream: app\n"
+    )
+}
+
+fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter(|l| !l.trim().is_empty()).collect()
+}
+
+#[test]
+fn a_typo_inside_an_upstream_is_reported_once_without_cascading_into_routes() {
+    let yaml = minimal("").replace(
+        "    url: http://127.0.0.1:9\n",
+        "    url: http://127.0.0.1:9\n    timout: 30s\n",
+    );
+    let (code, _, stderr) = run_with("g.yaml", &yaml, &["check", "--config", "g.yaml"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        error_lines(&stderr),
+        ["error: upstreams.app.timout (line 11): unknown field `timout`, expected one of `url`, `connect_timeout`, `timeout`, `ca_file`"],
+    );
+}
+
+#[test]
+fn a_bad_key_and_a_wrong_type_in_one_section_are_both_reported() {
+    let yaml = minimal("  listn: 127.0.0.1:1\n  max_connections: many\n");
+    let (code, _, stderr) = run_with("g.yaml", &yaml, &["check", "--config", "g.yaml"]);
+    assert_eq!(code, 1, "{stderr}");
+    let lines = error_lines(&stderr);
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].contains("server.listn (line 3): unknown field `listn`"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with("server.max_connections (line 4): invalid type"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bare_number_duration_gets_the_duration_hint() {
+    let yaml = minimal("  header_read_timeout: 5\n");
+    let (code, _, stderr) = run_with("g.yaml", &yaml, &["check", "--config", "g.yaml"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        error_lines(&stderr),
+        ["error: server.header_read_timeout (line 3): \"5\" is not a duration (time unit needed, for example 5sec or 5ms); use e.g. 500ms, 30s, 15m, 20d"],
+    );
+}
+
+#[test]
+fn a_zero_header_read_timeout_is_refused_with_what_it_means() {
+    let yaml = minimal("  header_read_timeout: 0s\n");
+    let (code, _, stderr) = run_with("g.yaml", &yaml, &["check", "--config", "g.yaml"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("server.header_read_timeout (line 3): must be more than 0s"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn whole_file_errors_name_the_file_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, _, stderr) = portcullis(&["check", "--config", "nope.yaml"], dir.path());
+    assert_eq!(code, 1);
+    assert_eq!(
+        error_lines(&stderr),
+        ["error: nope.yaml: cannot read it: No such file or directory (os error 2)"]
+    );
+    let (code, _, stderr) = run_with(
+        "broken.yaml",
+        "server: [\n",
+        &["check", "--config", "broken.yaml"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with("error: broken.yaml (line 2): not valid YAML"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("gateway.yaml"), "{stderr}");
+}
+
+#[test]
+fn a_missing_sqlite_directory_is_a_warning() {
+    let yaml = minimal("").replace(
+        "  store: memory\n",
+        "  store: sqlite\n  sqlite_path: /nonexistent-portcullis-dir/r.db\n",
+    );
+    let (code, _, stderr) = run_with("g.yaml", &yaml, &["check", "--config", "g.yaml"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        error_lines(&stderr),
+        ["warning: blocklist.sqlite_path (line 8): directory /nonexistent-portcullis-dir does not exist: the gateway will not start"]
+    );
+}
+
+#[test]
+fn the_summary_speaks_the_config_files_words() {
+    let yaml = minimal("")
+        .replace("  secret:", "  token_location: [headers, cookies]\n  secret:")
+        .replace(
+            "    upstream: app\n",
+            "    upstream: app\n    auth: access\n    fresh: true\n    require_claims: { role: admin }\n",
+        );
+    let (code, stdout, stderr) = run_with("g.yaml", &yaml, &["check", "--config", "g.yaml"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("  jwt       HS256 via headers, cookies\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  blocklist memory (cache 1000000 entries, on_store_error deny)\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  logout    /logout (POST)\n"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "  route     / -> app (auth access, fresh, require_claims role: \"admin\")\n"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn config_before_the_subcommand_and_the_implied_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("mine.yaml"), minimal("")).expect("write");
+    let (code, stdout, stderr) = portcullis(&["--config", "mine.yaml", "check"], dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("config mine.yaml is valid"), "{stdout}");
+
+    // `portcullis --config F` runs the gateway on F: a bad F fails at start, naming the
+    // key, and the fatal error is printed once.
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        minimal("  header_read_timeout: 0s\n"),
+    )
+    .expect("write");
+    let (code, _, stderr) = portcullis(&["--config", "bad.yaml"], dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    let mentions = stderr.matches("server.header_read_timeout").count();
+    assert_eq!(mentions, 1, "printed once:\n{stderr}");
+}
+
+fn token_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    std::fs::write(dir.join("g.yaml"), minimal("")).expect("write");
+    let mut all = vec!["token", "--config", "g.yaml"];
+    all.extend_from_slice(args);
+    portcullis(&all, dir)
+}
+
+#[test]
+fn token_refuses_a_zero_ttl_and_a_second_subject() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, _, stderr) = token_in(dir.path(), &["--sub", "alice", "--ttl", "0s"]);
+    assert_eq!(
+        (code, stderr.trim()),
+        (1, "error: --ttl must be longer than 0s")
+    );
+    let (code, _, stderr) = token_in(dir.path(), &["--sub", "alice", "--ttl", "-5m"]);
+    assert_eq!(code, 2, "a negative ttl is a usage error: {stderr}");
+    let (code, _, stderr) = token_in(dir.path(), &["--sub", "alice", "--claim", "sub=bob"]);
+    assert_eq!(
+        (code, stderr.trim()),
+        (1, "error: --claim \"sub=bob\": the subject is set by --sub")
+    );
+    let (code, stdout, stderr) = token_in(dir.path(), &["--sub", "alice", "--claim", "role=admin"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim().split('.').count(), 3, "{stdout}");
+}
+
+#[test]
+fn revoke_says_what_it_revoked_in_words() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = minimal("").replace(
+        "  store: memory\n",
+        "  store: sqlite\n  sqlite_path: r.db\n",
+    );
+    std::fs::write(dir.path().join("g.yaml"), yaml).expect("write");
+    let base = ["revoke", "--config", "g.yaml"];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        portcullis(&args, dir.path())
+    };
+    let (code, stdout, stderr) = with(&["--jti", "dave-1", "--exp", "1796119200"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "revoked jti dave-1 until 2026-12-01T10:00:00Z"
+    );
+    let (code, stdout, stderr) = with(&["--sub", "alice"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("revoked every token of subject alice issued before 20"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = with(&["--token", "garbage"]);
+    assert_eq!(
+        (code, stderr.trim()),
+        (
+            1,
+            "error: --token is not a JWT (expected three base64url parts)"
+        )
+    );
+}
