@@ -5,7 +5,7 @@
 //! `cargo bench --bench redis` (needs `redis-server` on the PATH, with TLS as Debian
 //! builds it; skipped otherwise). `REDIS_BENCH_REVOCATIONS` (default 1000),
 //! `REDIS_BENCH_IMPORT` (default 100 000) and `REDIS_BENCH_ENTRIES` (default 1M) resize
-//! the parts.
+//! the parts; `REDIS_BENCH_PARTS` (default `propagation,import,load`) picks which run.
 //!
 //! 1. Propagation: two in-process [`Blocklist`]s, each over its own [`RedisStore`] to
 //!    one `redis-server`, each following the change feed as the gateway does (a
@@ -21,7 +21,8 @@
 //! 3. Start-up over TLS: 1M live token revocations written through the store,
 //!    expiring over the next 24 h as real tokens do, then a fresh store and blocklist
 //!    `load()` over `rediss://`: time and resident memory added, and Redis's memory per
-//!    revocation. `REDIS_BENCH_SAME_EXP=1` gives them all one expiry instead, which
+//!    revocation (`used_memory` grown by the seeding, with the change stream's share,
+//!    which `MAXLEN ~ 100000` caps, shown apart). `REDIS_BENCH_SAME_EXP=1` gives them all one expiry instead, which
 //!    makes the load fall back from paging by score to `ZSCAN`.
 
 mod support;
@@ -86,7 +87,8 @@ struct Server {
     port: u16,
     tls_port: u16,
     ca_file: PathBuf,
-    dir: tempfile::TempDir,
+    /// Holds the certificates; removed on drop.
+    _dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -115,7 +117,7 @@ impl Server {
             port,
             tls_port,
             ca_file,
-            dir,
+            _dir: dir,
         };
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -149,6 +151,46 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A plain connection to the bench's Redis, for `INFO` and housekeeping.
+async fn admin_conn(server: &Server) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.plain().url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+/// One numeric field of `INFO <section>`.
+async fn info_field(
+    conn: &mut redis::aio::MultiplexedConnection,
+    section: &str,
+    field: &str,
+) -> f64 {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Microseconds Redis has spent running `EVALSHA` since its start (commandstats).
+async fn evalsha_usec(conn: &mut redis::aio::MultiplexedConnection) -> f64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+        .and_then(|v| v.split(',').find_map(|f| f.strip_prefix("usec=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 async fn follower(options: &RedisOptions) -> (Arc<Blocklist>, tokio::task::JoinHandle<()>) {
@@ -241,14 +283,19 @@ fn propagation(rt: &tokio::runtime::Runtime, options: &RedisOptions, label: &str
 fn startup(rt: &tokio::runtime::Runtime, server: &Server, entries: u64) {
     let url = server.plain().url;
     rt.block_on(async {
+        let mut conn = admin_conn(server).await;
+        let _: () = redis::cmd("FLUSHALL")
+            .query_async(&mut conn)
+            .await
+            .expect("FLUSHALL");
+        let baseline = info_field(&mut conn, "memory", "used_memory").await;
         let store = RedisStore::open(&url, PREFIX).await.expect("open store");
         let base = now_unix() + 3600;
         let same_exp = std::env::var_os("REDIS_BENCH_SAME_EXP").is_some();
         let started = Instant::now();
-        for chunk in (0..entries).collect::<Vec<_>>().chunks(10_000) {
-            let batch = chunk
-                .iter()
-                .map(|&i| Revocation::Token {
+        for first in (0..entries).step_by(10_000) {
+            let batch = (first..(first + 10_000).min(entries))
+                .map(|i| Revocation::Token {
                     key: jti(i),
                     exp: if same_exp { base } else { base + i % 86_400 },
                 })
@@ -264,29 +311,31 @@ fn startup(rt: &tokio::runtime::Runtime, server: &Server, entries: u64) {
                 "expiries spread over 24 h"
             }
         );
-        let mut conn = redis::Client::open(url.as_str())
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect");
-        let info: String = redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut conn)
-            .await
-            .expect("INFO");
-        let used: f64 = info
-            .lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0);
-        let stream: u64 = redis::cmd("XLEN")
+        let used = info_field(&mut conn, "memory", "used_memory").await - baseline;
+        let stream_len: u64 = redis::cmd("XLEN")
             .arg(format!("{PREFIX}changes"))
             .query_async(&mut conn)
             .await
-            .unwrap_or(0);
+            .expect("XLEN");
+        // SAMPLES 0: every node of the stream, not an estimate from a few.
+        let stream: f64 = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(format!("{PREFIX}changes"))
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async::<Option<u64>>(&mut conn)
+            .await
+            .expect("MEMORY USAGE")
+            .unwrap_or(0) as f64;
+        let mib = |bytes: f64| bytes / 1024.0 / 1024.0;
         println!(
-            "Redis used_memory: {:.1} MiB for {entries} revocations, {:.0} bytes each (the change stream holds {stream} entries of them)",
-            used / 1024.0 / 1024.0,
+            "Redis used_memory grew by {:.1} MiB for {entries} revocations: {:.0} bytes each without the change stream \
+             (the jti: string with its expiry + its member of P expiry), plus {:.1} MiB for the stream's {stream_len} \
+             entries (capped near 100 000, {:.0} bytes each); {:.0} bytes per revocation all told",
+            mib(used),
+            (used - stream) / entries.max(1) as f64,
+            mib(stream),
+            stream / stream_len.max(1) as f64,
             used / entries.max(1) as f64
         );
     });
@@ -362,7 +411,9 @@ fn import(rt: &tokio::runtime::Runtime, server: &Server, store: &str, lines: u64
         ));
     }
     let bytes = body.len();
-    let took = rt.block_on(async {
+    let (took, script_usec) = rt.block_on(async {
+        let mut conn = admin_conn(server).await;
+        let script_before = evalsha_usec(&mut conn).await;
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http::<Full<Bytes>>();
@@ -382,12 +433,20 @@ fn import(rt: &tokio::runtime::Runtime, server: &Server, store: &str, lines: u64
             .to_bytes();
         let took = started.elapsed();
         assert_eq!(status, 201, "{}", String::from_utf8_lossy(&reply));
-        took
+        (took, evalsha_usec(&mut conn).await - script_before)
     });
     let _ = child.kill();
     let _ = child.wait();
+    let redis_time = if store == "redis" {
+        format!(
+            ", of which Redis ran the record script for {:.0} ms",
+            script_usec / 1000.0
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "import on {store}: one NDJSON request of {lines} revocations ({:.1} MB) answered 201 in {took:.2?} (target < 2 s)",
+        "import on {store}: one NDJSON request of {lines} revocations ({:.1} MB) answered 201 in {took:.2?}{redis_time} (target < 2 s)",
         bytes as f64 / 1e6
     );
 }
@@ -410,24 +469,21 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let count = env_or("REDIS_BENCH_REVOCATIONS", 1000);
-    propagation(&rt, &server.plain(), "redis://", count);
-    propagation(&rt, &server.tls(), "rediss://", count);
-    let lines = env_or("REDIS_BENCH_IMPORT", 100_000);
-    import(&rt, &server, "sqlite", lines);
-    import(&rt, &server, "redis", lines);
-    // A clean Redis for the load, so the earlier parts' entries do not count.
-    rt.block_on(async {
-        let mut conn = redis::Client::open(server.plain().url.as_str())
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect");
-        let _: () = redis::cmd("FLUSHALL")
-            .query_async(&mut conn)
-            .await
-            .expect("FLUSHALL");
-    });
-    startup(&rt, &server, env_or("REDIS_BENCH_ENTRIES", 1_000_000));
-    drop(server.dir.path().to_owned());
+    let parts =
+        std::env::var("REDIS_BENCH_PARTS").unwrap_or_else(|_| "propagation,import,load".to_owned());
+    let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
+    if part("propagation") {
+        let count = env_or("REDIS_BENCH_REVOCATIONS", 1000);
+        propagation(&rt, &server.plain(), "redis://", count);
+        propagation(&rt, &server.tls(), "rediss://", count);
+    }
+    if part("import") {
+        let lines = env_or("REDIS_BENCH_IMPORT", 100_000);
+        import(&rt, &server, "sqlite", lines);
+        import(&rt, &server, "redis", lines);
+    }
+    if part("load") {
+        // `startup` flushes Redis first, so the earlier parts' entries do not count.
+        startup(&rt, &server, env_or("REDIS_BENCH_ENTRIES", 1_000_000));
+    }
 }

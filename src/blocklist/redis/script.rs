@@ -27,6 +27,11 @@ const PER_BATCH: Duration = Duration::from_millis(100);
 /// A session's string holds `exp:cut-off`; one holding only `exp` was written before
 /// cut-offs existed and revokes the whole session, which a merge keeps.
 ///
+/// The `P expiry` members are added with one variadic `ZADD GT` per 500 revocations
+/// rather than one call each: a call from Lua costs about as much as the insert itself,
+/// and this is a fifth of the script's Redis time in a bulk import. (`GT` keeps the later
+/// score of a member named twice, as separate calls would.)
+///
 /// Values are validated and clamped before the call: a Redis error half-way through a
 /// script does not roll back what it already wrote.
 pub(super) const RECORD_SCRIPT: &str = r"
@@ -34,6 +39,13 @@ if ARGV[3] ~= '0' then
   if not redis.call('SET', KEYS[4], 1, 'NX', 'EXAT', ARGV[3]) then return -1 end
 end
 local n = #KEYS - 4
+local index = {}
+local function flush()
+  if #index > 0 then
+    redis.call('ZADD', KEYS[1], 'GT', unpack(index))
+    index = {}
+  end
+end
 for i = 1, n do
   local kind = ARGV[4 * i]
   local key = ARGV[4 * i + 1]
@@ -63,7 +75,9 @@ for i = 1, n do
     if stored ~= current then
       redis.call('SET', KEYS[4 + i], stored, 'EXAT', expiry)
     end
-    redis.call('ZADD', KEYS[1], 'GT', expiry, kind .. ':' .. key)
+    index[#index + 1] = expiry
+    index[#index + 1] = kind .. ':' .. key
+    if #index >= 1000 then flush() end
     if kind == 'sid' then
       redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'kind', kind, 'key', key, 'value', expiry, 'at', string.format('%d', cut))
     else
@@ -71,6 +85,7 @@ for i = 1, n do
     end
   end
 end
+flush()
 return n
 ";
 
