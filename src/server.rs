@@ -322,6 +322,7 @@ async fn serve_edge(
                 None => {
                     let info = ConnInfo {
                         client_ip,
+                        peer: peer.ip(),
                         https: false,
                         max_header_bytes,
                         slot,
@@ -335,6 +336,7 @@ async fn serve_edge(
                         Ok(Ok(tls_stream)) => {
                             let info = ConnInfo {
                                 client_ip,
+                                peer: peer.ip(),
                                 https: true,
                                 max_header_bytes,
                                 slot,
