@@ -46,6 +46,10 @@ pub enum GatewayError {
     /// `require_claims` not met.
     #[error("missing required claims")]
     InsufficientScope,
+    /// A forward-auth subrequest from a peer outside `forward_auth.trusted_proxies`:
+    /// only the proxies in front may ask for a verdict (and name the request judged).
+    #[error("untrusted proxy")]
+    UntrustedProxy,
     /// No route matches the path.
     #[error("no route")]
     NoRoute,
@@ -74,7 +78,7 @@ pub enum GatewayError {
 
 impl GatewayError {
     /// Every variant, in declaration order (`ALL[e as usize] == e`), for metrics.
-    pub const ALL: [GatewayError; 19] = {
+    pub const ALL: [GatewayError; 20] = {
         use GatewayError::*;
         [
             MissingToken,
@@ -89,6 +93,7 @@ impl GatewayError {
             FreshTokenRequired,
             Csrf,
             InsufficientScope,
+            UntrustedProxy,
             NoRoute,
             BadRequest,
             NotImplemented,
@@ -106,7 +111,7 @@ impl GatewayError {
             MissingToken | RevokedToken | Decode | BadSignature | Expired | BadAudience
             | BadIssuer | AccessTokenRequired | RefreshTokenRequired | FreshTokenRequired
             | Csrf => StatusCode::UNAUTHORIZED,
-            InsufficientScope => StatusCode::FORBIDDEN,
+            InsufficientScope | UntrustedProxy => StatusCode::FORBIDDEN,
             NoRoute => StatusCode::NOT_FOUND,
             BadRequest => StatusCode::BAD_REQUEST,
             NotImplemented => StatusCode::NOT_IMPLEMENTED,
@@ -133,6 +138,7 @@ impl GatewayError {
             FreshTokenRequired => "FreshTokenRequiredError",
             Csrf => "CSRFError",
             InsufficientScope => "InsufficientScopeError",
+            UntrustedProxy => "UntrustedProxyError",
             NoRoute => "NoRouteError",
             BadRequest => "BadRequestError",
             NotImplemented => "NotImplementedError",
@@ -159,6 +165,7 @@ impl GatewayError {
             FreshTokenRequired => "Fresh token required",
             Csrf => "CSRF double submit does not match",
             InsufficientScope => "Missing required claims",
+            UntrustedProxy => "Forbidden",
             NoRoute => "Not found",
             BadRequest => "Bad request",
             NotImplemented => "Not implemented",
@@ -274,6 +281,7 @@ mod tests {
                 "InsufficientScopeError",
                 "Missing required claims",
             ),
+            (UntrustedProxy, 403, "UntrustedProxyError", "Forbidden"),
             (NoRoute, 404, "NoRouteError", "Not found"),
             (BadRequest, 400, "BadRequestError", "Bad request"),
             (

@@ -15,12 +15,12 @@
 //! | layer | modules | what they are |
 //! | --- | --- | --- |
 //! | 0 | clock, error, path, tls, keys | wall clock, the refusal table, path normalization, TLS configs, static keys |
-//! | 1 | net, metrics | HTTP plumbing (heads, bodies, idle rule, header rewriting); counters and histograms |
+//! | 1 | net, metrics | HTTP plumbing (heads, bodies, idle rule, header rewriting, CIDRs); counters and histograms |
 //! | 2 | response, config | the body type and the gateway's own answers; `gateway.yaml`, validated |
 //! | 3 | upstream, auth | pooled upstream clients; token extraction, verification, JWKS |
 //! | 4 | blocklist | the in-memory revocation set and its stores |
 //! | 5 | revocation | what logout, back-channel, admin and CLI revoke, and the NDJSON shapes |
-//! | 6 | gateway | one request: routing, auth, revocation check, forwarding, logout, back-channel logout |
+//! | 6 | gateway | one request: routing, auth, revocation check, forwarding, logout, back-channel logout, forward auth |
 //! | 7 | admin | the admin listener: health, metrics, revocations API |
 //! | 8 | server, commands | listeners, signals and reload; the offline subcommands |
 //!

@@ -24,6 +24,17 @@ pub enum Outcome {
     UpstreamFailed,
 }
 
+/// A forward-auth verdict.
+#[derive(Debug, Clone, Copy)]
+pub enum Decision {
+    /// 200: the original request may pass.
+    Allowed,
+    /// The edge's refusal for the original request.
+    Refused,
+    /// 403 `UntrustedProxyError`: the caller is not in `forward_auth.trusted_proxies`.
+    Untrusted,
+}
+
 /// Per-route request counters.
 #[derive(Default)]
 pub struct RouteStats {
@@ -92,6 +103,8 @@ pub struct Metrics {
     /// Requests served from the local copy while the store was unreachable
     /// (`on_store_error: allow`).
     pub fail_open: AtomicU64,
+    /// Forward-auth verdicts: allowed, refused, untrusted.
+    forward_auth: [AtomicU64; 3],
 }
 
 /// Values read from elsewhere at scrape time.
@@ -120,6 +133,11 @@ impl Metrics {
     /// Counts a refusal by its error type.
     pub fn refused(&self, error: GatewayError) {
         self.refusals[error as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a forward-auth verdict.
+    pub fn forward_auth(&self, decision: Decision) {
+        self.forward_auth[decision as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request refused before routing.
@@ -158,6 +176,18 @@ impl Metrics {
                 "portcullis_refusals_total{{error_type=\"{}\"}} {}",
                 error.error_type(),
                 load(&self.refusals[error as usize])
+            );
+        }
+        out.push_str("# HELP portcullis_forward_auth_decisions_total Forward-auth verdicts by outcome.\n# TYPE portcullis_forward_auth_decisions_total counter\n");
+        for (outcome, decision) in [
+            ("allowed", Decision::Allowed),
+            ("refused", Decision::Refused),
+            ("untrusted", Decision::Untrusted),
+        ] {
+            let _ = writeln!(
+                out,
+                "portcullis_forward_auth_decisions_total{{outcome=\"{outcome}\"}} {}",
+                load(&self.forward_auth[decision as usize])
             );
         }
         out.push_str("# HELP portcullis_upstream_latency_seconds Time to the upstream's response head.\n# TYPE portcullis_upstream_latency_seconds histogram\n");

@@ -333,6 +333,7 @@ async fn serve_edge(
                 None => {
                     let info = ConnInfo {
                         client_ip,
+                        peer: peer.ip(),
                         https: false,
                         max_header_bytes,
                         slot,
@@ -346,6 +347,7 @@ async fn serve_edge(
                         Ok(Ok(tls_stream)) => {
                             let info = ConnInfo {
                                 client_ip,
+                                peer: peer.ip(),
                                 https: true,
                                 max_header_bytes,
                                 slot,

@@ -56,6 +56,7 @@ impl Pipeline {
             .expect("slot");
         let conn = ConnInfo {
             client_ip: http::HeaderValue::from_static("192.0.2.7"),
+            peer: std::net::IpAddr::from([192, 0, 2, 7]),
             https: false,
             max_header_bytes: 16 * 1024,
             slot: Arc::new(slot),

@@ -1,5 +1,6 @@
 //! The document as a whole: `${VAR}` expansion of every string, the top-level keys, and
-//! the order the sections are validated in (logout needs jwt, routes need upstreams).
+//! the order the sections are validated in (logout needs jwt, routes need upstreams,
+//! forward_auth needs logout).
 
 use super::checker::{key_name, Checker};
 use super::{env, file, Config};
@@ -74,6 +75,8 @@ impl Checker {
         let routes = self.routes(map.get("routes"), &upstreams);
         let forward_file: Option<file::ForwardFile> = self.section(map, "forward");
         let forward = self.forward(forward_file);
+        let forward_auth_file: Option<file::ForwardAuthFile> = self.section(map, "forward_auth");
+        let forward_auth = forward_auth_file.map(|f| self.forward_auth(f, &logout));
         Some(Config {
             source: source.to_path_buf(),
             server,
@@ -84,6 +87,7 @@ impl Checker {
             upstreams,
             routes,
             forward,
+            forward_auth,
             tree: root.clone(),
             warnings: Vec::new(),
         })

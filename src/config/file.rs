@@ -164,6 +164,14 @@ pub struct ForwardFile {
     pub strip_headers: Option<OneOrMany>,
 }
 
+/// `forward_auth:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthFile {
+    pub path: Option<String>,
+    pub trusted_proxies: Option<OneOrMany>,
+}
+
 /// The top-level sections; anything else at the top level is an unknown key.
 pub const SECTIONS: &[&str] = &[
     "server",
@@ -173,6 +181,7 @@ pub const SECTIONS: &[&str] = &[
     "logout",
     "upstreams",
     "routes",
+    "forward_auth",
     "forward",
 ];
 

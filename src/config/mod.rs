@@ -24,6 +24,7 @@ mod blocklist;
 mod checker;
 mod document;
 mod forward;
+mod forward_auth;
 mod jwt;
 mod logout;
 mod routes;
@@ -38,9 +39,9 @@ mod tests;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    AdminConfig, AuthMode, BackchannelRevokes, BlocklistConfig, Config, CsrfConfig, ForwardConfig,
-    JwtConfig, LogoutConfig, OnStoreError, RedisSentinelConfig, RouteConfig, ServerConfig,
-    StoreKind, TlsFiles, TokenLocation, UpstreamConfig,
+    AdminConfig, AuthMode, BackchannelRevokes, BlocklistConfig, Config, CsrfConfig,
+    ForwardAuthConfig, ForwardConfig, JwtConfig, LogoutConfig, OnStoreError, RedisSentinelConfig,
+    RouteConfig, ServerConfig, StoreKind, TlsFiles, TokenLocation, UpstreamConfig,
 };
 pub use redact::redact_url;
 

@@ -3,6 +3,7 @@
 
 use super::ConfigError;
 use crate::keys::{KeySet, SigningKey};
+use crate::net::cidr::Cidr;
 use crate::net::header_pattern::HeaderPattern;
 use http::{HeaderName, Method, Uri};
 use jsonwebtoken::Algorithm;
@@ -24,6 +25,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub forward: ForwardConfig,
+    /// `forward_auth:`, when the edge answers other proxies' auth subrequests.
+    pub forward_auth: Option<ForwardAuthConfig>,
     /// The whole tree as loaded (variables expanded), for [`super::diff`] on reload.
     pub tree: Value,
     /// Problems worth fixing that do not stop the gateway (e.g. a short HMAC secret):
@@ -250,4 +253,27 @@ pub struct ForwardConfig {
     pub identity_headers: Vec<(String, HeaderName)>,
     /// Removed from every client request (identity header names are always added).
     pub strip_headers: Vec<HeaderPattern>,
+}
+
+/// `forward_auth:`
+#[derive(Debug, Clone)]
+pub struct ForwardAuthConfig {
+    /// Absolute, normalized, no trailing slash, never `/`: requests to it or under it
+    /// are answered by the forward-auth handler.
+    pub path: String,
+    /// The only peers the handler answers; any other gets 403 `UntrustedProxyError`.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+impl ForwardAuthConfig {
+    /// Whether `path` is this endpoint or under it (`{path}/...`, Envoy's `path_prefix`).
+    pub fn covers(&self, path: &str) -> bool {
+        path.strip_prefix(self.path.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    /// Whether `peer` may call the endpoint.
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(peer))
+    }
 }

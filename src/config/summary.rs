@@ -87,6 +87,15 @@ impl Config {
                 }
             );
         }
+        if let Some(fa) = &self.forward_auth {
+            let trusted: Vec<String> = fa.trusted_proxies.iter().map(|c| c.to_string()).collect();
+            let _ = writeln!(
+                s,
+                "  fwd auth  {} (trusted: {})",
+                fa.path,
+                trusted.join(", ")
+            );
+        }
         s
     }
 }

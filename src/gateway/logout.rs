@@ -10,7 +10,7 @@
 use super::{Gateway, Target, Trace};
 use crate::auth::extract;
 use crate::auth::verify::TokenType;
-use crate::auth::{self, Authenticated};
+use crate::auth::Authenticated;
 use crate::blocklist::Revocation;
 use crate::clock::now_unix;
 use crate::config::AuthMode;
@@ -37,6 +37,11 @@ const MAX_LOGOUT_BODY: usize = 64 * 1024;
 /// token (the cookie and `X-Refresh-Token` carriers, and a `sid`, still apply).
 const LOGOUT_BODY_WAIT: Duration = Duration::from_secs(2);
 
+/// What a logout asks of its caller: the checks of an `auth: access` route, CSRF
+/// included, without `fresh` or claims. Forward auth judges a logout path by it too.
+pub const LOGOUT_POLICY: (AuthMode, bool, &[(String, serde_json::Value)]) =
+    (AuthMode::Access, false, &[]);
+
 /// Handles a request to `logout.path` with one of `logout.methods`.
 pub async fn handle(
     gw: &Gateway,
@@ -47,13 +52,8 @@ pub async fn handle(
 ) -> Result<Response<Body>, GatewayError> {
     let jwt = &gw.config.jwt;
     let auth = gw
-        .authenticate(&parts.headers, target.uri.query(), AuthMode::Access)
+        .admit(&parts, target.uri.query(), LOGOUT_POLICY, trace)
         .await?;
-    if gw.config.server.access_log {
-        trace.token = Some(auth.token.clone());
-    }
-    gw.check_revocation(&auth).await?;
-    auth::check_csrf(&auth, &parts, jwt)?;
 
     let (refresh, body) = if gw.config.logout.revoke_refresh {
         find_refresh_token(&parts, body, jwt).await

@@ -2,10 +2,13 @@
 //!
 //! [`Gateway::handle`] logs and turns any [`GatewayError`] into its response;
 //! [`Gateway::handle_inner`] is the straight-line pipeline, one phase per step:
-//! normalize path → logout? → match route → strip client identity headers →
-//! authenticate → revocation → authorize → forward.
+//! normalize path → forward auth? → logout? → match route → strip client identity
+//! headers → authenticate → revocation → authorize → forward. Forward auth
+//! ([`forward_auth`]) runs the same phases on the original request a proxy names, and
+//! answers instead of forwarding.
 
 pub mod backchannel;
+pub mod forward_auth;
 pub mod logout;
 
 use crate::auth::extract;
@@ -15,7 +18,7 @@ use crate::auth::{self, Authenticated};
 use crate::blocklist::{Blocklist, Verdict};
 use crate::config::{AuthMode, Config, OnStoreError, RouteConfig};
 use crate::error::GatewayError;
-use crate::metrics::{Histogram, Metrics, Outcome, RouteStats};
+use crate::metrics::{Decision, Histogram, Metrics, Outcome, RouteStats};
 use crate::net::{forwarding, head};
 use crate::path;
 use crate::response::{full, Body};
@@ -25,6 +28,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper_util::rt::TokioIo;
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +64,9 @@ pub struct Trace {
     pub(crate) stats: Option<usize>,
     pub(crate) token: Option<Arc<VerifiedToken>>,
     pub(crate) upstream_elapsed: Option<Duration>,
+    /// Set for forward-auth subrequests: the original `METHOD path` judged, once known
+    /// (empty before). Never its query, which may hold the token.
+    pub(crate) forward_auth: Option<String>,
 }
 
 /// Why a gateway could not be built from a validated config (files that changed or
@@ -78,6 +85,8 @@ pub enum BuildError {
 pub struct ConnInfo {
     /// The peer's IP, pre-rendered for `X-Forwarded-For`.
     pub client_ip: HeaderValue,
+    /// The peer's IP, for `forward_auth.trusted_proxies`.
+    pub peer: IpAddr,
     /// Whether the edge connection is TLS.
     pub https: bool,
     /// `server.max_header_bytes` of the config this connection was accepted under:
@@ -168,13 +177,19 @@ impl Gateway {
             Ok(response) => (response, None),
             Err(error) => (error.into_response(full), Some(error)),
         };
-        match (trace.stats, error) {
-            (Some(i), None) => self.route_stats[i].record(Outcome::Forwarded),
-            (Some(i), Some(GatewayError::Upstream | GatewayError::UpstreamTimeout)) => {
+        match (&trace.forward_auth, trace.stats, error) {
+            // A verdict, not a forwarded request: counted apart from the routes'.
+            (Some(_), _, None) => self.metrics.forward_auth(Decision::Allowed),
+            (Some(_), _, Some(GatewayError::UntrustedProxy)) => {
+                self.metrics.forward_auth(Decision::Untrusted)
+            }
+            (Some(_), _, Some(_)) => self.metrics.forward_auth(Decision::Refused),
+            (None, Some(i), None) => self.route_stats[i].record(Outcome::Forwarded),
+            (None, Some(i), Some(GatewayError::Upstream | GatewayError::UpstreamTimeout)) => {
                 self.route_stats[i].record(Outcome::UpstreamFailed)
             }
-            (Some(i), Some(_)) => self.route_stats[i].record(Outcome::Refused),
-            (None, _) => self.metrics.unrouted(),
+            (None, Some(i), Some(_)) => self.route_stats[i].record(Outcome::Refused),
+            (None, None, _) => self.metrics.unrouted(),
         }
         if let Some(error) = error {
             self.metrics.refused(error);
@@ -194,6 +209,9 @@ impl Gateway {
                 total_ms = millis(started.elapsed()),
                 error_type = error.map(GatewayError::error_type),
                 sub = trace.token.as_ref().and_then(|t| t.sub.as_deref()),
+                // Forward-auth lines are marked, with the original request they judged.
+                forward_auth = trace.forward_auth.is_some().then_some(true),
+                original = trace.forward_auth.as_deref().filter(|o| !o.is_empty()),
             );
         }
         response
@@ -212,7 +230,26 @@ impl Gateway {
         head::check(&parts, &self.config.jwt.header_name)?;
         // The URI is moved out so the normalized path can borrow it while `parts` is edited.
         let uri = std::mem::take(&mut parts.uri);
-        let path = path::normalize(uri.path()).map_err(|_| GatewayError::BadRequest)?;
+        let normalized = path::normalize(uri.path());
+        if let Some(endpoint) = &self.config.forward_auth {
+            // A path that cannot be normalized is matched as sent, so that an untrusted
+            // peer gets its 403 whatever path it tries.
+            let covered = match &normalized {
+                Ok(path) => endpoint.covers(path),
+                Err(_) => endpoint.covers(uri.path()),
+            };
+            if covered {
+                trace.forward_auth = Some(String::new());
+                drop(body); // never forwarded, never read
+                let request = forward_auth::Subrequest {
+                    parts,
+                    uri: &uri,
+                    path: normalized,
+                };
+                return forward_auth::handle(self, endpoint, request, conn, trace).await;
+            }
+        }
+        let path = normalized.map_err(|_| GatewayError::BadRequest)?;
         let target = Target {
             uri: &uri,
             path: &path,
@@ -226,35 +263,65 @@ impl Gateway {
             trace.stats = Some(self.config.routes.len());
             return Ok(backchannel::handle(self, body).await);
         }
-        if *path == *logout.path && logout.methods.contains(&parts.method) {
+        if self.is_logout(&parts.method, &path) {
             forwarding::strip_matching(&mut parts.headers, &self.config.forward.strip_headers);
             trace.stats = Some(self.config.routes.len());
             return logout::handle(self, parts, body, &target, trace).await;
         }
 
-        let (index, route) = self.match_route(&path).ok_or(GatewayError::NoRoute)?;
+        let (route, authenticated) = self.judge(&mut parts, &path, uri.query(), trace).await?;
+        self.forward(route, parts, body, &target, authenticated.as_ref(), trace)
+            .await
+    }
+
+    /// Whether a request is a logout: `logout.path` with one of `logout.methods`.
+    pub fn is_logout(&self, method: &http::Method, path: &str) -> bool {
+        let logout = &self.config.logout;
+        path == logout.path && logout.methods.contains(method)
+    }
+
+    /// Decides whether a request may reach the route its normalized `path` matches:
+    /// route match, client identity headers stripped, then for a route with `auth`
+    /// [`Gateway::admit`]. The edge forwards what this allows; forward auth answers 200.
+    /// One code path for both, so a proxy in front can never get a laxer verdict.
+    pub async fn judge(
+        &self,
+        parts: &mut Parts,
+        path: &str,
+        query: Option<&str>,
+        trace: &mut Trace,
+    ) -> Result<(&RouteConfig, Option<Authenticated>), GatewayError> {
+        let (index, route) = self.match_route(path).ok_or(GatewayError::NoRoute)?;
         trace.stats = Some(index);
         forwarding::strip_matching(&mut parts.headers, &self.config.forward.strip_headers);
         let authenticated = match route.auth {
             AuthMode::None => None,
             mode => {
-                let auth = self.authenticate(&parts.headers, uri.query(), mode).await?;
-                if self.config.server.access_log {
-                    trace.token = Some(auth.token.clone());
-                }
-                self.check_revocation(&auth).await?;
-                auth::authorize(
-                    &auth,
-                    &parts,
-                    route.fresh,
-                    &route.require_claims,
-                    &self.config.jwt,
-                )?;
-                Some(auth)
+                let policy = (mode, route.fresh, route.require_claims.as_slice());
+                Some(self.admit(parts, query, policy, trace).await?)
             }
         };
-        self.forward(route, parts, body, &target, authenticated.as_ref(), trace)
-            .await
+        Ok((route, authenticated))
+    }
+
+    /// authenticate → revocation → authorize (`fresh`, CSRF for `parts.method`,
+    /// `require_claims`): what a token-bearing route and the logout path ask of a caller.
+    /// `policy` is the route's `(auth, fresh, require_claims)`.
+    pub async fn admit(
+        &self,
+        parts: &Parts,
+        query: Option<&str>,
+        policy: (AuthMode, bool, &[(String, serde_json::Value)]),
+        trace: &mut Trace,
+    ) -> Result<Authenticated, GatewayError> {
+        let (mode, fresh, require_claims) = policy;
+        let auth = self.authenticate(&parts.headers, query, mode).await?;
+        if self.config.server.access_log {
+            trace.token = Some(auth.token.clone());
+        }
+        self.check_revocation(&auth).await?;
+        auth::authorize(&auth, parts, fresh, require_claims, &self.config.jwt)?;
+        Ok(auth)
     }
 
     /// Finds and verifies the token for `mode`; a `kid` the JWKS does not know yet gets

@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod body_limit;
+pub mod cidr;
 pub mod forwarding;
 pub mod head;
 pub mod header_pattern;

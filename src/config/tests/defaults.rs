@@ -122,6 +122,19 @@ const ROWS: &[DefaultRow] = &[
         "[(\"level\", Number(3)), (\"roles\", String(\"admin\"))]",
     ),
     ("", "forward.token", |c| c.forward.token.to_string(), "true"),
+    ("", "forward_auth", |c| c.forward_auth.is_some().to_string(), "false"),
+    (
+        "forward_auth:\n  path: /_auth/\n  trusted_proxies: 10.0.0.0/8\n",
+        "forward_auth, a trailing slash and one CIDR",
+        |c| c.forward_auth.as_ref().map(|f| format!("{} {:?}", f.path, f.trusted_proxies.iter().map(|c| c.to_string()).collect::<Vec<_>>())).unwrap_or_default(),
+        "/_auth [\"10.0.0.0/8\"]",
+    ),
+    (
+        "forward_auth:\n  path: /_auth\n  trusted_proxies: [0.0.0.0/0, \"::/0\"]\n",
+        "forward_auth.trusted_proxies, everything is a warning",
+        |c| c.warnings.iter().map(|w| format!("{} {:?}", w.path, w.line)).collect::<Vec<_>>().join(", "),
+        "forward_auth.trusted_proxies[0] Some(3), forward_auth.trusted_proxies[1] Some(3)",
+    ),
     (
         "",
         "forward.identity_headers",

@@ -9,6 +9,7 @@
 mod blocklist;
 mod defaults;
 mod document;
+mod forward_auth;
 mod jwt;
 mod routes;
 mod server;
@@ -104,6 +105,7 @@ fn all_rows() -> Vec<Row> {
         jwt::ROWS,
         blocklist::ROWS,
         routes::ROWS,
+        forward_auth::ROWS,
     ]
     .concat()
 }
