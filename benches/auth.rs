@@ -31,12 +31,13 @@ fn config_for(alg: &str, dir: &Path) -> Config {
     config::parse(&yaml, &dir.join("gateway.yaml"), |_| None).expect("bench config")
 }
 
-fn verifier(config: &Config, cache_entries: u64) -> Verifier {
-    let jwt = &config.jwt;
+fn verifier(config: &Config, cache_bytes: u64) -> Verifier {
+    let mut jwt = config.jwt.clone();
+    jwt.token_cache_max_bytes = cache_bytes;
     Verifier::new(
-        jwt,
+        &jwt,
         config.forward.identity_headers.clone(),
-        cache_entries,
+        Verifier::kept_claims(config),
         Default::default(),
         None,
     )
@@ -89,7 +90,7 @@ fn bench_alg(c: &mut Criterion, alg: &str) {
         auth
     };
 
-    let cached = verifier(&config, 100_000);
+    let cached = verifier(&config, 64 << 20);
     c.bench_function(&format!("auth_path/{alg}/hit"), |b| {
         b.iter(|| check(&cached))
     });
