@@ -37,8 +37,8 @@ pub trait Weighted {
 
 /// moka's own bookkeeping per entry (the `Arc`ed key and value entry, deque and timer
 /// wheel nodes, the frequency sketch slot), plus the map slot: measured by
-/// `token_cache_rss` in tests/token_cache_memory.rs rather than derived, so it is a
-/// round figure on the safe side.
+/// tests/token_cache_memory.rs (8 MiB weighed, about 10 MiB of RSS) rather than
+/// derived, so it is a round figure on the safe side.
 const ENTRY_OVERHEAD: usize = 320;
 
 /// A bounded, byte-weighted map from token to a verdict `V`.
