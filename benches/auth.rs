@@ -5,6 +5,11 @@
 //!
 //! `hit` is the steady state (the token was seen before); `miss` is the first request
 //! of a token (full signature check), measured with the cache disabled.
+//!
+//! `churn` (printed, then timed): 1 000 hot tokens requested round-robin, one hot
+//! request per one-shot token, with 10x the cache's capacity in one-shot tokens; the
+//! hit ratio of the hot requests during the flood, for the moka cache and for the
+//! sharded map it replaced (benches/baseline/sharded_cache.rs) at the same capacity.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{HeaderValue, Request};
@@ -31,12 +36,13 @@ fn config_for(alg: &str, dir: &Path) -> Config {
     config::parse(&yaml, &dir.join("gateway.yaml"), |_| None).expect("bench config")
 }
 
-fn verifier(config: &Config, cache_entries: u64) -> Verifier {
-    let jwt = &config.jwt;
+fn verifier(config: &Config, cache_bytes: u64) -> Verifier {
+    let mut jwt = config.jwt.clone();
+    jwt.token_cache_max_bytes = cache_bytes;
     Verifier::new(
-        jwt,
+        &jwt,
         config.forward.identity_headers.clone(),
-        cache_entries,
+        Verifier::kept_claims(config),
         Default::default(),
         None,
     )
@@ -89,7 +95,7 @@ fn bench_alg(c: &mut Criterion, alg: &str) {
         auth
     };
 
-    let cached = verifier(&config, 100_000);
+    let cached = verifier(&config, 64 << 20);
     c.bench_function(&format!("auth_path/{alg}/hit"), |b| {
         b.iter(|| check(&cached))
     });
@@ -102,10 +108,127 @@ fn bench_alg(c: &mut Criterion, alg: &str) {
     });
 }
 
+#[path = "baseline/sharded_cache.rs"]
+mod sharded_cache;
+
+const HOT: usize = 1_000;
+/// The cache's bound in the churn run: about 4 500 of these tokens.
+const CHURN_BYTES: u64 = 4 << 20;
+
+/// Hot-token hit ratio through a real verifier (moka, weighed), and the figures the
+/// flood gives: (ratio, capacity in entries, one-shot tokens).
+fn churn_moka(
+    config: &Config,
+    hot: &[String],
+    mint: &dyn Fn(usize) -> String,
+) -> (f64, u64, usize) {
+    let stats = std::sync::Arc::new(portcullis::metrics::CacheStats::default());
+    let mut jwt = config.jwt.clone();
+    jwt.token_cache_max_bytes = CHURN_BYTES;
+    let v = Verifier::new(
+        &jwt,
+        config.forward.identity_headers.clone(),
+        Verifier::kept_claims(config),
+        stats.clone(),
+        None,
+    );
+    let hits = || stats.hits.load(std::sync::atomic::Ordering::Relaxed);
+    // Steady traffic before the flood: every hot token seen a few times.
+    for _ in 0..3 {
+        for t in hot {
+            v.verify(t).expect("valid");
+        }
+    }
+    let (entries, bytes) = v.cache_size();
+    let capacity = CHURN_BYTES * entries / bytes.max(1);
+    let flood = 10 * capacity as usize;
+    let mut hot_hits = 0u64;
+    for i in 0..flood {
+        v.verify(&mint(1_000_000 + i)).expect("valid");
+        let before = hits();
+        v.verify(&hot[i % hot.len()]).expect("valid");
+        hot_hits += hits() - before;
+    }
+    (hot_hits as f64 / flood as f64, capacity, flood)
+}
+
+/// The same sequence through the old sharded map at the same capacity in entries.
+fn churn_sharded(
+    hot: &[String],
+    capacity: u64,
+    flood: usize,
+    mint: &dyn Fn(usize) -> String,
+) -> f64 {
+    #[derive(Clone)]
+    struct Exp(u64);
+    impl sharded_cache::Expiring for Exp {
+        fn expires_at(&self) -> u64 {
+            self.0
+        }
+    }
+    let cache = sharded_cache::TokenCache::new(capacity);
+    let exp = portcullis::clock::now_unix() + 3600;
+    let touch = |t: &str| -> bool {
+        if cache.get(t).is_some() {
+            return true;
+        }
+        cache.insert(t, Exp(exp), exp - 3600);
+        false
+    };
+    for _ in 0..3 {
+        for t in hot {
+            touch(t);
+        }
+    }
+    let mut hits = 0u64;
+    for i in 0..flood {
+        touch(&mint(1_000_000 + i));
+        hits += u64::from(touch(&hot[i % hot.len()]));
+    }
+    hits as f64 / flood as f64
+}
+
+fn churn(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_for("HS256", dir.path());
+    let mint_one = |i: usize| {
+        mint(
+            &config,
+            &TokenRequest {
+                sub: format!("user-{i}"),
+                refresh: false,
+                ttl: Duration::from_secs(3600),
+                fresh: false,
+                claims: vec![format!("scopes={}", json!(["read"]))],
+            },
+        )
+        .expect("mint")
+    };
+    let hot: Vec<String> = (0..HOT).map(mint_one).collect();
+    let (moka_ratio, capacity, flood) = churn_moka(&config, &hot, &mint_one);
+    let sharded_ratio = churn_sharded(&hot, capacity, flood, &mint_one);
+    println!(
+        "churn: {HOT} hot tokens, cache of {CHURN_BYTES} bytes = {capacity} tokens, {flood} one-shot tokens: \
+         hot hit ratio moka {:.2}%, sharded map (before issue 14) {:.2}%",
+        moka_ratio * 100.0,
+        sharded_ratio * 100.0
+    );
+    // Timed: one hot request plus one one-shot token, in the churned steady state.
+    let v = verifier(&config, CHURN_BYTES);
+    let mut i = 0usize;
+    c.bench_function("churn/HS256/hot+one_shot", |b| {
+        b.iter(|| {
+            i += 1;
+            v.verify(&mint_one(2_000_000 + i)).expect("valid");
+            v.verify(&hot[i % HOT]).expect("valid");
+        })
+    });
+}
+
 fn auth_path(c: &mut Criterion) {
     bench_alg(c, "HS256");
     bench_alg(c, "ES256");
 }
 
-criterion_group!(benches, auth_path);
+criterion_group!(benches, auth_path, churn);
 criterion_main!(benches);

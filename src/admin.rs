@@ -199,11 +199,25 @@ impl Admin {
     }
 
     fn metrics(&self, gateway: &Gateway) -> Response<Body> {
+        let (verified_tokens_cached, token_cache_bytes) = gateway.verifier.cache_size();
         let gauges = Gauges {
             blocklist_entries: gateway.blocklist.entries(),
             blocklist_store_up: gateway.blocklist.store_healthy(),
             store_errors: gateway.blocklist.store_errors(),
-            verified_tokens_cached: gateway.verifier.cached_tokens(),
+            verified_tokens_cached,
+            token_cache_bytes,
+            overflow: {
+                let stats = gateway.blocklist.overflow_stats();
+                let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+                let (entries, bytes) = gateway.blocklist.overflow_size();
+                (
+                    entries,
+                    bytes,
+                    load(&stats.hits),
+                    load(&stats.misses),
+                    load(&stats.evictions),
+                )
+            },
             jwks: gateway.verifier.jwks().map(|j| {
                 let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
                 (

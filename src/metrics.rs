@@ -81,11 +81,14 @@ impl Histogram {
     }
 }
 
-/// Hit/miss counters of the verified-token cache.
+/// Counters of a cache: the verified-token cache, or the blocklist's overflow tier
+/// (where a miss is one store lookup).
 #[derive(Default)]
 pub struct CacheStats {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+    /// Entries dropped to stay within the cache's bound (not expiries).
+    pub evictions: AtomicU64,
 }
 
 /// Every metric the gateway keeps.
@@ -113,6 +116,11 @@ pub struct Gauges {
     pub blocklist_store_up: bool,
     pub store_errors: u64,
     pub verified_tokens_cached: u64,
+    /// Bytes the verified-token cache holds, by its weigher.
+    pub token_cache_bytes: u64,
+    /// The blocklist's overflow tier: answers held, their bytes, hits, misses (store
+    /// lookups), evictions.
+    pub overflow: (u64, u64, u64, u64, u64),
     /// JWKS fetches, failed fetches, unknown-`kid` refetches, keys held.
     pub jwks: Option<(u64, u64, u64, u64)>,
 }
@@ -225,7 +233,9 @@ impl Metrics {
         } else {
             hits as f64 / (hits + misses) as f64
         };
-        let simple: [(&str, &str, &str, String); 11] = [
+        let (overflow_entries, overflow_bytes, overflow_hits, overflow_misses, overflow_evictions) =
+            gauges.overflow;
+        let simple: [(&str, &str, &str, String); 18] = [
             (
                 "portcullis_blocklist_entries",
                 "gauge",
@@ -267,6 +277,48 @@ impl Metrics {
                 "gauge",
                 "Verified tokens cached.",
                 gauges.verified_tokens_cached.to_string(),
+            ),
+            (
+                "portcullis_token_cache_weighted_bytes",
+                "gauge",
+                "Bytes the verified-token cache holds (token, kept claims, bookkeeping), bounded by jwt.token_cache_max_bytes.",
+                gauges.token_cache_bytes.to_string(),
+            ),
+            (
+                "portcullis_token_cache_evictions_total",
+                "counter",
+                "Verified tokens dropped to stay within jwt.token_cache_max_bytes (expiries not counted).",
+                load(&self.token_cache.evictions).to_string(),
+            ),
+            (
+                "portcullis_blocklist_overflow_entries",
+                "gauge",
+                "Store answers cached once revocations outgrew blocklist.cache_max_entries.",
+                overflow_entries.to_string(),
+            ),
+            (
+                "portcullis_blocklist_overflow_weighted_bytes",
+                "gauge",
+                "Bytes the overflow tier's cached store answers hold.",
+                overflow_bytes.to_string(),
+            ),
+            (
+                "portcullis_blocklist_overflow_hits_total",
+                "counter",
+                "Overflow lookups answered from a cached store answer (at most 1s old).",
+                overflow_hits.to_string(),
+            ),
+            (
+                "portcullis_blocklist_overflow_misses_total",
+                "counter",
+                "Overflow lookups that asked the store.",
+                overflow_misses.to_string(),
+            ),
+            (
+                "portcullis_blocklist_overflow_evictions_total",
+                "counter",
+                "Cached store answers dropped to stay within the overflow tier's bound.",
+                overflow_evictions.to_string(),
             ),
             (
                 "portcullis_reloads_total",

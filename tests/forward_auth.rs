@@ -124,6 +124,8 @@ impl Pipeline {
             blocklist_store_up: true,
             store_errors: 0,
             verified_tokens_cached: 0,
+            token_cache_bytes: 0,
+            overflow: (0, 0, 0, 0, 0),
             jwks: None,
         })
     }

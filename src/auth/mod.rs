@@ -94,8 +94,7 @@ pub fn authorize(
     check_csrf(auth, parts, jwt)?;
     if !require_claims.iter().all(|(claim, wanted)| {
         auth.token
-            .claims
-            .get(claim)
+            .claim(claim)
             .is_some_and(|have| satisfies(have, wanted))
     }) {
         return Err(GatewayError::InsufficientScope);

@@ -1,12 +1,16 @@
 //! Token verification, cached by the token's exact bytes.
 //!
 //! A miss runs jsonwebtoken (signature, `exp`, `nbf`, `iss`, `aud`) and our own checks
-//! (`iat` not in the future), then keeps the result until the token's `exp`. A hit costs
-//! one hash lookup and an `exp` comparison: no base64, no JSON, no signature check.
+//! (`iat` not in the future), then keeps the result until the token's `exp` (see
+//! [`crate::auth::cache`]). A hit costs one hash lookup and an `exp` comparison: no
+//! base64, no JSON, no signature check. What is kept is only what later phases read
+//! (type, fresh, csrf, sub, sid, iat, exp, the revocation key, rendered identity headers
+//! and the claims `require_claims` names), not the whole claims map: a cached token
+//! weighs little more than its own bytes.
 //! Revocation is not cached here; it is checked on every request against the blocklist,
 //! so a revoked token is refused at once despite this cache.
 
-use crate::auth::cache::{Expiring, TokenCache};
+use crate::auth::cache::{TokenCache, Weighted};
 use crate::auth::claim_text;
 use crate::auth::jwks::Jwks;
 use crate::clock::now_unix;
@@ -20,7 +24,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// `type` claim of a token.
@@ -37,8 +41,8 @@ pub enum TokenType {
 /// What a verified token says, extracted once when it is first seen.
 #[derive(Debug)]
 pub struct VerifiedToken {
-    /// Every claim, for `require_claims`.
-    pub claims: Map<String, Value>,
+    /// The claims some route's `require_claims` names (and the token has), by name.
+    pub claims: Box<[(Box<str>, Value)]>,
     pub token_type: TokenType,
     pub fresh: bool,
     pub csrf: Option<String>,
@@ -52,6 +56,51 @@ pub struct VerifiedToken {
     pub identity: Vec<(HeaderName, HeaderValue)>,
 }
 
+impl VerifiedToken {
+    /// The value of claim `name`, if `require_claims` names it and the token has it.
+    pub fn claim(&self, name: &str) -> Option<&Value> {
+        self.claims
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| v)
+    }
+
+    /// Heap bytes this token's verdict keeps alive, for the cache's weigher.
+    fn heap_bytes(&self) -> usize {
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
+        std::mem::size_of::<VerifiedToken>()
+            + text(&self.csrf)
+            + text(&self.sub)
+            + text(&self.sid)
+            + self.revocation_key.capacity()
+            + self.identity.capacity() * std::mem::size_of::<(HeaderName, HeaderValue)>()
+            + self
+                .identity
+                .iter()
+                .map(|(_, v)| v.len() + 32)
+                .sum::<usize>()
+            + self
+                .claims
+                .iter()
+                .map(|(n, v)| n.len() + json_bytes(v) + std::mem::size_of::<(Box<str>, Value)>())
+                .sum::<usize>()
+    }
+}
+
+/// A generous estimate of the heap a JSON value holds (strings, arrays, objects).
+fn json_bytes(value: &Value) -> usize {
+    const NODE: usize = std::mem::size_of::<Value>();
+    match value {
+        Value::String(s) => s.capacity(),
+        Value::Array(items) => items.iter().map(|v| NODE + json_bytes(v)).sum(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| k.capacity() + 2 * NODE + json_bytes(v))
+            .sum(),
+        _ => 0,
+    }
+}
+
 /// Verifies tokens against a key set and the configured claim rules.
 pub struct Verifier {
     keys: KeySet,
@@ -61,9 +110,13 @@ pub struct Verifier {
     /// `jwt.required_typ`, normalized: checked by [`Verifier::verify_uncached`] only.
     required_typ: Option<String>,
     identity_headers: Vec<(String, HeaderName)>,
+    /// The claims kept for `require_claims` (every route's names, deduplicated).
+    kept_claims: Vec<String>,
     cache: TokenCache<Cached>,
     stats: Arc<CacheStats>,
     jwks: Option<Arc<Jwks>>,
+    /// The JWKS generation the cache was last cleared for.
+    cleared_for: AtomicU64,
 }
 
 /// Why verification did not produce a token.
@@ -91,9 +144,6 @@ impl AuthError {
     }
 }
 
-/// How many verified tokens are remembered (each a few hundred bytes).
-pub const VERIFIED_CACHE_ENTRIES: u64 = 100_000;
-
 /// A verified token and the JWKS generation it was verified under.
 #[derive(Clone)]
 struct Cached {
@@ -101,18 +151,26 @@ struct Cached {
     generation: u64,
 }
 
-impl Expiring for Cached {
+impl Weighted for Cached {
     fn expires_at(&self) -> u64 {
         self.token.exp
+    }
+    fn heap_bytes(&self) -> usize {
+        // The `Arc`'s counts, then the token itself.
+        16 + self.token.heap_bytes()
     }
 }
 
 impl Verifier {
-    /// Builds a verifier for `jwt`'s algorithms, keys and claim rules.
+    /// Builds a verifier for `jwt`'s algorithms, keys and claim rules, with a token cache
+    /// of `jwt.token_cache_max_bytes`. `kept_claims` are the claims `require_claims`
+    /// reads (see [`Verifier::kept_claims`]); `identity_headers` are rendered once per
+    /// token. A reload builds a new verifier: its cache starts empty, so a narrowed
+    /// audience or a removed key refuses tokens the old config accepted.
     pub fn new(
         jwt: &JwtConfig,
         identity_headers: Vec<(String, HeaderName)>,
-        cache_entries: u64,
+        kept_claims: Vec<String>,
         stats: Arc<CacheStats>,
         jwks: Option<Arc<Jwks>>,
     ) -> Verifier {
@@ -147,16 +205,37 @@ impl Verifier {
             leeway: leeway.as_secs(),
             required_typ: jwt.required_typ.clone(),
             identity_headers,
-            cache: TokenCache::new(cache_entries),
+            kept_claims,
+            cache: TokenCache::new(jwt.token_cache_max_bytes, leeway.as_secs(), stats.clone()),
             stats,
+            cleared_for: AtomicU64::new(jwks.as_ref().map_or(0, |j| j.generation())),
             jwks,
         }
+    }
+
+    /// The claim names every route's `require_claims` reads, once each: what a
+    /// [`VerifiedToken`] keeps of its claims.
+    pub fn kept_claims(config: &crate::config::Config) -> Vec<String> {
+        let mut names: Vec<String> = config
+            .routes
+            .iter()
+            .flat_map(|r| r.require_claims.iter().map(|(name, _)| name.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Verifies `token`, from the cache when it was seen before.
     pub fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, AuthError> {
         let now = now_unix();
         let generation = self.jwks.as_ref().map_or(0, |j| j.generation());
+        if self.cleared_for.load(Ordering::Relaxed) != generation {
+            // A new key set: verdicts under the old one are void (a removed key must
+            // stop verifying). The generation check below covers the moment between.
+            self.cleared_for.store(generation, Ordering::Relaxed);
+            self.cache.clear();
+        }
         if let Some(hit) = self
             .cache
             .get(token)
@@ -177,7 +256,6 @@ impl Verifier {
                 token: verified.clone(),
                 generation,
             },
-            now,
         );
         Ok(verified)
     }
@@ -319,13 +397,19 @@ impl Verifier {
             exp,
             revocation_key,
             identity,
-            claims,
+            claims: self
+                .kept_claims
+                .iter()
+                .filter_map(|name| Some((name.as_str().into(), claims.get(name)?.clone())))
+                .collect(),
         })
     }
 
-    /// Number of verified tokens currently cached.
-    pub fn cached_tokens(&self) -> u64 {
-        self.cache.len()
+    /// Verified tokens cached, and their weight in bytes (pending admissions and
+    /// evictions applied first, so a scrape sees settled figures).
+    pub fn cache_size(&self) -> (u64, u64) {
+        self.cache.sync();
+        (self.cache.len(), self.cache.weighted_size())
     }
 }
 
@@ -372,7 +456,7 @@ mod tests {
         let config =
             crate::config::parse(&text, std::path::Path::new("/nonexistent/g.yaml"), |_| None)
                 .unwrap();
-        Verifier::new(&config.jwt, Vec::new(), 100, Arc::default(), None)
+        Verifier::new(&config.jwt, Vec::new(), Vec::new(), Arc::default(), None)
     }
 
     fn token(typ: Option<&str>) -> String {
@@ -409,3 +493,6 @@ mod tests {
         assert!(v.decode_claims(&logout, &header, &validation).is_ok());
     }
 }
+
+#[cfg(test)]
+mod cache_tests;

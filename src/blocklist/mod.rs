@@ -9,13 +9,16 @@
 //!
 //! Bounded memory: memory holds at most `blocklist.cache_max_entries` jti/sid entries
 //! (see [`set`] for why this is not moka). If more revocations are live than fit, the
-//! blocklist logs it and from then on answers a miss by asking the store, so a
-//! revocation is never forgotten, only slower to find.
+//! blocklist logs it and from then on answers a miss through [`overflow`]: a moka cache
+//! of the store's answers, each trusted at most [`STALE_AFTER`] and dropped when the
+//! feed reports a revocation of its key. A revocation is never forgotten, only found
+//! in the store instead of memory.
 
 pub mod fault;
 pub mod feed;
 pub mod memory;
 mod open;
+pub mod overflow;
 pub mod redis;
 pub mod set;
 pub mod sqlite;
@@ -24,6 +27,8 @@ pub use open::open_store;
 
 use crate::auth::verify::VerifiedToken;
 use crate::clock::{now_millis, now_unix};
+use crate::metrics::CacheStats;
+use overflow::Overflow;
 use set::RevocationSet;
 use std::collections::HashMap;
 use std::future::Future;
@@ -308,8 +313,11 @@ pub struct Blocklist {
     /// `blocklist.cache_max_entries`: jti + sid entries held in memory at most.
     max_entries: u64,
     store: Arc<dyn Store>,
-    /// Set once a revocation did not fit in memory: from then on a miss asks the store.
+    /// Set once a revocation did not fit in memory: from then on a miss asks the store,
+    /// through `overflow`.
     overflowed: AtomicBool,
+    overflow: Overflow,
+    overflow_stats: Arc<CacheStats>,
     store_healthy: AtomicBool,
     store_errors: AtomicU64,
     /// Unix millis at which the last successful read of the store (load or change
@@ -326,7 +334,10 @@ pub const STALE_AFTER: Duration = Duration::from_secs(1);
 impl Blocklist {
     /// Creates an empty blocklist over `store`; call [`Blocklist::load`] before serving.
     pub fn new(store: Arc<dyn Store>, max_entries: u64) -> Arc<Blocklist> {
+        let overflow_stats = Arc::new(CacheStats::default());
         Arc::new(Blocklist {
+            overflow: Overflow::new(overflow_stats.clone()),
+            overflow_stats,
             tokens: RevocationSet::default(),
             sessions: RevocationSet::default(),
             subjects: RwLock::new(HashMap::new()),
@@ -366,8 +377,16 @@ impl Blocklist {
             .clone()
     }
 
-    /// Puts one revocation in memory (after the store has it).
+    /// Puts one revocation in memory (after the store has it), and drops the overflow
+    /// tier's answer for its key, which may predate it.
     fn remember(&self, revocation: &Revocation) {
+        if self.overflowed.load(Ordering::Relaxed) {
+            self.overflow.forget(revocation);
+        }
+        self.remember_in_memory(revocation);
+    }
+
+    fn remember_in_memory(&self, revocation: &Revocation) {
         let (set, key, exp, cutoff) = match revocation {
             Revocation::Token { key, exp } => (&self.tokens, key, *exp, WHOLE_SESSION),
             Revocation::Session { sid, at, exp } => (&self.sessions, sid, *exp, *at),
@@ -397,7 +416,7 @@ impl Blocklist {
     }
 
     /// Whether `token` is revoked, from memory. Only when the cache has overflowed does
-    /// a miss go to the store.
+    /// a miss go to the store, through the overflow tier's cached answers.
     pub async fn check(&self, token: &VerifiedToken) -> Verdict {
         if self.is_revoked_in_memory(token) {
             return Verdict::Revoked;
@@ -435,35 +454,28 @@ impl Blocklist {
     }
 
     async fn check_store(&self, token: &VerifiedToken) -> Verdict {
-        let now = now_unix();
-        let mut lookups = vec![(Kind::Token, token.revocation_key.as_str())];
-        if let Some(sid) = &token.sid {
-            lookups.push((Kind::Session, sid));
-        }
-        if let Some(sub) = &token.sub {
-            lookups.push((Kind::Subject, sub));
-        }
-        for (kind, key) in lookups {
-            match self.store.lookup(kind, key).await {
-                Ok(Some(Revocation::Subject { at, .. })) => {
-                    if issued_before(token.iat, at) {
-                        return Verdict::Revoked;
-                    }
-                }
-                Ok(Some(Revocation::Session { at, exp, .. })) => {
-                    if exp >= now && issued_before(token.iat, at) {
-                        return Verdict::Revoked;
-                    }
-                }
-                Ok(Some(r)) if r.is_live(now) => return Verdict::Revoked,
-                Ok(_) => {}
-                Err(e) => {
-                    self.note_store_error(&e);
-                    return Verdict::Unknown;
-                }
+        match self
+            .overflow
+            .is_revoked(&*self.store, token, now_unix())
+            .await
+        {
+            Ok(true) => Verdict::Revoked,
+            Ok(false) => Verdict::Allowed,
+            Err(e) => {
+                self.note_store_error(&e);
+                Verdict::Unknown
             }
         }
-        Verdict::Allowed
+    }
+
+    /// The overflow tier's counters (hits, misses: store lookups, evictions).
+    pub fn overflow_stats(&self) -> &CacheStats {
+        &self.overflow_stats
+    }
+
+    /// Answers the overflow tier holds, and their weight in bytes.
+    pub fn overflow_size(&self) -> (u64, u64) {
+        self.overflow.size()
     }
 
     /// Records revocations durably, then enforces them here at once.

@@ -114,6 +114,25 @@ impl Checker {
         }
     }
 
+    /// A size in bytes: a YAML number, or a string of digits with an optional binary
+    /// unit (`B`, `KiB`, `MiB`, `GiB`; spaces allowed before it).
+    pub(super) fn size(&mut self, raw: Option<&Value>, path: &str, default: u64) -> u64 {
+        let parsed = match raw {
+            None => return default,
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .ok_or_else(|| format!("{n} is not a whole, non-negative number of bytes")),
+            Some(Value::String(s)) => parse_size(s).ok_or_else(|| {
+                format!("{s:?} is not a size; use a number of bytes or e.g. 512KiB, 64MiB, 1GiB")
+            }),
+            Some(_) => Err("must be a number of bytes or a size like 64MiB".to_owned()),
+        };
+        parsed.unwrap_or_else(|message| {
+            self.error(path, message);
+            default
+        })
+    }
+
     pub(super) fn socket_addr(
         &mut self,
         raw: Option<&str>,
@@ -230,4 +249,21 @@ fn remove_at(value: &mut Value, segments: &[String]) -> bool {
         Some(map) => map.remove(last.as_str()).is_some(),
         None => false,
     }
+}
+
+/// `64MiB` -> 67108864: digits, optional spaces, an optional binary unit. Decimal units
+/// (`MB`) are refused rather than guessed: 64MB and 64MiB differ by 5%.
+pub(super) fn parse_size(raw: &str) -> Option<u64> {
+    let raw = raw.trim();
+    let digits = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let shift = match unit.trim_start() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        _ => return None,
+    };
+    number.checked_mul(1 << shift)
 }

@@ -86,6 +86,8 @@ pub struct JwtFile {
     pub refresh_cookie_name: Option<String>,
     pub query_string_name: Option<String>,
     pub csrf: Option<CsrfFile>,
+    /// A number of bytes or a size string (`64MiB`): read by `Checker::size`.
+    pub token_cache_max_bytes: Option<serde_yaml::Value>,
 }
 
 /// `jwt.csrf:`

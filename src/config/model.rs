@@ -108,6 +108,8 @@ pub struct JwtConfig {
     pub refresh_cookie_name: String,
     pub query_string_name: String,
     pub csrf: CsrfConfig,
+    /// `jwt.token_cache_max_bytes`: the verified-token cache's bound in bytes (0: off).
+    pub token_cache_max_bytes: u64,
 }
 
 /// `jwt.csrf:`

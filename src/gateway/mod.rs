@@ -122,7 +122,7 @@ impl Gateway {
         let verifier = Verifier::new(
             jwt,
             config.forward.identity_headers.clone(),
-            crate::auth::verify::VERIFIED_CACHE_ENTRIES,
+            Verifier::kept_claims(&config),
             metrics.token_cache.clone(),
             jwks,
         );

@@ -48,6 +48,37 @@ const ROWS: &[DefaultRow] = &[
         "[\"my-api\"]",
     ),
     ("", "jwt.leeway", |c| format!("{:?}", c.jwt.leeway), "0ns"),
+    ("", "jwt.token_cache_max_bytes", |c| c.jwt.token_cache_max_bytes.to_string(), "67108864"),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  token_cache_max_bytes: 512KiB\n",
+        "jwt.token_cache_max_bytes, KiB",
+        |c| c.jwt.token_cache_max_bytes.to_string(),
+        "524288",
+    ),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  token_cache_max_bytes: 8 MiB\n",
+        "jwt.token_cache_max_bytes, MiB with a space",
+        |c| c.jwt.token_cache_max_bytes.to_string(),
+        "8388608",
+    ),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  token_cache_max_bytes: 1000000\n",
+        "jwt.token_cache_max_bytes, a number",
+        |c| c.jwt.token_cache_max_bytes.to_string(),
+        "1000000",
+    ),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  token_cache_max_bytes: \"4096\"\n",
+        "jwt.token_cache_max_bytes, digits in a string",
+        |c| c.jwt.token_cache_max_bytes.to_string(),
+        "4096",
+    ),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  token_cache_max_bytes: 0\n",
+        "jwt.token_cache_max_bytes, 0 turns the cache off",
+        |c| c.jwt.token_cache_max_bytes.to_string(),
+        "0",
+    ),
     ("", "jwt.required_typ", |c| format!("{:?}", c.jwt.required_typ), "None"),
     ("", "jwt.token_location", |c| format!("{:?}", c.jwt.token_location), "[Headers]"),
     (

@@ -168,6 +168,42 @@ pub(super) const ROWS: &[Row] = &[
         Some(3),
         "\"a bit\" is not a duration",
     ),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  token_cache_max_bytes: 64MB\n",
+        "jwt.token_cache_max_bytes",
+        Some(3),
+        "\"64MB\" is not a size",
+    ),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  token_cache_max_bytes: lots\n",
+        "jwt.token_cache_max_bytes",
+        Some(3),
+        "\"lots\" is not a size",
+    ),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  token_cache_max_bytes: -1\n",
+        "jwt.token_cache_max_bytes",
+        Some(3),
+        "-1 is not a whole, non-negative number of bytes",
+    ),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  token_cache_max_bytes: 1.5\n",
+        "jwt.token_cache_max_bytes",
+        Some(3),
+        "1.5 is not a whole, non-negative number of bytes",
+    ),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  token_cache_max_bytes: [1]\n",
+        "jwt.token_cache_max_bytes",
+        Some(3),
+        "must be a number of bytes or a size like 64MiB",
+    ),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  token_cache_max_bytes: 99999999999GiB\n",
+        "jwt.token_cache_max_bytes",
+        Some(3),
+        "is not a size",
+    ),
 ];
 
 #[test]
