@@ -9,14 +9,11 @@
 mod common;
 
 use bytes::Bytes;
-use common::{access, assert_refused, assert_revoked, bearer, refresh, token, ClaimsExt, Upstream};
+use common::inproc::{self, reply};
+use common::{access, assert_refused, assert_revoked, bearer, refresh, token, ClaimsExt};
 use http::{Method, Request};
-use http_body_util::BodyExt;
-use portcullis::blocklist::memory::MemoryStore;
-use portcullis::blocklist::{Blocklist, Revocation};
-use portcullis::config;
-use portcullis::gateway::{ConnInfo, Gateway};
-use portcullis::metrics::{Gauges, Metrics};
+use portcullis::gateway::ConnInfo;
+use portcullis::metrics::Gauges;
 use portcullis::response::{full, Body};
 use serde_json::json;
 use std::net::IpAddr;
@@ -25,69 +22,45 @@ use std::sync::Arc;
 const ENDPOINT: &str = "/_portcullis/auth";
 
 /// A gateway with `forward_auth` on [`ENDPOINT`], trusting 127.0.0.0/8 and ::1, that
-/// answers in-process as if called from `peer`.
-struct Pipeline {
-    gateway: Arc<Gateway>,
-    upstream: Upstream,
-    peer: IpAddr,
-    _config: common::Config,
+/// answers in-process (tests/common/inproc.rs) as if called from `peer` (127.0.0.1
+/// unless a test changes it).
+struct Pipeline(inproc::Pipeline);
+
+impl std::ops::Deref for Pipeline {
+    type Target = inproc::Pipeline;
+    fn deref(&self) -> &inproc::Pipeline {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Pipeline {
+    fn deref_mut(&mut self) -> &mut inproc::Pipeline {
+        &mut self.0
+    }
 }
 
 impl Pipeline {
     /// The standard test config (see `common::Config`) with forward auth, edited by `edit`.
     async fn with(edit: impl FnOnce(&mut common::Config)) -> Pipeline {
-        let upstream = Upstream::start().await;
-        let mut cfg = common::Config::new(upstream.addr);
-        cfg.set(
-            "forward_auth",
-            json!({ "path": ENDPOINT, "trusted_proxies": ["127.0.0.0/8", "::1/128"] }),
-        );
-        edit(&mut cfg);
-        let path = cfg.dir.path().join("gateway.yaml");
-        let config = config::parse(&cfg.to_yaml(), &path, |_| None).expect("valid config");
-        let blocklist = Blocklist::new(Arc::new(MemoryStore::default()), 1_000);
-        blocklist.load().await.expect("load");
-        let gateway = Gateway::build(
-            Arc::new(config),
-            blocklist,
-            Arc::new(Metrics::default()),
-            None,
-        )
-        .expect("gateway");
-        Pipeline {
-            gateway: Arc::new(gateway),
-            upstream,
-            peer: IpAddr::from([127, 0, 0, 1]),
-            _config: cfg,
-        }
+        let mut inner = inproc::Pipeline::with(|cfg| {
+            cfg.set(
+                "forward_auth",
+                json!({ "path": ENDPOINT, "trusted_proxies": ["127.0.0.0/8", "::1/128"] }),
+            );
+            edit(cfg);
+        })
+        .await;
+        inner.peer = IpAddr::from([127, 0, 0, 1]);
+        Pipeline(inner)
     }
 
     async fn new() -> Pipeline {
         Pipeline::with(|_| {}).await
     }
 
-    /// Sends `method path` with `headers` through `Gateway::handle`, from `self.peer`.
+    /// Sends `method path` with `headers` and no body through `Gateway::handle`.
     async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> common::Reply {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "gateway.test");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request.body(full(Bytes::new())).expect("request");
-        let slot = Arc::new(tokio::sync::Semaphore::new(1))
-            .acquire_owned()
-            .await
-            .expect("slot");
-        let conn = ConnInfo {
-            client_ip: http::HeaderValue::from_str(&self.peer.to_string()).expect("ip"),
-            peer: self.peer,
-            https: false,
-            max_header_bytes: 16 * 1024,
-            slot: Arc::new(slot),
-        };
-        reply(self.gateway.handle(request, &conn).await).await
+        self.0.send(method, path, headers, "").await
     }
 
     /// A subrequest to the endpoint (GET, as nginx and Traefik send it).
@@ -104,18 +77,6 @@ impl Pipeline {
             ("authorization", &auth),
         ])
         .await
-    }
-
-    async fn revoke(&self, claims: &serde_json::Value) {
-        let revocation = Revocation::Token {
-            key: claims["jti"].as_str().expect("jti").to_owned(),
-            exp: claims["exp"].as_u64().expect("exp"),
-        };
-        self.gateway
-            .blocklist
-            .revoke(vec![revocation])
-            .await
-            .expect("revoke");
     }
 
     fn metrics(&self) -> String {
@@ -143,16 +104,6 @@ impl Drop for Pipeline {
             );
         }
     }
-}
-
-async fn reply(response: http::Response<Body>) -> common::Reply {
-    let (parts, body) = response.into_parts();
-    let bytes = body.collect().await.expect("body").to_bytes();
-    (
-        parts.status.as_u16(),
-        parts.headers,
-        String::from_utf8_lossy(&bytes).into_owned(),
-    )
 }
 
 /// Asserts the allowed verdict: 200, an empty body, and exactly these identity headers.

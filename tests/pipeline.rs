@@ -8,124 +8,19 @@
 mod common;
 
 use bytes::Bytes;
+use common::inproc::{reply, Pipeline};
 use common::{
     access, assert_logged_out, assert_refused, assert_revoked, bearer, echoed, refresh, token,
-    ClaimsExt, Signer, Upstream,
+    ClaimsExt, Signer,
 };
 use http::{Method, Request};
-use http_body_util::BodyExt;
 use jsonwebtoken::Algorithm;
 use portcullis::admin::Admin;
-use portcullis::blocklist::memory::MemoryStore;
-use portcullis::blocklist::{Blocklist, Revocation};
-use portcullis::config;
-use portcullis::gateway::{ConnInfo, Gateway};
+use portcullis::blocklist::Revocation;
 use portcullis::metrics::Metrics;
-use portcullis::response::{full, Body};
+use portcullis::response::full;
 use serde_json::{json, Value};
 use std::sync::Arc;
-
-/// A gateway built from a test config, on the memory store, answering in-process.
-struct Pipeline {
-    gateway: Arc<Gateway>,
-    upstream: Upstream,
-    conn: ConnInfo,
-    _config: common::Config,
-}
-
-impl Pipeline {
-    /// The standard test config (see `common::Config`), edited by `edit`.
-    async fn with(edit: impl FnOnce(&mut common::Config)) -> Pipeline {
-        let upstream = Upstream::start().await;
-        let mut cfg = common::Config::new(upstream.addr);
-        edit(&mut cfg);
-        let path = cfg.dir.path().join("gateway.yaml");
-        let config = config::parse(&cfg.to_yaml(), &path, |_| None).expect("valid config");
-        let blocklist = Blocklist::new(Arc::new(MemoryStore::default()), 1_000);
-        blocklist.load().await.expect("load");
-        let gateway = Gateway::build(
-            Arc::new(config),
-            blocklist,
-            Arc::new(Metrics::default()),
-            None,
-        )
-        .expect("gateway");
-        let slot = Arc::new(tokio::sync::Semaphore::new(1))
-            .acquire_owned()
-            .await
-            .expect("slot");
-        let conn = ConnInfo {
-            client_ip: http::HeaderValue::from_static("192.0.2.7"),
-            peer: std::net::IpAddr::from([192, 0, 2, 7]),
-            https: false,
-            max_header_bytes: 16 * 1024,
-            slot: Arc::new(slot),
-        };
-        Pipeline {
-            gateway: Arc::new(gateway),
-            upstream,
-            conn,
-            _config: cfg,
-        }
-    }
-
-    async fn new() -> Pipeline {
-        Pipeline::with(|_| {}).await
-    }
-
-    /// Sends `method path` with `headers` and `body` through `Gateway::handle`.
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> common::Reply {
-        // An HTTP/1.1 request needs its Host (RFC 9112 §3.2), as over a socket.
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "gateway.test");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request
-            .body(full(Bytes::from(body.to_owned())))
-            .expect("request");
-        let response = self.gateway.handle(request, &self.conn).await;
-        reply(response).await
-    }
-
-    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> common::Reply {
-        self.send(Method::GET, path, headers, "").await
-    }
-
-    async fn get_with(&self, path: &str, token: &str) -> common::Reply {
-        self.get(path, &[("authorization", &bearer(token))]).await
-    }
-
-    async fn logout(&self, token: &str, headers: &[(&str, &str)], body: &str) -> common::Reply {
-        let auth = bearer(token);
-        let mut all = vec![("authorization", auth.as_str())];
-        all.extend_from_slice(headers);
-        self.send(Method::POST, "/logout", &all, body).await
-    }
-
-    /// What the upstream received so far, as `METHOD path`.
-    fn seen(&self) -> Vec<String> {
-        self.upstream.seen()
-    }
-}
-
-async fn reply(response: http::Response<Body>) -> common::Reply {
-    let (parts, body) = response.into_parts();
-    let bytes = body.collect().await.expect("body").to_bytes();
-    (
-        parts.status.as_u16(),
-        parts.headers,
-        String::from_utf8_lossy(&bytes).into_owned(),
-    )
-}
 
 /// The upstream's echo of a forwarded request (asserting it was forwarded).
 #[track_caller]

@@ -34,6 +34,8 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod inproc;
+
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
