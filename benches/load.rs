@@ -15,7 +15,9 @@
 //! ones must be refused (portcullis 401, HAProxy 403), the others answered 200.
 //!
 //! Environment: `LOAD_SECONDS` (default 10), `LOAD_ROUNDS` (3), `LOAD_ALGS` (`HS256,ES256`),
-//! `LOAD_CONNECTIONS` (64).
+//! `LOAD_CONNECTIONS` (64). `LOAD_BASELINE_BIN=/path/to/portcullis` adds a fourth target,
+//! `baseline`: that binary (an earlier build) on the same config and revocations, in the
+//! same interleaved rounds, for before/after comparisons of a change in one run.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -54,6 +56,30 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs()
+}
+
+/// Starts `binary` on `config` pinned to CPU 0, its log relayed with `label`.
+fn start_gateway(binary: &str, config: &Path, label: &str) -> Proc {
+    let child = pinned(
+        "0",
+        binary,
+        &["run", "--config", config.to_str().expect("utf8")],
+    )
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start portcullis");
+    let mut gateway = Proc(child);
+    if let Some(stderr) = gateway.0.stderr.take() {
+        let label = label.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{label}: {line}")
+            }
+        });
+    }
+    gateway
 }
 
 /// A child process killed on drop.
@@ -407,35 +433,26 @@ fn main() {
         )
         .expect("lua");
 
-        let (edge, admin) = (free_port(), free_port());
-        let config = dir.path().join(format!("portcullis-{alg_name}.yaml"));
-        std::fs::write(&config, portcullis_config(&s, upstream_port, edge, admin)).expect("config");
-        let gateway = pinned(
-            "0",
-            binary,
-            &["run", "--config", config.to_str().expect("utf8")],
-        )
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start portcullis");
-        let mut gateway = Proc(gateway);
-        if let Some(stderr) = gateway.0.stderr.take() {
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    eprintln!("portcullis: {line}")
-                }
-            });
-        }
-        wait_for_port(edge);
-        let started = Instant::now();
-        rt.block_on(load_revocations(admin, &revoked_all));
-        println!(
-            "{alg_name}: {} revocations loaded into portcullis through the admin API in {:.1?}",
-            revoked_all.len(),
-            started.elapsed()
-        );
+        let start = |binary: &str, label: &str| {
+            let (edge, admin) = (free_port(), free_port());
+            let config = dir.path().join(format!("{label}-{alg_name}.yaml"));
+            std::fs::write(&config, portcullis_config(&s, upstream_port, edge, admin))
+                .expect("config");
+            let gateway = start_gateway(binary, &config, label);
+            wait_for_port(edge);
+            let started = Instant::now();
+            rt.block_on(load_revocations(admin, &revoked_all));
+            println!(
+                "{alg_name}: {} revocations loaded into {label} through the admin API in {:.1?}",
+                revoked_all.len(),
+                started.elapsed()
+            );
+            (gateway, edge)
+        };
+        let (gateway, edge) = start(binary, "portcullis");
+        let baseline = std::env::var("LOAD_BASELINE_BIN")
+            .ok()
+            .map(|bin| start(&bin, "baseline"));
 
         let proxy_port = free_port();
         let _haproxy = haproxy(
@@ -449,13 +466,19 @@ fn main() {
             let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
             check_refusals(&client, edge, &tokens, &revoked_idx, 401, "portcullis").await;
             check_refusals(&client, proxy_port, &tokens, &revoked_idx, 403, "haproxy").await;
+            if let Some((_, port)) = &baseline {
+                check_refusals(&client, *port, &tokens, &revoked_idx, 401, "baseline").await;
+            }
         });
 
-        let targets = [
+        let mut targets = vec![
             ("direct", upstream_port),
             ("haproxy", proxy_port),
             ("portcullis", edge),
         ];
+        if let Some((_, port)) = &baseline {
+            targets.push(("baseline", *port));
+        }
         let mut results: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
         // Warm-up: fills portcullis's verified-token cache and every keep-alive pool.
         for (_, port) in &targets {
@@ -479,6 +502,7 @@ fn main() {
             ));
         }
         drop(gateway);
+        drop(baseline);
     }
 
     println!();
