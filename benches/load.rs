@@ -1,4 +1,6 @@
-//! Load bench: direct-to-upstream vs HAProxy `jwt_verify` vs portcullis, in one run.
+//! Load bench: direct-to-upstream vs HAProxy `jwt_verify` vs portcullis (proxying, and
+//! as a forward-auth endpoint: wrk straight at `forward_auth.path` with
+//! `X-Forwarded-Uri`, as nginx or Traefik would ask), in one run.
 //!
 //! `bash benches/load.sh` (installs wrk and haproxy, then runs this), or
 //! `cargo bench --bench load` when they are installed.
@@ -179,17 +181,35 @@ fn tokens(s: &Scenario) -> (Vec<String>, Vec<String>) {
     (tokens, revoked)
 }
 
-fn portcullis_config(s: &Scenario, upstream: u16, edge: u16, admin: u16) -> String {
+/// The forward-auth endpoint of the bench config (the current build only: a baseline
+/// binary may predate the key).
+const FORWARD_AUTH_PATH: &str = "/_portcullis/auth";
+
+fn portcullis_config(
+    s: &Scenario,
+    upstream: u16,
+    edge: u16,
+    admin: u16,
+    forward_auth: bool,
+) -> String {
     let key = match &s.public_pem {
         None => format!("  secret: {SECRET}\n"),
         Some(p) => format!("  public_key_file: {}\n", p.display()),
     };
-    format!(
+    // `LOAD_CACHE_MAX_ENTRIES` below the 100 000 revocations measures the overflow tier.
+    let cache: u64 = env_or("LOAD_CACHE_MAX_ENTRIES", 1_000_000);
+    let mut config = format!(
         "server:\n  listen: 127.0.0.1:{edge}\n  access_log: false\nadmin:\n  listen: 127.0.0.1:{admin}\n  token: {ADMIN_TOKEN}\n\
-         jwt:\n  algorithms: [{:?}]\n{key}blocklist:\n  store: memory\n\
+         jwt:\n  algorithms: [{:?}]\n{key}blocklist:\n  store: memory\n  cache_max_entries: {cache}\n\
          upstreams:\n  app:\n    url: http://127.0.0.1:{upstream}\nroutes:\n  - prefix: /\n    upstream: app\n    auth: access\n",
         s.alg
-    )
+    );
+    if forward_auth {
+        config.push_str(&format!(
+            "forward_auth:\n  path: {FORWARD_AUTH_PATH}\n  trusted_proxies: [127.0.0.1/32]\n"
+        ));
+    }
+    config
 }
 
 fn haproxy_jwt_config(s: &Scenario, upstream: u16, port: u16, acl: &Path) -> String {
@@ -422,22 +442,37 @@ fn main() {
         std::fs::write(&token_file, tokens.join("\n") + "\n").expect("tokens");
         let acl = dir.path().join(format!("revoked-{alg_name}.acl"));
         std::fs::write(&acl, revoked_all.join("\n") + "\n").expect("acl");
-        let script = dir.path().join(format!("rotate-{alg_name}.lua"));
-        std::fs::write(
-            &script,
-            format!(
-                "local tokens = {{}}\nfor line in io.lines(\"{}\") do tokens[#tokens + 1] = line end\nlocal i = 0\n\
-                 request = function()\n  i = i + 1\n  return wrk.format(\"GET\", \"/\", {{[\"Authorization\"] = \"Bearer \" .. tokens[(i % #tokens) + 1]}})\nend\n",
-                token_file.display()
-            ),
-        )
-        .expect("lua");
+        // Requests to `path` with `extra` headers (a Lua table body), rotating the tokens.
+        let lua = |name: &str, path: &str, extra: &str| {
+            let script = dir.path().join(format!("{name}-{alg_name}.lua"));
+            std::fs::write(
+                &script,
+                format!(
+                    "local tokens = {{}}\nfor line in io.lines(\"{}\") do tokens[#tokens + 1] = line end\nlocal i = 0\n\
+                     request = function()\n  i = i + 1\n  return wrk.format(\"GET\", \"{path}\", {{{extra}[\"Authorization\"] = \"Bearer \" .. tokens[(i % #tokens) + 1]}})\nend\n",
+                    token_file.display()
+                ),
+            )
+            .expect("lua");
+            script
+        };
+        let script = lua("rotate", "/", "");
+        // Forward auth: wrk straight at the endpoint, as a proxy's subrequest would come.
+        let forward_auth_script = lua(
+            "forward-auth",
+            FORWARD_AUTH_PATH,
+            "[\"X-Forwarded-Method\"] = \"GET\", [\"X-Forwarded-Uri\"] = \"/\", ",
+        );
 
         let start = |binary: &str, label: &str| {
             let (edge, admin) = (free_port(), free_port());
             let config = dir.path().join(format!("{label}-{alg_name}.yaml"));
-            std::fs::write(&config, portcullis_config(&s, upstream_port, edge, admin))
-                .expect("config");
+            let forward_auth = label == "portcullis";
+            std::fs::write(
+                &config,
+                portcullis_config(&s, upstream_port, edge, admin, forward_auth),
+            )
+            .expect("config");
             let gateway = start_gateway(binary, &config, label);
             wait_for_port(edge);
             let started = Instant::now();
@@ -472,27 +507,28 @@ fn main() {
         });
 
         let mut targets = vec![
-            ("direct", upstream_port),
-            ("haproxy", proxy_port),
-            ("portcullis", edge),
+            ("direct", upstream_port, &script),
+            ("haproxy", proxy_port, &script),
+            ("portcullis", edge, &script),
+            ("forward-auth", edge, &forward_auth_script),
         ];
         if let Some((_, port)) = &baseline {
-            targets.push(("baseline", *port));
+            targets.push(("baseline", *port, &script));
         }
         let mut results: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
         // Warm-up: fills portcullis's verified-token cache and every keep-alive pool.
-        for (_, port) in &targets {
-            wrk(*port, &script, 2, connections);
+        for (_, port, script) in &targets {
+            wrk(*port, script, 2, connections);
         }
         for round in 0..rounds {
-            for (t, (name, port)) in targets.iter().enumerate() {
-                let run = wrk(*port, &script, seconds, connections);
+            for (t, (name, port, script)) in targets.iter().enumerate() {
+                let run = wrk(*port, script, seconds, connections);
                 println!("  round {} {alg_name} {name:<10} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  non-2xx {}", round + 1, run.rps, run.p50_ms, run.p99_ms, run.non2xx);
                 results[t].push(run);
             }
         }
         let medians: Vec<Run> = results.iter().map(|r| median(r)).collect();
-        for (t, (name, _)) in targets.iter().enumerate() {
+        for (t, (name, _, _)) in targets.iter().enumerate() {
             table.push((
                 alg_name.to_owned(),
                 name.to_string(),
