@@ -10,25 +10,20 @@
 use super::{RedisStore, COMMAND_TIMEOUT, FEED_PAGE, FEED_PAGES_PER_POLL, STREAM_MAXLEN};
 use crate::blocklist::{Changes, Revocation, StoreError};
 use crate::clock::{now_millis, now_unix};
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use std::time::Duration;
-
-/// One stream entry as `XRANGE` returns it: its id and the flat field/value list.
-type StreamEntry = (String, Vec<Vec<u8>>);
 
 /// A change-feed entry back into a revocation. Entries this build does not understand
 /// (a newer kind, a hand-written typo) are skipped, not fatal: the feed must go on.
-fn parse_entry(fields: &[Vec<u8>]) -> Option<Revocation> {
-    let (mut kind, mut key, mut value, mut at) = (None, None, None, None);
-    for pair in fields.chunks_exact(2) {
-        match pair[0].as_slice() {
-            b"kind" => kind = std::str::from_utf8(&pair[1]).ok(),
-            b"key" => key = String::from_utf8(pair[1].clone()).ok(),
-            b"value" => value = super::load::parse_time(&pair[1]),
-            b"at" => at = super::load::parse_time(&pair[1]),
-            _ => {}
-        }
-    }
-    Revocation::from_parts(kind?, key?, value?, at)
+fn parse_entry(entry: &StreamId) -> Option<Revocation> {
+    let time = |field: &str| {
+        entry
+            .get::<Vec<u8>>(field)
+            .and_then(|raw| super::load::parse_time(&raw))
+    };
+    let kind: String = entry.get("kind")?;
+    let key: String = entry.get("key")?;
+    Revocation::from_parts(&kind, key, time("value")?, time("at"))
 }
 
 /// A stream id `<ms>-<seq>`, comparable. `None` for anything else.
@@ -40,12 +35,12 @@ fn parse_id(id: &str) -> Option<(u64, u64)> {
 /// Whether a reader at `position` lost its place in a stream whose first and last
 /// entries are `first` and `last`: the stream is gone (flushed, a new Redis), trimmed
 /// past it, or never reached it (a failover to a copy that lags).
-fn lost_place(position: (u64, u64), first: &[StreamEntry], last: &[StreamEntry]) -> bool {
+fn lost_place(position: (u64, u64), first: &StreamRangeReply, last: &StreamRangeReply) -> bool {
     if position == (0, 0) {
         return false;
     }
-    let first = first.first().and_then(|(id, _)| parse_id(id));
-    let last = last.first().and_then(|(id, _)| parse_id(id));
+    let first = first.ids.first().and_then(|e| parse_id(&e.id));
+    let last = last.ids.first().and_then(|e| parse_id(&e.id));
     match (first, last) {
         (None, _) | (_, None) => true,
         (Some(first), Some(last)) => first > position || last < position,
@@ -88,15 +83,15 @@ impl RedisStore {
                     .arg("-")
                     .arg("COUNT")
                     .arg(1);
-                let (entries, first, last): (Vec<StreamEntry>, Vec<StreamEntry>, Vec<StreamEntry>) =
+                let (entries, first, last): (StreamRangeReply, StreamRangeReply, StreamRangeReply) =
                     self.run_pipe("reading the change feed", pipe).await?;
                 if page == 0 && lost_place(position, &first, &last) {
                     return self.resync().await;
                 }
-                let full = entries.len() == FEED_PAGE;
-                for (id, fields) in entries {
-                    out.extend(parse_entry(&fields));
-                    next = id;
+                let full = entries.ids.len() == FEED_PAGE;
+                for entry in entries.ids {
+                    out.extend(parse_entry(&entry));
+                    next = entry.id;
                 }
                 if !full {
                     break;
@@ -109,7 +104,7 @@ impl RedisStore {
     /// The current end of the stream (adding the start marker to an empty one).
     pub(super) async fn stream_end(&self) -> Result<String, StoreError> {
         {
-            let last: Vec<StreamEntry> = self
+            let last: StreamRangeReply = self
                 .run(
                     "reading the change feed position",
                     redis::cmd("XREVRANGE")
@@ -121,8 +116,8 @@ impl RedisStore {
                         .clone(),
                 )
                 .await?;
-            if let Some((id, _)) = last.into_iter().next() {
-                return Ok(id);
+            if let Some(entry) = last.ids.into_iter().next() {
+                return Ok(entry.id);
             }
             // An empty or missing stream offers no position to check a later trim
             // against: a replica holding `0-0` that was cut off while more than
@@ -202,11 +197,7 @@ impl RedisStore {
             .arg("-")
             .arg("COUNT")
             .arg(1);
-        type Reply = (
-            Option<Vec<(String, Vec<StreamEntry>)>>,
-            Vec<StreamEntry>,
-            Vec<StreamEntry>,
-        );
+        type Reply = (Option<StreamReadReply>, StreamRangeReply, StreamRangeReply);
         let (read, first, last): Reply = self
             .feed
             .run(block + COMMAND_TIMEOUT, |mut conn| async move {
@@ -222,10 +213,10 @@ impl RedisStore {
                 complete_at: began,
             });
         }
-        let entries: Vec<StreamEntry> = read
+        let entries: Vec<StreamId> = read
             .into_iter()
-            .flatten()
-            .flat_map(|(_, entries)| entries)
+            .flat_map(|reply| reply.keys)
+            .flat_map(|stream| stream.ids)
             .collect();
         // Nothing new for the whole block (Redis started waiting after `began`): the
         // copy is complete up to its end. Otherwise up to the read's start.
@@ -236,9 +227,9 @@ impl RedisStore {
         };
         let mut revocations = Vec::with_capacity(entries.len());
         let mut next = cursor;
-        for (id, fields) in entries {
-            revocations.extend(parse_entry(&fields));
-            next = id;
+        for entry in entries {
+            revocations.extend(parse_entry(&entry));
+            next = entry.id;
         }
         Ok(Changes {
             revocations,
@@ -253,6 +244,21 @@ mod tests {
     use super::super::load::{parse_item, parse_time};
     use super::*;
 
+    /// A stream entry as Redis returns it, from flat field/value pairs.
+    fn entry_of(fields: &[Vec<u8>]) -> StreamId {
+        StreamId {
+            id: "1-0".into(),
+            map: fields
+                .chunks_exact(2)
+                .map(|pair| {
+                    let name = String::from_utf8_lossy(&pair[0]).into_owned();
+                    (name, redis::Value::BulkString(pair[1].clone()))
+                })
+                .collect(),
+            ..StreamId::default()
+        }
+    }
+
     #[test]
     fn parses_ids_and_entries() {
         assert_eq!(parse_id("1700000000000-3"), Some((1_700_000_000_000, 3)));
@@ -263,7 +269,7 @@ mod tests {
             .map(|s| s.as_bytes().to_vec())
             .collect();
         assert_eq!(
-            parse_entry(&fields),
+            parse_entry(&entry_of(&fields)),
             Some(Revocation::Session {
                 sid: "s-1".into(),
                 at: crate::blocklist::WHOLE_SESSION,
@@ -285,7 +291,7 @@ mod tests {
         .map(|s| s.as_bytes().to_vec())
         .collect();
         assert_eq!(
-            parse_entry(&fields),
+            parse_entry(&entry_of(&fields)),
             Some(Revocation::Session {
                 sid: "s-1".into(),
                 at: 1_767_220_000,
@@ -299,17 +305,23 @@ mod tests {
             .iter()
             .map(|s| s.as_bytes().to_vec())
             .collect();
-        assert_eq!(parse_entry(&unknown), None);
+        assert_eq!(parse_entry(&entry_of(&unknown)), None);
         assert_eq!(parse_time(b"1767225600.0"), Some(1_767_225_600));
         assert_eq!(parse_time(b"-5"), None);
     }
     #[test]
     fn notices_a_lost_place() {
-        let entry = |id: &str| vec![(id.to_owned(), Vec::new())];
+        let entry = |id: &str| StreamRangeReply {
+            ids: vec![StreamId {
+                id: id.to_owned(),
+                ..StreamId::default()
+            }],
+        };
         assert!(!lost_place((5, 0), &entry("1-0"), &entry("9-0")));
         assert!(lost_place((5, 0), &entry("6-0"), &entry("9-0")), "trimmed");
         assert!(lost_place((5, 0), &entry("1-0"), &entry("4-0")), "replaced");
-        assert!(lost_place((5, 0), &[], &[]), "gone");
-        assert!(!lost_place((0, 0), &[], &[]));
+        let none = StreamRangeReply::default();
+        assert!(lost_place((5, 0), &none, &none), "gone");
+        assert!(!lost_place((0, 0), &none, &none));
     }
 }
