@@ -82,6 +82,7 @@ fn bench_alg(c: &mut Criterion, alg: &str) {
             AuthMode::Access,
             &config.jwt,
             verifier,
+            &route.providers,
         )
         .expect("valid");
         authorize(

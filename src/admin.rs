@@ -4,7 +4,9 @@
 //! private address); `/revocations` needs `Authorization: Bearer <admin.token>`,
 //! compared in constant time.
 
+use crate::auth::providers::{namespaced, split_key};
 use crate::blocklist::{ExportError, Kind, Revocation};
+use crate::config::DEFAULT_PROVIDER;
 use crate::gateway::Gateway;
 use crate::metrics::{Gauges, Metrics};
 use crate::net::body_limit::{read_body, BodyError, BodyLimit};
@@ -115,11 +117,19 @@ fn error_reply(status: StatusCode, error_type: &str, message: &str) -> Response<
 
 /// The JSON form of a revocation record.
 pub fn revocation_json(r: &Revocation) -> Value {
-    match r {
-        Revocation::Token { key, exp } => json!({"jti": key, "exp": exp}),
-        Revocation::Session { sid, at, exp } => json!({"sid": sid, "exp": exp, "revoked_at": at}),
-        Revocation::Subject { sub, at } => json!({"sub": sub, "revoked_at": at}),
+    // The claim text, and the provider when it is not `default` (see `auth::providers`).
+    let (provider, key) = split_key(r.parts().1);
+    let mut value = match r {
+        Revocation::Token { exp, .. } => json!({"jti": key, "exp": exp}),
+        Revocation::Session { at, exp, .. } => json!({"sid": key, "exp": exp, "revoked_at": at}),
+        Revocation::Subject { at, .. } => json!({"sub": key, "revoked_at": at}),
+    };
+    if provider != DEFAULT_PROVIDER {
+        if let Some(object) = value.as_object_mut() {
+            object.insert("provider".into(), provider.into());
+        }
     }
+    value
 }
 
 impl Admin {
@@ -158,6 +168,17 @@ impl Admin {
                 let jti = percent_encoding::percent_decode_str(&p["/revocations/".len()..])
                     .decode_utf8_lossy()
                     .into_owned();
+                // `?provider=NAME` looks the jti up at that provider (default: `default`).
+                let mut provider = DEFAULT_PROVIDER.to_owned();
+                for (name, value) in form_pairs(request.uri().query().unwrap_or("")) {
+                    if name == "provider" {
+                        provider = value;
+                    }
+                }
+                if gateway.config.provider_index(&provider).is_none() {
+                    return bad_request(&format!("provider {provider:?} does not exist"));
+                }
+                let jti = namespaced(&provider, &jti);
                 match gateway.blocklist.lookup(Kind::Token, &jti).await {
                     Ok(Some(record)) => json_reply(StatusCode::OK, revocation_json(&record)),
                     Ok(None) => error_reply(
@@ -179,8 +200,16 @@ impl Admin {
             Ok(Err(e)) => reasons.push(format!("revocation store unreachable: {e}")),
             Err(_) => reasons.push("revocation store did not answer within 2s".to_owned()),
         }
-        if let Some(reason) = gateway.verifier.jwks().and_then(|j| j.not_ready_reason()) {
-            reasons.push(reason);
+        // Each provider's key set on its own; `jwt`'s reason reads as it always did,
+        // another provider's names it.
+        for provider in gateway.verifier.providers() {
+            let Some(reason) = provider.jwks().and_then(|j| j.not_ready_reason()) else {
+                continue;
+            };
+            match &*provider.name {
+                DEFAULT_PROVIDER => reasons.push(reason),
+                name => reasons.push(format!("provider {name}: {reason}")),
+            }
         }
         for (i, upstream) in gateway.config.upstreams.iter().enumerate() {
             if !gateway.config.routes.iter().any(|r| r.upstream == i) {
@@ -218,27 +247,27 @@ impl Admin {
                     load(&stats.evictions),
                 )
             },
-            jwks: gateway.verifier.jwks().map(|j| {
-                let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-                (
-                    load(&j.stats.fetches),
-                    load(&j.stats.failures),
-                    load(&j.stats.unknown_kid_refetches),
-                    j.keys().len() as u64,
-                )
-            }),
+            jwks: gateway.verifier.jwks().map(|j| jwks_figures(j)),
         };
+        let named: Vec<(&str, _)> = gateway
+            .verifier
+            .providers()
+            .iter()
+            .skip(1)
+            .filter_map(|p| Some((&*p.name, jwks_figures(p.jwks()?))))
+            .collect();
         respond(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            self.metrics.render(&gauges),
+            self.metrics.render_with(&gauges, &named),
         )
     }
 
     /// `POST /revocations` with NDJSON: every line parsed first, then all recorded in
     /// one store write (one SQLite transaction; pipelined script batches on Redis).
     async fn import(&self, gateway: &Gateway, body: &[u8]) -> Response<Body> {
-        let revocations = match revocation::parse_ndjson(body) {
+        let names = gateway.config.provider_names();
+        let revocations = match revocation::parse_ndjson(body, &names) {
             Ok(revocations) => revocations,
             Err(e) => {
                 return json_reply(
@@ -263,7 +292,8 @@ impl Admin {
         let Ok(request) = serde_json::from_slice::<Value>(bytes) else {
             return bad_request("body must be JSON");
         };
-        let revocation = match revocation::parse_object(&request, now_unix()) {
+        let names = gateway.config.provider_names();
+        let revocation = match revocation::parse_object(&request, now_unix(), &names) {
             Ok(r) => r,
             Err(message) => return bad_request(&message),
         };
@@ -276,6 +306,17 @@ impl Admin {
             Err(_) => store_unavailable(),
         }
     }
+}
+
+/// A key set's fetches, failed fetches, unknown-`kid` refetches and keys held.
+fn jwks_figures(j: &crate::auth::jwks::Jwks) -> (u64, u64, u64, u64) {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    (
+        load(&j.stats.fetches),
+        load(&j.stats.failures),
+        load(&j.stats.unknown_kid_refetches),
+        j.keys().len() as u64,
+    )
 }
 
 /// `GET /revocations?limit=N&cursor=C`: one page of the live revocations as NDJSON, with

@@ -19,6 +19,10 @@ pub enum CommandError {
         "no signing key: set jwt.secret (HS*) or jwt.private_key_file for an asymmetric algorithm"
     )]
     NoSigningKey,
+    #[error("provider {0:?} does not exist (configured: {1})")]
+    UnknownProvider(String, String),
+    #[error("provider {0:?} has no signing key: set its secret (HS*) or private_key_file")]
+    NoProviderSigningKey(String),
     #[error("--claim {0:?}: expected key=value")]
     ClaimSyntax(String),
     #[error("--claim {0:?}: the subject is set by --sub")]
@@ -96,17 +100,43 @@ pub struct TokenRequest {
 
 /// `portcullis token`: a token signed with the configured key.
 pub fn token(path: &Path, request: &TokenRequest) -> Result<String, CommandError> {
+    token_for(path, request, config::DEFAULT_PROVIDER)
+}
+
+/// `portcullis token --provider NAME`: a token of provider `provider`, signed with its key.
+pub fn token_for(
+    path: &Path,
+    request: &TokenRequest,
+    provider: &str,
+) -> Result<String, CommandError> {
     let config = config::load(path)?;
-    mint(&config, request)
+    mint_for(&config, request, provider)
 }
 
 /// Signs a token for `request` with `config`'s signing key.
 pub fn mint(config: &Config, request: &TokenRequest) -> Result<String, CommandError> {
-    let signing = config
-        .jwt
-        .signing
-        .as_ref()
-        .ok_or(CommandError::NoSigningKey)?;
+    mint_for(config, request, config::DEFAULT_PROVIDER)
+}
+
+/// The index of provider `name` in `config`, or the error naming the configured ones.
+fn provider_index(config: &Config, name: &str) -> Result<usize, CommandError> {
+    config.provider_index(name).ok_or_else(|| {
+        CommandError::UnknownProvider(name.to_owned(), config.provider_names().join(", "))
+    })
+}
+
+/// Signs a token for `request` with the signing key of provider `provider`, with its
+/// `iss` (and first `aud`) so that the gateway matches it to that provider.
+pub fn mint_for(
+    config: &Config,
+    request: &TokenRequest,
+    provider: &str,
+) -> Result<String, CommandError> {
+    let p = &config.providers[provider_index(config, provider)?];
+    let signing = p.signing.as_ref().ok_or_else(|| match provider {
+        config::DEFAULT_PROVIDER => CommandError::NoSigningKey,
+        name => CommandError::NoProviderSigningKey(name.to_owned()),
+    })?;
     if request.ttl.as_secs() == 0 {
         return Err(CommandError::ZeroTtl);
     }
@@ -123,10 +153,10 @@ pub fn mint(config: &Config, request: &TokenRequest) -> Result<String, CommandEr
     claims.insert("iat".into(), now.into());
     claims.insert("nbf".into(), now.into());
     claims.insert("exp".into(), (now + request.ttl.as_secs()).into());
-    if let Some(iss) = &config.jwt.issuer {
+    if let Some(iss) = &p.issuer {
         claims.insert("iss".into(), Value::String(iss.clone()));
     }
-    if let Some(aud) = config.jwt.audience.first() {
+    if let Some(aud) = p.audience.first() {
         claims.insert("aud".into(), Value::String(aud.clone()));
     }
     for pair in &request.claims {
@@ -140,7 +170,7 @@ pub fn mint(config: &Config, request: &TokenRequest) -> Result<String, CommandEr
         claims.insert(k.to_owned(), value);
     }
     let mut header = jsonwebtoken::Header::new(signing.algorithm);
-    if let Some(typ) = &config.jwt.required_typ {
+    if let Some(typ) = &p.required_typ {
         // The gateway's own tokens must pass its `required_typ` check.
         header.typ = Some(typ.clone());
     }
@@ -155,9 +185,23 @@ fn random_hex(bytes: usize) -> Result<String, CommandError> {
 
 /// `portcullis revoke`: records the revocation in the configured store, durably.
 pub async fn revoke(path: &Path, target: RevokeTarget) -> Result<String, CommandError> {
+    revoke_at(path, target, config::DEFAULT_PROVIDER).await
+}
+
+/// `portcullis revoke --provider NAME`: the revocation at provider `provider`.
+pub async fn revoke_at(
+    path: &Path,
+    target: RevokeTarget,
+    provider: &str,
+) -> Result<String, CommandError> {
     let config = config::load(path)?;
+    provider_index(&config, provider)?;
     let revocation = revocation_for(target).map_err(CommandError::Target)?;
-    let described = describe(&revocation);
+    let described = match provider {
+        config::DEFAULT_PROVIDER => describe(&revocation),
+        name => format!("{} at provider {name}", describe(&revocation)),
+    };
+    let revocation = revocation::io::at_provider(revocation, provider);
     record(&config, vec![revocation]).await?;
     Ok(format!("revoked {described}"))
 }
@@ -204,10 +248,12 @@ pub async fn revoke_file(path: &Path, file: &Path) -> Result<String, CommandErro
             source,
         })?
     };
-    let revocations = revocation::parse_ndjson(&body).map_err(|source| CommandError::BadLine {
-        path: file.to_owned(),
-        source,
-    })?;
+    let names = config.provider_names();
+    let revocations =
+        revocation::parse_ndjson(&body, &names).map_err(|source| CommandError::BadLine {
+            path: file.to_owned(),
+            source,
+        })?;
     let recorded = revocations.len();
     record(&config, revocations).await?;
     Ok(format!("recorded {recorded} revocations"))

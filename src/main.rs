@@ -55,6 +55,9 @@ enum Command {
         /// Extra claim, key=value (value parsed as JSON when it can be).
         #[arg(long = "claim")]
         claims: Vec<String>,
+        /// Sign as this provider (its key, `iss` and `aud`); default: the `jwt` section.
+        #[arg(long, default_value = "default")]
+        provider: String,
     },
     /// Write a revocation into the configured store.
     Revoke {
@@ -74,6 +77,10 @@ enum Command {
         /// all or nothing.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// Revoke at this provider (`providers:` name); default: the `jwt` section. NDJSON
+        /// lines name theirs with `"provider"`.
+        #[arg(long, default_value = "default", conflicts_with = "file")]
+        provider: String,
     },
 }
 
@@ -179,6 +186,7 @@ fn main() -> ExitCode {
             ttl,
             fresh,
             claims,
+            provider,
         } => {
             let request = TokenRequest {
                 sub,
@@ -187,7 +195,7 @@ fn main() -> ExitCode {
                 fresh,
                 claims,
             };
-            match commands::token(&config, &request) {
+            match commands::token_for(&config, &request, &provider) {
                 Ok(token) => {
                     println!("{token}");
                     ExitCode::SUCCESS
@@ -201,6 +209,7 @@ fn main() -> ExitCode {
             exp,
             sub,
             file,
+            provider,
         } => {
             if let Some(file) = file {
                 init_logging(cli.log_format == "json");
@@ -232,7 +241,7 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return fail(e),
             };
-            match rt.block_on(commands::revoke(&config, target)) {
+            match rt.block_on(commands::revoke_at(&config, target, &provider)) {
                 Ok(message) => {
                     println!("{message}");
                     ExitCode::SUCCESS

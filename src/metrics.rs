@@ -125,6 +125,9 @@ pub struct Gauges {
     pub jwks: Option<(u64, u64, u64, u64)>,
 }
 
+/// A key set's fetches, failed fetches, unknown-`kid` refetches and keys held.
+pub type JwksFigures = (u64, u64, u64, u64);
+
 impl Metrics {
     /// The counters for the route with `prefix` (created on first use).
     pub fn route(&self, prefix: &str) -> Arc<RouteStats> {
@@ -155,6 +158,13 @@ impl Metrics {
 
     /// Renders everything in Prometheus text format 0.0.4.
     pub fn render(&self, gauges: &Gauges) -> String {
+        self.render_with(gauges, &[])
+    }
+
+    /// [`Metrics::render`], with the JWKS figures of the named providers (`providers:`),
+    /// as `{provider="NAME"}` series beside `jwt`'s unlabeled one (kept as it was before
+    /// providers existed, so a sum over the family counts every key set once).
+    pub fn render_with(&self, gauges: &Gauges, providers: &[(&str, JwksFigures)]) -> String {
         let mut out = String::with_capacity(4096);
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         out.push_str("# HELP portcullis_requests_total Requests by route and outcome.\n# TYPE portcullis_requests_total counter\n");
@@ -351,37 +361,40 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
-        if let Some((fetches, failures, refetches, keys)) = gauges.jwks {
-            for (name, kind, help, value) in [
+        if gauges.jwks.is_some() || !providers.is_empty() {
+            let pick = |i: usize, s: (u64, u64, u64, u64)| [s.0, s.1, s.2, s.3][i];
+            for (i, (name, kind, help)) in [
                 (
                     "portcullis_jwks_fetches_total",
                     "counter",
                     "JWKS fetches attempted.",
-                    fetches,
                 ),
                 (
                     "portcullis_jwks_fetch_failures_total",
                     "counter",
                     "JWKS fetches that failed (the last good key set stayed).",
-                    failures,
                 ),
                 (
                     "portcullis_jwks_unknown_kid_refetches_total",
                     "counter",
                     "Refetches triggered by an unknown kid (at most one per second).",
-                    refetches,
                 ),
                 (
                     "portcullis_jwks_keys",
                     "gauge",
                     "Usable keys in the current JWKS.",
-                    keys,
                 ),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-                );
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                if let Some(stats) = gauges.jwks {
+                    let _ = writeln!(out, "{name} {}", pick(i, stats));
+                }
+                for (provider, stats) in providers {
+                    let _ = writeln!(out, "{name}{{provider=\"{provider}\"}} {}", pick(i, *stats));
+                }
             }
         }
         out

@@ -79,10 +79,8 @@ pub async fn run(path: PathBuf, json_logs: bool) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::default());
     let gateway_blocklist = blocklist.clone();
     let gateway = Gateway::build(config.clone(), blocklist, metrics.clone(), None)?;
-    if let Some(jwks) = gateway.verifier.jwks() {
-        // The ready line waits for the first key set (up to the fetch timeout).
-        jwks.start().await;
-    }
+    // The ready line waits for the first key sets (up to the fetch timeout).
+    gateway.start_key_sets().await;
     let state = Arc::new(ArcSwap::from_pointee(gateway));
     let (edge, edge_addr) = bind(config.server.listen).await?;
     let admin = match &config.admin {
@@ -205,9 +203,7 @@ pub async fn reload(path: &Path, state: &ArcSwap<Gateway>, limit: &ConnectionLim
         });
     match result {
         Ok(gateway) => {
-            if let Some(jwks) = gateway.verifier.jwks() {
-                jwks.start().await;
-            }
+            gateway.start_key_sets().await;
             limit.resize(gateway.config.server.max_connections);
             state.store(Arc::new(gateway));
             tracing::info!("config reloaded");

@@ -39,7 +39,9 @@ pub fn token(key: String) -> VerifiedToken {
         sid: None,
         iat: Some(now_unix()),
         exp: now_unix() + 3600,
+        provider: 0,
         revocation_key: key,
+        namespaced: None,
         identity: Vec::new(),
     }
 }

@@ -17,7 +17,7 @@
 //! Discovery §4.3: it is not used). Either keeps `/readyz` at 503 with the reason and
 //! logs an error on every such fetch, until a fetch succeeds.
 
-use crate::config::JwtConfig;
+use crate::config::ProviderConfig;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http::{header, Request, Uri};
@@ -67,6 +67,8 @@ pub enum JwksSource {
 /// Everything that, when unchanged across a reload, lets the running key set be kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwksSettings {
+    /// The provider's name (`default` for `jwt`): in logs, `/readyz` and metrics.
+    pub provider: String,
     pub source: JwksSource,
     pub ca_file: Option<PathBuf>,
     pub refresh: Duration,
@@ -74,8 +76,8 @@ pub struct JwksSettings {
 }
 
 impl JwksSettings {
-    /// The JWKS settings of `jwt`, if it uses a JWKS.
-    pub fn of(jwt: &JwtConfig) -> Option<JwksSettings> {
+    /// The JWKS settings of provider `jwt` (`jwt` or a `providers:` entry), if it uses one.
+    pub fn of(jwt: &ProviderConfig) -> Option<JwksSettings> {
         let source = match (&jwt.jwks_url, jwt.discovery, &jwt.issuer) {
             (Some(url), _, _) => JwksSource::Url(url.clone()),
             (None, true, Some(issuer)) => JwksSource::Discovery {
@@ -84,6 +86,7 @@ impl JwksSettings {
             _ => return None,
         };
         Some(JwksSettings {
+            provider: jwt.name.clone(),
             source,
             ca_file: jwt.jwks_ca_file.clone(),
             refresh: jwt.jwks_refresh,
@@ -199,12 +202,12 @@ impl Jwks {
             }
             Err(FetchError::Failed(e)) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "JWKS fetch failed; keeping the last good key set");
+                tracing::warn!(provider = %self.settings.provider, error = %e, "JWKS fetch failed; keeping the last good key set");
                 Err(e)
             }
             Err(FetchError::Unusable { reason, hint }) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!("{reason}; {hint}; /readyz answers 503 until a fetch succeeds");
+                tracing::error!(provider = %self.settings.provider, "{reason}; {hint}; /readyz answers 503 until a fetch succeeds");
                 self.problem.store(Some(Arc::new(reason.clone())));
                 Err(reason)
             }
@@ -313,7 +316,7 @@ impl Jwks {
         let first = match self.fetch().await {
             Ok(max_age) => next_refresh(self.settings.refresh, max_age),
             Err(e) => {
-                tracing::error!(error = %e, "no usable JWKS yet: /readyz answers 503 and fetches retry every 5s");
+                tracing::error!(provider = %self.settings.provider, error = %e, "no usable JWKS yet: /readyz answers 503 and fetches retry every 5s");
                 RETRY
             }
         };

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod extract;
 pub mod jwks;
+pub mod providers;
 pub mod verify;
 
 use crate::config::{AuthMode, JwtConfig};
@@ -51,13 +52,15 @@ pub struct Authenticated {
     pub source: TokenSource,
 }
 
-/// Finds and verifies the token a route of kind `mode` needs (`mode` is never `None`).
+/// Finds and verifies the token a route of kind `mode` needs (`mode` is never `None`),
+/// from one of the route's `providers` (indexes into the config's).
 pub fn authenticate(
     headers: &HeaderMap,
     query: Option<&str>,
     mode: AuthMode,
     jwt: &JwtConfig,
     verifier: &Verifier,
+    providers: &[usize],
 ) -> Result<Authenticated, AuthError> {
     let cookie = match mode {
         AuthMode::Refresh => CookieKind::Refresh,
@@ -66,7 +69,7 @@ pub fn authenticate(
     };
     let (raw, source) =
         extract::extract(headers, query, jwt, cookie).ok_or(GatewayError::MissingToken)?;
-    let token = verifier.verify(&raw)?;
+    let token = verifier.verify_for(&raw, providers)?;
     match (mode, token.token_type) {
         (AuthMode::Access, TokenType::Access)
         | (AuthMode::Refresh, TokenType::Refresh)

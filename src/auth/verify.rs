@@ -13,15 +13,15 @@
 use crate::auth::cache::{TokenCache, Weighted};
 use crate::auth::claim_text;
 use crate::auth::jwks::Jwks;
+use crate::auth::providers::{self, DecodeError, ProviderVerifier};
 use crate::clock::now_unix;
 use crate::config::provider::typ_matches;
-use crate::config::JwtConfig;
+use crate::config::{JwtConfig, ProviderConfig, DEFAULT_PROVIDER};
 use crate::error::GatewayError;
-use crate::keys::KeySet;
 use crate::metrics::CacheStats;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,8 +50,14 @@ pub struct VerifiedToken {
     pub sid: Option<String>,
     pub iat: Option<u64>,
     pub exp: u64,
-    /// `jti`, or `sha256:<hex>` of the encoded token when it has none.
+    /// The provider that verified it: an index into the config's `providers`.
+    pub provider: usize,
+    /// `jti`, or `sha256:<hex>` of the encoded token when it has none, in its
+    /// provider's namespace (see [`crate::auth::providers`]).
     pub revocation_key: String,
+    /// `sid` and `sub` in the provider's namespace, when that differs from the claim
+    /// text (any provider but `default`): see [`VerifiedToken::sid_key`].
+    pub namespaced: Option<Box<(Option<String>, Option<String>)>>,
     /// Identity headers to set upstream, rendered once.
     pub identity: Vec<(HeaderName, HeaderValue)>,
 }
@@ -65,10 +71,30 @@ impl VerifiedToken {
             .map(|(_, v)| v)
     }
 
+    /// The key of its session revocations: `sid` in its provider's namespace.
+    pub fn sid_key(&self) -> Option<&str> {
+        match &self.namespaced {
+            Some(ns) => ns.0.as_deref(),
+            None => self.sid.as_deref(),
+        }
+    }
+
+    /// The key of its subject revocations: `sub` in its provider's namespace.
+    pub fn sub_key(&self) -> Option<&str> {
+        match &self.namespaced {
+            Some(ns) => ns.1.as_deref(),
+            None => self.sub.as_deref(),
+        }
+    }
+
     /// Heap bytes this token's verdict keeps alive, for the cache's weigher.
     fn heap_bytes(&self) -> usize {
         let text = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
-        std::mem::size_of::<VerifiedToken>()
+        let namespaced = self.namespaced.as_ref().map_or(0, |ns| {
+            std::mem::size_of::<(Option<String>, Option<String>)>() + text(&ns.0) + text(&ns.1)
+        });
+        namespaced
+            + std::mem::size_of::<VerifiedToken>()
             + text(&self.csrf)
             + text(&self.sub)
             + text(&self.sid)
@@ -101,21 +127,20 @@ fn json_bytes(value: &Value) -> usize {
     }
 }
 
-/// Verifies tokens against a key set and the configured claim rules.
+/// Verifies tokens against the providers' keys and claim rules, with one cache of
+/// verified tokens for all of them.
 pub struct Verifier {
-    keys: KeySet,
-    /// One prepared `Validation` per allowed algorithm.
-    validations: Vec<(Algorithm, Validation)>,
-    leeway: u64,
-    /// `jwt.required_typ`, normalized: checked by [`Verifier::verify_uncached`] only.
-    required_typ: Option<String>,
+    /// `providers[0]` is `default`; indexes are the config's.
+    providers: Vec<ProviderVerifier>,
+    /// Whether tokens are matched to providers by `iss` (there are named providers). A
+    /// single-provider gateway skips the peek: jsonwebtoken checks `iss` as before.
+    matching: bool,
     identity_headers: Vec<(String, HeaderName)>,
     /// The claims kept for `require_claims` (every route's names, deduplicated).
     kept_claims: Vec<String>,
     cache: TokenCache<Cached>,
     stats: Arc<CacheStats>,
-    jwks: Option<Arc<Jwks>>,
-    /// The JWKS generation the cache was last cleared for.
+    /// The sum of the providers' JWKS generations the cache was last cleared for.
     cleared_for: AtomicU64,
 }
 
@@ -124,8 +149,9 @@ pub struct Verifier {
 pub enum AuthError {
     /// Refused, with the contract's answer.
     Refused(GatewayError),
-    /// Signed with a `kid` the JWKS does not (yet) have: worth one refetch.
-    UnknownKid,
+    /// Signed with a `kid` the JWKS of this provider (an index into the config's
+    /// `providers`) does not (yet) have: worth one refetch.
+    UnknownKid(usize),
 }
 
 impl From<GatewayError> for AuthError {
@@ -139,16 +165,18 @@ impl AuthError {
     pub fn refusal(self) -> GatewayError {
         match self {
             AuthError::Refused(e) => e,
-            AuthError::UnknownKid => GatewayError::Decode,
+            AuthError::UnknownKid(_) => GatewayError::Decode,
         }
     }
 }
 
-/// A verified token and the JWKS generation it was verified under.
+/// A verified token, the JWKS generation of its provider it was verified under, and
+/// the provider its `iss` names (what route matching needs, without reading it again).
 #[derive(Clone)]
 struct Cached {
     token: Arc<VerifiedToken>,
     generation: u64,
+    owner: Option<usize>,
 }
 
 impl Weighted for Cached {
@@ -174,43 +202,66 @@ impl Verifier {
         stats: Arc<CacheStats>,
         jwks: Option<Arc<Jwks>>,
     ) -> Verifier {
-        let (algorithms, issuer, audience) =
-            (&jwt.algorithms, jwt.issuer.as_deref(), &jwt.audience);
-        let leeway = jwt.leeway;
-        let keys = jwt.keys.clone();
-        let validations = algorithms
-            .iter()
-            .map(|&alg| {
-                let mut v = Validation::new(alg);
-                v.leeway = leeway.as_secs();
-                v.validate_nbf = true;
-                let mut required = vec!["exp"];
-                if let Some(iss) = issuer {
-                    v.set_issuer(&[iss]);
-                    required.push("iss");
-                }
-                if !audience.is_empty() {
-                    v.set_audience(audience);
-                    required.push("aud");
-                } else {
-                    v.validate_aud = false;
-                }
-                v.set_required_spec_claims(&required);
-                (alg, v)
-            })
-            .collect();
-        Verifier {
-            keys,
-            validations,
-            leeway: leeway.as_secs(),
+        let default = ProviderConfig {
+            name: DEFAULT_PROVIDER.to_owned(),
+            issuer: jwt.issuer.clone(),
+            algorithms: jwt.algorithms.clone(),
+            keys: jwt.keys.clone(),
+            signing: None,
+            jwks_url: jwt.jwks_url.clone(),
+            jwks_refresh: jwt.jwks_refresh,
+            jwks_ca_file: jwt.jwks_ca_file.clone(),
+            discovery: jwt.discovery,
+            audience: jwt.audience.clone(),
+            leeway: jwt.leeway,
             required_typ: jwt.required_typ.clone(),
+        };
+        let providers = vec![ProviderVerifier::new(&default, jwks)];
+        Verifier::with_providers(
+            providers,
+            jwt.token_cache_max_bytes,
             identity_headers,
             kept_claims,
-            cache: TokenCache::new(jwt.token_cache_max_bytes, leeway.as_secs(), stats.clone()),
             stats,
-            cleared_for: AtomicU64::new(jwks.as_ref().map_or(0, |j| j.generation())),
-            jwks,
-        }
+        )
+    }
+
+    /// A verifier for `providers` (the config's, in its order: `default` first), with a
+    /// token cache of `cache_bytes` (`jwt.token_cache_max_bytes`).
+    pub fn with_providers(
+        providers: Vec<ProviderVerifier>,
+        cache_bytes: u64,
+        identity_headers: Vec<(String, HeaderName)>,
+        kept_claims: Vec<String>,
+        stats: Arc<CacheStats>,
+    ) -> Verifier {
+        // The cache may keep a token until `exp` plus the largest leeway.
+        let leeway = providers.iter().map(|p| p.leeway).max().unwrap_or(0);
+        let verifier = Verifier {
+            matching: providers.len() > 1,
+            providers,
+            identity_headers,
+            kept_claims,
+            cache: TokenCache::new(cache_bytes, leeway, stats.clone()),
+            stats,
+            cleared_for: AtomicU64::new(0),
+        };
+        verifier
+            .cleared_for
+            .store(verifier.generations(), Ordering::Relaxed);
+        verifier
+    }
+
+    /// The providers, in the config's order (`default` first).
+    pub fn providers(&self) -> &[ProviderVerifier] {
+        &self.providers
+    }
+
+    /// The sum of every provider's JWKS generation: changes when any key set does.
+    fn generations(&self) -> u64 {
+        self.providers
+            .iter()
+            .fold(0u64, |sum, p| sum.wrapping_add(p.generation()))
     }
 
     /// The claim names every route's `require_claims` reads, once each: what a
@@ -226,127 +277,146 @@ impl Verifier {
         names
     }
 
-    /// Verifies `token`, from the cache when it was seen before.
+    /// Verifies `token` for a route that accepts only `default`.
     pub fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, AuthError> {
+        self.verify_for(token, &[0])
+    }
+
+    /// Verifies `token` for a route accepting the providers `route` (indexes into the
+    /// config's), from the cache when it was seen before. A cached verdict answers only
+    /// when the provider that gave it is the one this route matches the token to, which
+    /// the entry's `owner` decides without reading the token again.
+    pub fn verify_for(
+        &self,
+        token: &str,
+        route: &[usize],
+    ) -> Result<Arc<VerifiedToken>, AuthError> {
         let now = now_unix();
-        let generation = self.jwks.as_ref().map_or(0, |j| j.generation());
-        if self.cleared_for.load(Ordering::Relaxed) != generation {
+        let generations = self.generations();
+        if self.cleared_for.load(Ordering::Relaxed) != generations {
             // A new key set: verdicts under the old one are void (a removed key must
             // stop verifying). The generation check below covers the moment between.
-            self.cleared_for.store(generation, Ordering::Relaxed);
+            self.cleared_for.store(generations, Ordering::Relaxed);
             self.cache.clear();
         }
-        if let Some(hit) = self
-            .cache
-            .get(token)
-            .filter(|c| c.generation == generation)
-            .map(|c| c.token)
-        {
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
-            if hit.exp.saturating_add(self.leeway) < now {
-                return Err(GatewayError::Expired.into());
+        if let Some(hit) = self.cache.get(token) {
+            let provider = match self.matching {
+                true => providers::resolve(&self.providers, hit.owner, route),
+                false => Ok(0),
+            };
+            match provider {
+                Ok(p)
+                    if p == hit.token.provider
+                        && hit.generation == self.providers[p].generation() =>
+                {
+                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    if hit.token.exp.saturating_add(self.providers[p].leeway) < now {
+                        return Err(GatewayError::Expired.into());
+                    }
+                    return Ok(hit.token);
+                }
+                // No provider of this route takes the token's issuer: known at once.
+                Err(e) => {
+                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    return Err(e.into());
+                }
+                // Another provider judges it on this route: verified again below.
+                Ok(_) => {}
             }
-            return Ok(hit);
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        let verified = Arc::new(self.verify_uncached(token, now)?);
+        let owner = self.owner(token)?;
+        let provider = match self.matching {
+            true => providers::resolve(&self.providers, owner, route)?,
+            false => 0,
+        };
+        let generation = self.providers[provider].generation();
+        let verified = Arc::new(self.verify_with(provider, token, now)?);
         self.cache.insert(
             token,
             Cached {
                 token: verified.clone(),
                 generation,
+                owner,
             },
         );
         Ok(verified)
     }
 
-    /// The JWKS this verifier takes keys from, if any.
-    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
-        self.jwks.as_ref()
-    }
-
-    /// Verifies `claims` of `token` as jsonwebtoken decodes them with `validation`,
-    /// trying each candidate key in turn.
-    fn decode_with<'k>(
-        token: &str,
-        validation: &Validation,
-        keys: impl Iterator<Item = &'k DecodingKey>,
-    ) -> Option<Result<Map<String, Value>, GatewayError>> {
-        let mut result = None;
-        for key in keys {
-            let attempt = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
-                .map(|data| data.claims)
-                .map_err(|e| map_error(e.kind()));
-            // Rotation: only a bad signature moves on to the next key.
-            let done = attempt != Err(GatewayError::BadSignature);
-            result = Some(attempt);
-            if done {
-                break;
-            }
+    /// The provider whose issuer the token's `iss` is, when tokens are matched by it.
+    fn owner(&self, token: &str) -> Result<Option<usize>, GatewayError> {
+        if !self.matching {
+            return Ok(None);
         }
-        result
+        providers::with_issuer(token, |iss| providers::owner_of(&self.providers, iss))
     }
 
-    /// Checks `token`'s signature with the trusted keys for its header (static keys,
-    /// then the JWKS by `kid`) and its claims with `validation`.
-    ///
-    /// It does not apply `jwt.required_typ`: that rule is for the tokens of requests
-    /// ([`Verifier::verify_uncached`]); a back-channel logout token (`typ: logout+jwt`)
-    /// is checked through this function and must not be held to it.
+    /// The JWKS of the default provider, if any.
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        self.providers.first().and_then(ProviderVerifier::jwks)
+    }
+
+    /// [`ProviderVerifier::decode_claims`] of the default provider.
     pub fn decode_claims(
         &self,
         token: &str,
         header: &jsonwebtoken::Header,
         validation: &Validation,
     ) -> Result<Map<String, Value>, AuthError> {
-        // RFC 7515 §4.1.11: a `crit` extension the recipient does not understand makes
-        // the token invalid; the gateway understands none (and `crit: []` is itself
-        // invalid). jsonwebtoken parses the field but does not enforce it. Checked on
-        // this (uncached) path only: a hit in the verified-token cache was checked here.
-        if header.crit.is_some() {
-            return Err(GatewayError::Decode.into());
-        }
-        let mut result = Self::decode_with(token, validation, self.keys.candidates(header.alg));
-        if !matches!(result, Some(Ok(_))) {
-            if let Some(jwks) = &self.jwks {
-                let set = jwks.keys();
-                let kid = header.kid.as_deref();
-                let matching = set.iter().filter(|k| {
-                    k.algorithms.contains(&header.alg) && (kid.is_none() || k.kid.as_deref() == kid)
-                });
-                match Self::decode_with(token, validation, matching.map(|k| &k.key)) {
-                    Some(outcome) => result = Some(outcome),
-                    // A key id we have never seen: maybe the provider rotated.
-                    None if kid.is_some() && result.is_none() => return Err(AuthError::UnknownKid),
-                    None => {}
-                }
-            }
-        }
-        Ok(result.unwrap_or(Err(GatewayError::Decode))?)
+        self.providers[0]
+            .decode_claims(token, header, validation)
+            .map_err(|e| auth_error(e, 0))
     }
 
     /// Whether `alg` is one of `jwt.algorithms`.
     pub fn allows(&self, alg: Algorithm) -> bool {
-        self.validations.iter().any(|(a, _)| *a == alg)
+        self.providers[0].allows(alg)
     }
 
-    /// The full check, without the cache (also used by logout for the refresh token).
+    /// [`Verifier::verify_uncached_for`] a route of the default provider only.
     pub fn verify_uncached(&self, token: &str, now: u64) -> Result<VerifiedToken, AuthError> {
+        self.verify_uncached_for(token, now, &[0])
+    }
+
+    /// The full check for a route of providers `route`, without the cache (logout uses
+    /// it for the refresh token, at the access token's provider).
+    pub fn verify_uncached_for(
+        &self,
+        token: &str,
+        now: u64,
+        route: &[usize],
+    ) -> Result<VerifiedToken, AuthError> {
+        let provider = match self.matching {
+            true => providers::resolve(&self.providers, self.owner(token)?, route)?,
+            false => 0,
+        };
+        self.verify_with(provider, token, now)
+    }
+
+    /// The full check of `token` by provider `provider`.
+    fn verify_with(
+        &self,
+        provider: usize,
+        token: &str,
+        now: u64,
+    ) -> Result<VerifiedToken, AuthError> {
+        let p = &self.providers[provider];
         let header = jsonwebtoken::decode_header(token).map_err(|_| GatewayError::Decode)?;
-        if let Some(required) = &self.required_typ {
+        if let Some(required) = &p.required_typ {
             // RFC 9068 §4: an access token must carry the `typ` it is meant to; this keeps
             // ID tokens (same issuer, same keys, client_id in `aud`) out.
             if !typ_matches(header.typ.as_deref(), required) {
                 return Err(GatewayError::Decode.into());
             }
         }
-        let Some((_, validation)) = self.validations.iter().find(|(alg, _)| *alg == header.alg)
-        else {
+        let Some(validation) = p.validation(header.alg) else {
             return Err(GatewayError::Decode.into());
         };
-        let claims = self.decode_claims(token, &header, validation)?;
+        let claims = p
+            .decode_claims(token, &header, validation)
+            .map_err(|e| auth_error(e, provider))?;
         let iat = claims.get("iat").and_then(numeric_date);
-        if matches!(iat, Some(iat) if iat > now.saturating_add(self.leeway)) {
+        if matches!(iat, Some(iat) if iat > now.saturating_add(p.leeway)) {
             return Err(GatewayError::Decode.into());
         }
         let exp = claims
@@ -367,6 +437,24 @@ impl Verifier {
                 .filter(|s| !s.is_empty())
         };
         let revocation_key = text_claim("jti").unwrap_or_else(|| token_digest_key(token));
+        let revocation_key = match providers::namespaced(&p.name, &revocation_key) {
+            Cow::Borrowed(_) => revocation_key,
+            Cow::Owned(key) => key,
+        };
+        let (sub, sid) = (text_claim("sub"), text_claim("sid"));
+        // Namespaced copies only for a provider whose keys differ from the claim text.
+        let in_namespace = |text: &Option<String>| {
+            text.as_deref()
+                .map(|t| providers::namespaced(&p.name, t).into_owned())
+        };
+        let namespaced = (p.name.as_ref() != DEFAULT_PROVIDER
+            || sid
+                .as_deref()
+                .is_some_and(|s| s.contains(providers::KEY_SEPARATOR))
+            || sub
+                .as_deref()
+                .is_some_and(|s| s.contains(providers::KEY_SEPARATOR)))
+        .then(|| Box::new((in_namespace(&sid), in_namespace(&sub))));
         let identity = self
             .identity_headers
             .iter()
@@ -391,11 +479,13 @@ impl Verifier {
                 .get("csrf")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
-            sub: text_claim("sub"),
-            sid: text_claim("sid"),
+            sub,
+            sid,
             iat,
             exp,
+            provider,
             revocation_key,
+            namespaced,
             identity,
             claims: self
                 .kept_claims
@@ -425,8 +515,16 @@ fn numeric_date(v: &Value) -> Option<u64> {
         .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
 }
 
+/// A provider's refusal as the verifier reports it (an unknown `kid` names the provider).
+fn auth_error(e: DecodeError, provider: usize) -> AuthError {
+    match e {
+        DecodeError::Refused(e) => AuthError::Refused(e),
+        DecodeError::UnknownKid => AuthError::UnknownKid(provider),
+    }
+}
+
 /// jsonwebtoken's error kinds, mapped onto the contract's table.
-fn map_error(kind: &ErrorKind) -> GatewayError {
+pub(crate) fn map_error(kind: &ErrorKind) -> GatewayError {
     match kind {
         ErrorKind::InvalidSignature => GatewayError::BadSignature,
         ErrorKind::ExpiredSignature => GatewayError::Expired,

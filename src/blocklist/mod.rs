@@ -433,7 +433,9 @@ impl Blocklist {
         if self.tokens.cutoff(&token.revocation_key, now).is_some() {
             return true;
         }
-        if let Some(sid) = &token.sid {
+        // The keys in the token's provider's namespace (the claims themselves for
+        // `default`), precomputed when it was verified: no allocation here.
+        if let Some(sid) = token.sid_key() {
             if !self.sessions.is_empty() {
                 if let Some(cutoff) = self.sessions.cutoff(sid, now) {
                     if issued_before(token.iat, cutoff) {
@@ -443,9 +445,9 @@ impl Blocklist {
             }
         }
         if self.has_subjects.load(Ordering::Relaxed) {
-            if let Some(sub) = &token.sub {
+            if let Some(sub) = token.sub_key() {
                 let subjects = self.subjects.read().unwrap_or_else(|p| p.into_inner());
-                if let Some(&at) = subjects.get(sub.as_str()) {
+                if let Some(&at) = subjects.get(sub) {
                     return issued_before(token.iat, at);
                 }
             }
@@ -611,7 +613,9 @@ mod tests {
             sid: None,
             iat: Some(now_unix()),
             exp: now_unix() + 600,
+            provider: 0,
             revocation_key: jti.into(),
+            namespaced: None,
             identity: Vec::new(),
         }
     }

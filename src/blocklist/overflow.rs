@@ -132,8 +132,8 @@ impl Overflow {
     ) -> Result<bool, StoreError> {
         let keys = [
             Some((Kind::Token, token.revocation_key.as_str())),
-            token.sid.as_deref().map(|sid| (Kind::Session, sid)),
-            token.sub.as_deref().map(|sub| (Kind::Subject, sub)),
+            token.sid_key().map(|sid| (Kind::Session, sid)),
+            token.sub_key().map(|sub| (Kind::Subject, sub)),
         ];
         for (kind, key) in keys.into_iter().flatten() {
             if let Some(cut) = self.answer(store, kind, key).await? {
@@ -192,7 +192,9 @@ mod tests {
             sid: None,
             iat: Some(now_unix() - 10),
             exp: now_unix() + 600,
+            provider: 0,
             revocation_key: jti.into(),
+            namespaced: None,
             identity: Vec::new(),
         }
     }

@@ -66,13 +66,15 @@ impl Checker {
         let admin_file: Option<file::AdminFile> = self.section(map, "admin");
         let admin = admin_file.map(|a| self.admin(a));
         let jwt_file: Option<file::JwtFile> = self.section(map, "jwt");
-        let jwt = self.jwt(jwt_file);
+        let (jwt, default_provider) = self.jwt(jwt_file).unzip();
+        let named = self.providers(map.get("providers"), default_provider.as_ref());
+        let providers: Vec<_> = default_provider.into_iter().chain(named).collect();
         let blocklist_file: Option<file::BlocklistFile> = self.section(map, "blocklist");
         let blocklist = self.blocklist(blocklist_file);
         let logout_file: Option<file::LogoutFile> = self.section(map, "logout");
-        let logout = self.logout(logout_file, jwt.as_ref());
+        let logout = self.logout(logout_file, jwt.as_ref(), &providers);
         let upstreams = self.upstreams(map.get("upstreams"));
-        let routes = self.routes(map.get("routes"), &upstreams);
+        let routes = self.routes(map.get("routes"), &upstreams, &providers);
         let forward_file: Option<file::ForwardFile> = self.section(map, "forward");
         let forward = self.forward(forward_file);
         let forward_auth_file: Option<file::ForwardAuthFile> = self.section(map, "forward_auth");
@@ -82,6 +84,7 @@ impl Checker {
             server,
             admin,
             jwt: jwt?,
+            providers,
             blocklist,
             logout,
             upstreams,

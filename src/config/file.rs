@@ -90,6 +90,29 @@ pub struct JwtFile {
     pub token_cache_max_bytes: Option<serde_yaml::Value>,
 }
 
+/// `providers.<name>:`: another token issuer, with the key and claim settings of `jwt`
+/// (token locations, cookies and CSRF stay `jwt`'s for every provider).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderFile {
+    pub issuer: Option<String>,
+    pub algorithms: Option<OneOrMany>,
+    pub secret: Option<String>,
+    pub public_key_file: Option<String>,
+    pub private_key_file: Option<String>,
+    pub previous_secret: Option<String>,
+    pub previous_public_key_file: Option<String>,
+    pub jwks_url: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub jwks_refresh: Option<String>,
+    pub jwks_ca_file: Option<String>,
+    pub discovery: Option<bool>,
+    pub audience: Option<OneOrMany>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub leeway: Option<String>,
+    pub required_typ: Option<String>,
+}
+
 /// `jwt.csrf:`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,6 +178,7 @@ pub struct RouteFile {
     pub auth: Option<String>,
     pub fresh: Option<bool>,
     pub require_claims: Option<BTreeMap<String, serde_yaml::Value>>,
+    pub providers: Option<OneOrMany>,
 }
 
 /// `forward:`
@@ -179,6 +203,7 @@ pub const SECTIONS: &[&str] = &[
     "server",
     "admin",
     "jwt",
+    "providers",
     "blocklist",
     "logout",
     "upstreams",

@@ -2,13 +2,14 @@
 //! provider settings of `jwt:`.
 
 use super::checker::Checker;
-use super::{file, BackchannelRevokes, JwtConfig, LogoutConfig};
+use super::{file, BackchannelRevokes, JwtConfig, LogoutConfig, ProviderConfig};
 
 impl Checker {
     pub(super) fn logout(
         &mut self,
         f: Option<file::LogoutFile>,
         jwt: Option<&JwtConfig>,
+        providers: &[ProviderConfig],
     ) -> LogoutConfig {
         let f = f.unwrap_or_default();
         let path = f.path.unwrap_or_else(|| "/logout".to_owned());
@@ -39,7 +40,10 @@ impl Checker {
         };
         if let Some(p) = &f.backchannel_path {
             self.absolute_path(p, "logout.backchannel_path");
-            if let Some(jwt) = jwt {
+            // A logout token comes from the provider its `iss` names: `jwt`, or a named
+            // provider that takes keys from a JWKS (a named provider always has an issuer).
+            let named_idp = providers.iter().skip(1).any(ProviderConfig::uses_jwks);
+            if let Some(jwt) = jwt.filter(|_| !named_idp) {
                 if jwt.jwks_url.is_none() && !jwt.discovery {
                     self.error(
                         "logout.backchannel_path",
@@ -52,9 +56,9 @@ impl Checker {
                         "needs jwt.issuer (a logout token's iss must equal it)",
                     );
                 }
-                if backchannel_audience.is_empty() {
-                    self.error("logout.backchannel_path", "needs logout.backchannel_audience or jwt.audience (the gateway's client_id, which a logout token's aud must hold)");
-                }
+            }
+            if jwt.is_some() && backchannel_audience.is_empty() {
+                self.error("logout.backchannel_path", "needs logout.backchannel_audience or jwt.audience (the gateway's client_id, which a logout token's aud must hold)");
             }
         }
         LogoutConfig {

@@ -27,6 +27,7 @@ mod forward;
 mod forward_auth;
 mod jwt;
 mod logout;
+mod providers;
 mod routes;
 mod server;
 mod upstreams;
@@ -40,8 +41,9 @@ mod tests;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AdminConfig, AuthMode, BackchannelRevokes, BlocklistConfig, Config, CsrfConfig,
-    ForwardAuthConfig, ForwardConfig, JwtConfig, LogoutConfig, OnStoreError, RedisSentinelConfig,
-    RouteConfig, ServerConfig, StoreKind, TlsFiles, TokenLocation, UpstreamConfig,
+    ForwardAuthConfig, ForwardConfig, JwtConfig, LogoutConfig, OnStoreError, ProviderConfig,
+    RedisSentinelConfig, RouteConfig, ServerConfig, StoreKind, TlsFiles, TokenLocation,
+    UpstreamConfig, DEFAULT_PROVIDER,
 };
 pub use redact::redact_url;
 

@@ -20,6 +20,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub admin: Option<AdminConfig>,
     pub jwt: JwtConfig,
+    /// Every token issuer: `providers[0]` is `default` (the key and claim settings of
+    /// `jwt`), then the entries of `providers:` in file order. Routes name them by index.
+    pub providers: Vec<ProviderConfig>,
     pub blocklist: BlocklistConfig,
     pub logout: LogoutConfig,
     pub upstreams: Vec<UpstreamConfig>,
@@ -110,6 +113,49 @@ pub struct JwtConfig {
     pub csrf: CsrfConfig,
     /// `jwt.token_cache_max_bytes`: the verified-token cache's bound in bytes (0: off).
     pub token_cache_max_bytes: u64,
+}
+
+/// The name of the provider `jwt` stands for.
+pub const DEFAULT_PROVIDER: &str = "default";
+
+/// One token issuer: its keys and claim rules (`jwt`'s for `default`, else a
+/// `providers.<name>` entry).
+#[derive(Clone)]
+pub struct ProviderConfig {
+    /// `default`, or the name under `providers:`.
+    pub name: String,
+    /// Tokens whose `iss` equals it are this provider's. Only `default` may have none.
+    pub issuer: Option<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub keys: KeySet,
+    pub signing: Option<SigningKey>,
+    pub jwks_url: Option<String>,
+    pub jwks_refresh: Duration,
+    pub jwks_ca_file: Option<PathBuf>,
+    pub discovery: bool,
+    pub audience: Vec<String>,
+    pub leeway: Duration,
+    /// Normalized like `jwt.required_typ`.
+    pub required_typ: Option<String>,
+}
+
+impl ProviderConfig {
+    /// Whether it takes keys from a JWKS (an URL or discovery).
+    pub fn uses_jwks(&self) -> bool {
+        self.jwks_url.is_some() || (self.discovery && self.issuer.is_some())
+    }
+}
+
+impl Config {
+    /// Every provider's name, `default` first: what a revocation's `provider` may say.
+    pub fn provider_names(&self) -> Vec<&str> {
+        self.providers.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    /// The index of provider `name` in [`Config::providers`].
+    pub fn provider_index(&self, name: &str) -> Option<usize> {
+        self.providers.iter().position(|p| p.name == name)
+    }
 }
 
 /// `jwt.csrf:`
@@ -245,6 +291,9 @@ pub struct RouteConfig {
     pub fresh: bool,
     /// Claim name and the value it must equal (or, for a list claim, contain).
     pub require_claims: Vec<(String, serde_json::Value)>,
+    /// Indexes into [`Config::providers`] of the providers whose tokens it accepts, in
+    /// the order listed (default: `[0]`, the `jwt` provider).
+    pub providers: Vec<usize>,
 }
 
 /// `forward:`

@@ -40,7 +40,12 @@ pub fn typ_matches(header_typ: Option<&str>, required: &str) -> bool {
 impl Checker {
     /// `jwt.algorithms` must name an asymmetric algorithm when keys come from a JWKS
     /// (`source` is the key that says so: `jwt.jwks_url` or `jwt.discovery`).
-    pub(super) fn check_jwks_algorithms(&mut self, algorithms: &[Algorithm], source: &str) {
+    pub(super) fn check_jwks_algorithms(
+        &mut self,
+        algorithms: &[Algorithm],
+        source: &str,
+        prefix: &str,
+    ) {
         if algorithms.is_empty()
             || algorithms
                 .iter()
@@ -50,7 +55,7 @@ impl Checker {
         }
         let names: Vec<String> = algorithms.iter().map(|a| format!("{a:?}")).collect();
         self.error(
-            "jwt.algorithms",
+            &format!("{prefix}.algorithms"),
             format!(
                 "allows only HMAC ({}), but the keys come from {source}: a JWKS provides public keys, \
                  which never verify HMAC tokens (its symmetric keys are ignored), so the provider's tokens would all be refused; \
@@ -93,22 +98,19 @@ impl Checker {
         }
     }
 
-    /// `jwt.required_typ`, normalized (see [`normalize_typ`]).
-    pub(super) fn required_typ(&mut self, raw: Option<&str>) -> Option<String> {
+    /// `jwt.required_typ` (or a provider's, at `path`), normalized (see [`normalize_typ`]).
+    pub(super) fn required_typ(&mut self, raw: Option<&str>, path: &str) -> Option<String> {
         let raw = raw?;
         let typ = normalize_typ(raw);
         if typ.is_empty() {
             self.error(
-                "jwt.required_typ",
+                path,
                 "is empty; remove the key to accept any `typ`, or name one, e.g. at+jwt",
             );
             return None;
         }
         if typ.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            self.error(
-                "jwt.required_typ",
-                format!("{raw:?} is not a media type such as at+jwt"),
-            );
+            self.error(path, format!("{raw:?} is not a media type such as at+jwt"));
             return None;
         }
         Some(typ)

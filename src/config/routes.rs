@@ -1,7 +1,7 @@
 //! `routes:`: path prefixes, the upstream each goes to and what it asks of the caller.
 
 use super::checker::Checker;
-use super::{file, AuthMode, RouteConfig, UpstreamConfig};
+use super::{file, AuthMode, ProviderConfig, RouteConfig, UpstreamConfig, DEFAULT_PROVIDER};
 use serde_yaml::Value;
 
 impl Checker {
@@ -9,6 +9,7 @@ impl Checker {
         &mut self,
         raw: Option<&Value>,
         upstreams: &[UpstreamConfig],
+        providers: &[ProviderConfig],
     ) -> Vec<RouteConfig> {
         let mut out = Vec::new();
         let Some(raw) = raw else {
@@ -74,6 +75,7 @@ impl Checker {
                     "fresh and require_claims need a token: set auth to access, refresh or any",
                 );
             }
+            let providers = self.route_providers(f.providers, &path, providers);
             if let Some(upstream) = upstream {
                 out.push(RouteConfig {
                     prefix: trim_trailing_slash(prefix),
@@ -81,8 +83,55 @@ impl Checker {
                     auth,
                     fresh,
                     require_claims,
+                    providers,
                 });
             }
+        }
+        out
+    }
+}
+
+impl Checker {
+    /// `routes[i].providers`: names of `default` or of `providers:` entries, as indexes
+    /// into `providers` (default: `[default]`). An unknown name is an error naming the
+    /// known ones; a name listed twice counts once.
+    fn route_providers(
+        &mut self,
+        raw: Option<file::OneOrMany>,
+        path: &str,
+        providers: &[ProviderConfig],
+    ) -> Vec<usize> {
+        let key = format!("{path}.providers");
+        let Some(raw) = raw else {
+            return vec![0];
+        };
+        let names = raw.into_vec();
+        if names.is_empty() {
+            self.error(
+                &key,
+                "is empty: list at least one provider (default is the jwt section)",
+            );
+            return vec![0];
+        }
+        let mut out = Vec::new();
+        for name in &names {
+            match providers.iter().position(|p| p.name == *name) {
+                Some(i) if !out.contains(&i) => out.push(i),
+                Some(_) => {}
+                // `default` is missing only when `jwt` itself is broken (reported there).
+                None if name == DEFAULT_PROVIDER => {}
+                None => {
+                    let mut known: Vec<&str> = vec![DEFAULT_PROVIDER];
+                    known.extend(providers.iter().skip(1).map(|p| p.name.as_str()));
+                    self.error(
+                        &key,
+                        format!("no provider named {name:?} (defined: {})", known.join(", ")),
+                    );
+                }
+            }
+        }
+        if out.is_empty() {
+            out.push(0);
         }
         out
     }

@@ -37,6 +37,17 @@ impl Config {
                 None => String::new(),
             }
         );
+        for p in self.providers.iter().skip(1) {
+            let algs: Vec<String> = p.algorithms.iter().map(|a| format!("{a:?}")).collect();
+            let _ = writeln!(
+                s,
+                "  provider  {} for iss {} ({}{})",
+                p.name,
+                p.issuer.as_deref().unwrap_or(""),
+                algs.join(", "),
+                if p.uses_jwks() { ", JWKS" } else { "" }
+            );
+        }
         let _ = writeln!(
             s,
             "  blocklist {}{} (cache {} entries, on_store_error {})",

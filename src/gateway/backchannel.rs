@@ -13,7 +13,7 @@
 //! step: of two replicas receiving the same logout token at once, exactly one acts.
 
 use super::Gateway;
-use crate::auth::verify::AuthError;
+use crate::auth::providers::{namespaced, owner_of, with_issuer, DecodeError};
 use crate::blocklist::Revocation;
 use crate::clock::now_unix;
 use crate::config::BackchannelRevokes;
@@ -79,8 +79,8 @@ pub async fn handle(gw: &Gateway, body: Body) -> Response<Body> {
     let Some(token) = form_value(&bytes, "logout_token") else {
         return invalid("missing logout_token");
     };
-    let claims = match validate(gw, &token).await {
-        Ok(claims) => claims,
+    let (claims, provider) = match validate(gw, &token).await {
+        Ok(validated) => validated,
         Err(description) => {
             tracing::info!(reason = %description, "back-channel logout refused");
             return invalid(&description);
@@ -99,10 +99,13 @@ pub async fn handle(gw: &Gateway, body: Body) -> Response<Body> {
         return invalid("logout token has no jti");
     };
     let (sid, sub) = (text("sid"), text("sub"));
+    // Revoked at the provider that issued the logout token (see `auth::providers`).
+    let name = &*gw.verifier.providers()[provider].name;
+    let key = |text: &str| namespaced(name, text).into_owned();
     let revocation = match (gw.config.logout.backchannel_revokes, &sid, &sub) {
-        (BackchannelRevokes::Session, Some(sid), _) => session_cutoff(sid.clone(), now, now),
+        (BackchannelRevokes::Session, Some(sid), _) => session_cutoff(key(sid), now, now),
         (_, _, Some(sub)) => Revocation::Subject {
-            sub: sub.clone(),
+            sub: key(sub),
             at: now,
         },
         (BackchannelRevokes::Subject, Some(_), None) => {
@@ -112,8 +115,9 @@ pub async fn handle(gw: &Gateway, body: Body) -> Response<Body> {
     };
     // Remembered as long as the token could be accepted (its exp, plus leeway).
     let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(now);
-    let replay_until = exp.saturating_add(gw.config.jwt.leeway.as_secs());
-    let replay_key = format!("{REPLAY_PREFIX}{jti}");
+    let replay_until = exp.saturating_add(gw.verifier.providers()[provider].leeway);
+    // `jti`s are unique per issuer only: each provider has its own replay memory.
+    let replay_key = format!("{REPLAY_PREFIX}{}", key(&jti));
     match gw
         .blocklist
         .revoke_once(&replay_key, replay_until, vec![revocation])
@@ -126,6 +130,7 @@ pub async fn handle(gw: &Gateway, body: Body) -> Response<Body> {
     tracing::info!(
         sid = sid.as_deref(),
         sub = sub.as_deref(),
+        provider = name,
         "back-channel logout"
     );
     let mut response = Response::new(full(Bytes::new()));
@@ -135,34 +140,44 @@ pub async fn handle(gw: &Gateway, body: Body) -> Response<Body> {
     response
 }
 
-/// Checks the logout token per the spec; returns its claims or why it is invalid.
-async fn validate(gw: &Gateway, token: &str) -> Result<Map<String, Value>, String> {
-    let jwt = &gw.config.jwt;
+/// Checks the logout token per the spec; returns its claims and the index of the
+/// provider that issued it (the one whose `issuer` is its `iss`, whose keys verify it),
+/// or why it is invalid.
+async fn validate(gw: &Gateway, token: &str) -> Result<(Map<String, Value>, usize), String> {
     let audience = &gw.config.logout.backchannel_audience;
     let header = jsonwebtoken::decode_header(token).map_err(|_| "logout token is not a JWT")?;
-    if !gw.verifier.allows(header.alg) {
+    let providers = gw.verifier.providers();
+    let index = with_issuer(token, |iss| owner_of(providers, iss))
+        .map_err(|_| "logout token is not a JWT")?
+        .ok_or("logout token issuer is wrong")?;
+    let provider = &providers[index];
+    if !provider.allows(header.alg) {
         return Err("logout token algorithm is not allowed".into());
     }
-    // Config validation guarantees both for a back-channel path; checked again so a
-    // token is never accepted without them.
-    let (Some(issuer), false) = (&jwt.issuer, audience.is_empty()) else {
+    // Config validation guarantees an audience for a back-channel path; checked again
+    // so a token is never accepted without one (an issuer is how it was matched).
+    let (Some(issuer), false) = (&provider.issuer, audience.is_empty()) else {
         return Err("jwt.issuer and logout.backchannel_audience must be configured".into());
     };
     let mut validation = Validation::new(header.alg);
-    validation.leeway = jwt.leeway.as_secs();
+    validation.leeway = provider.leeway;
     validation.set_issuer(&[issuer]);
     validation.set_audience(audience);
     validation.set_required_spec_claims(&["iss", "aud", "exp"]);
-    let decoded = match gw.verifier.decode_claims(token, &header, &validation) {
-        Err(AuthError::UnknownKid) => {
-            if let Some(jwks) = gw.verifier.jwks() {
+    let decoded = match provider.decode_claims(token, &header, &validation) {
+        Err(DecodeError::UnknownKid) => {
+            if let Some(jwks) = provider.jwks() {
                 jwks.refetch_for_unknown_kid().await;
             }
-            gw.verifier.decode_claims(token, &header, &validation)
+            provider.decode_claims(token, &header, &validation)
         }
         other => other,
     };
-    let claims = decoded.map_err(|e| match e.refusal() {
+    let claims = decoded.map_err(|e| match e {
+        DecodeError::Refused(e) => e,
+        DecodeError::UnknownKid => crate::GatewayError::Decode,
+    });
+    let claims = claims.map_err(|e| match e {
         crate::GatewayError::BadSignature => "logout token signature does not verify".into(),
         crate::GatewayError::Expired => "logout token has expired".into(),
         crate::GatewayError::BadIssuer => "logout token issuer is wrong".into(),
@@ -186,7 +201,7 @@ async fn validate(gw: &Gateway, token: &str) -> Result<Map<String, Value>, Strin
     if claims.contains_key("nonce") {
         return Err("logout token must not contain a nonce".into());
     }
-    Ok(claims)
+    Ok((claims, index))
 }
 
 /// The refusal for a wrong `aud`, naming what the token carried and what is accepted

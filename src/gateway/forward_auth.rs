@@ -93,7 +93,12 @@ pub async fn handle(
         forwarding::strip_matching(&mut parts.headers, &gw.config.forward.strip_headers);
         trace.stats = Some(gw.config.routes.len());
         let policy = logout::LOGOUT_POLICY;
-        Some(gw.admit(&parts, target.query(), policy, trace).await?)
+        // As at the edge, the logout path accepts a token of any provider.
+        let providers = &gw.all_providers;
+        Some(
+            gw.admit(&parts, target.query(), policy, providers, trace)
+                .await?,
+        )
     } else {
         let (_, authenticated) = gw
             .judge(&mut parts, &original_path, target.query(), trace)

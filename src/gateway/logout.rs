@@ -52,7 +52,13 @@ pub async fn handle(
 ) -> Result<Response<Body>, GatewayError> {
     let jwt = &gw.config.jwt;
     let auth = gw
-        .admit(&parts, target.uri.query(), LOGOUT_POLICY, trace)
+        .admit(
+            &parts,
+            target.uri.query(),
+            LOGOUT_POLICY,
+            &gw.all_providers,
+            trace,
+        )
         .await?;
 
     let (refresh, body) = if gw.config.logout.revoke_refresh {
@@ -120,9 +126,13 @@ async fn find_refresh_token(
     (token, Either::Right(start.body))
 }
 
-/// The refresh token's revocation, if it is a valid refresh token of the same subject.
+/// The refresh token's revocation, if it is a valid refresh token of the same subject
+/// at the same provider (a token of another issuer is another user's).
 fn valid_refresh(gw: &Gateway, auth: &Authenticated, raw: &str, now: u64) -> Option<Revocation> {
-    let refresh = gw.verifier.verify_uncached(raw, now).ok()?;
+    let refresh = gw
+        .verifier
+        .verify_uncached_for(raw, now, &[auth.token.provider])
+        .ok()?;
     if refresh.token_type != TokenType::Refresh || refresh.sub != auth.token.sub {
         return None;
     }

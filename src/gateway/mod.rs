@@ -13,6 +13,7 @@ pub mod logout;
 
 use crate::auth::extract;
 use crate::auth::jwks::{Jwks, JwksSettings};
+use crate::auth::providers::ProviderVerifier;
 use crate::auth::verify::{AuthError, VerifiedToken, Verifier};
 use crate::auth::{self, Authenticated};
 use crate::blocklist::{Blocklist, Verdict};
@@ -46,6 +47,8 @@ pub struct Gateway {
     route_stats: Vec<Arc<RouteStats>>,
     /// Latency histogram per upstream, in upstream order.
     upstream_latency: Vec<Arc<Histogram>>,
+    /// Every provider's index: the logout path accepts a token of any of them.
+    pub all_providers: Vec<usize>,
 }
 
 /// Where a request is going: its original URI, the normalized path, and its connection.
@@ -73,8 +76,9 @@ pub struct Trace {
 /// vanished since validation, mostly).
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("jwt.jwks_ca_file: {0}")]
-    JwksCa(#[source] crate::tls::TlsError),
+    /// The `jwks_ca_file` of a provider (`default` is `jwt`'s).
+    #[error("jwks_ca_file of provider {0}: {1}")]
+    JwksCa(String, #[source] crate::tls::TlsError),
     #[error("{0}")]
     Upstream(#[from] crate::upstream::UpstreamError),
     #[error("{0}")]
@@ -108,24 +112,36 @@ impl Gateway {
         metrics: Arc<Metrics>,
         previous: Option<&Gateway>,
     ) -> Result<Gateway, BuildError> {
-        let jwt = &config.jwt;
-        let jwks = match JwksSettings::of(jwt) {
-            None => None,
-            Some(settings) => match previous
-                .and_then(|p| p.verifier.jwks())
-                .filter(|j| j.settings == settings)
-            {
-                Some(running) => Some(running.clone()),
-                None => Some(Jwks::new(settings, &jwt.algorithms).map_err(BuildError::JwksCa)?),
-            },
-        };
-        let verifier = Verifier::new(
-            jwt,
+        // One key source per provider; a running JWKS whose settings did not change is
+        // kept across a reload (whichever provider index it had).
+        let mut providers = Vec::with_capacity(config.providers.len());
+        for provider in &config.providers {
+            let jwks = match JwksSettings::of(provider) {
+                None => None,
+                Some(settings) => match previous.and_then(|p| {
+                    p.verifier
+                        .providers()
+                        .iter()
+                        .filter_map(ProviderVerifier::jwks)
+                        .find(|j| j.settings == settings)
+                }) {
+                    Some(running) => Some(running.clone()),
+                    None => Some(
+                        Jwks::new(settings, &provider.algorithms)
+                            .map_err(|e| BuildError::JwksCa(provider.name.clone(), e))?,
+                    ),
+                },
+            };
+            providers.push(ProviderVerifier::new(provider, jwks));
+        }
+        let verifier = Verifier::with_providers(
+            providers,
+            config.jwt.token_cache_max_bytes,
             config.forward.identity_headers.clone(),
             Verifier::kept_claims(&config),
             metrics.token_cache.clone(),
-            jwks,
         );
+        let all_providers = (0..config.providers.len()).collect();
         let upstreams = config
             .upstreams
             .iter()
@@ -158,7 +174,26 @@ impl Gateway {
             metrics,
             route_stats,
             upstream_latency,
+            all_providers,
         })
+    }
+
+    /// Starts every provider's JWKS (first fetch, then the background refresh), all at
+    /// once so that one slow provider does not delay the others; returns when each has
+    /// had its first fetch. A key set kept from the previous config is already running.
+    pub async fn start_key_sets(&self) {
+        let starts: Vec<_> = self
+            .verifier
+            .providers()
+            .iter()
+            .filter_map(|p| p.jwks().cloned())
+            .map(|jwks| tokio::spawn(async move { jwks.start().await }))
+            .collect();
+        for start in starts {
+            if let Err(e) = start.await {
+                tracing::error!(error = %e, "JWKS start failed");
+            }
+        }
     }
 
     /// Answers one request; never fails (errors become their contract responses).
@@ -298,7 +333,10 @@ impl Gateway {
             AuthMode::None => None,
             mode => {
                 let policy = (mode, route.fresh, route.require_claims.as_slice());
-                Some(self.admit(parts, query, policy, trace).await?)
+                Some(
+                    self.admit(parts, query, policy, &route.providers, trace)
+                        .await?,
+                )
             }
         };
         Ok((route, authenticated))
@@ -306,16 +344,20 @@ impl Gateway {
 
     /// authenticate → revocation → authorize (`fresh`, CSRF for `parts.method`,
     /// `require_claims`): what a token-bearing route and the logout path ask of a caller.
-    /// `policy` is the route's `(auth, fresh, require_claims)`.
+    /// `policy` is the route's `(auth, fresh, require_claims)`, `providers` the
+    /// providers whose tokens it accepts (indexes into the config's).
     pub async fn admit(
         &self,
         parts: &Parts,
         query: Option<&str>,
         policy: (AuthMode, bool, &[(String, serde_json::Value)]),
+        providers: &[usize],
         trace: &mut Trace,
     ) -> Result<Authenticated, GatewayError> {
         let (mode, fresh, require_claims) = policy;
-        let auth = self.authenticate(&parts.headers, query, mode).await?;
+        let auth = self
+            .authenticate(&parts.headers, query, mode, providers)
+            .await?;
         if self.config.server.access_log {
             trace.token = Some(auth.token.clone());
         }
@@ -324,22 +366,24 @@ impl Gateway {
         Ok(auth)
     }
 
-    /// Finds and verifies the token for `mode`; a `kid` the JWKS does not know yet gets
-    /// one (rate-limited) refetch of the key set and a second try.
+    /// Finds and verifies the token for `mode` from one of `providers`; a `kid` the
+    /// matched provider's JWKS does not know yet gets one (rate-limited) refetch of that
+    /// provider's key set, and a second try.
     pub async fn authenticate(
         &self,
         headers: &http::HeaderMap,
         query: Option<&str>,
         mode: AuthMode,
+        providers: &[usize],
     ) -> Result<Authenticated, GatewayError> {
         let jwt = &self.config.jwt;
-        match auth::authenticate(headers, query, mode, jwt, &self.verifier) {
+        match auth::authenticate(headers, query, mode, jwt, &self.verifier, providers) {
             Ok(auth) => Ok(auth),
-            Err(AuthError::UnknownKid) => {
-                if let Some(jwks) = self.verifier.jwks() {
+            Err(AuthError::UnknownKid(provider)) => {
+                if let Some(jwks) = self.verifier.providers()[provider].jwks() {
                     jwks.refetch_for_unknown_kid().await;
                 }
-                auth::authenticate(headers, query, mode, jwt, &self.verifier)
+                auth::authenticate(headers, query, mode, jwt, &self.verifier, providers)
                     .map_err(AuthError::refusal)
             }
             Err(AuthError::Refused(e)) => Err(e),

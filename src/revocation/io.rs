@@ -3,8 +3,10 @@
 //! same shape written back by the export (`GET /revocations`), so an export re-imports.
 //!
 //! Shapes: `{"token": T}`, `{"jti": J, "exp": E}`, `{"sid": S, "exp": E}`, `{"sub": S}`.
-//! Each may carry `"provider"` (only `"default"` exists so far: another name is refused,
-//! rather than revoking at the wrong issuer). Sessions and subjects may carry
+//! Each may carry `"provider"`: the name of the provider it revokes at (`default`, the
+//! `jwt` section, when absent; a name the config does not define is refused, rather than
+//! revoking at the wrong issuer). Keys are stored in that provider's namespace
+//! ([`namespaced`]); the export splits them back into the claim text and `"provider"`. Sessions and subjects may carry
 //! `"revoked_at"`, the cut-off in Unix seconds (default: now): the export writes it, so a
 //! re-import keeps the original cut-off instead of logging out everyone who signed in
 //! since. Other keys are ignored, as they always were for single objects.
@@ -14,9 +16,11 @@
 //! skipped).
 
 use crate::auth::claim_text;
+use crate::auth::providers::{namespaced, split_key};
 use crate::auth::verify::token_digest_key;
 use crate::blocklist::{Revocation, WHOLE_SESSION};
 use crate::clock::now_unix;
+use crate::config::DEFAULT_PROVIDER;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
 
@@ -55,21 +59,52 @@ pub fn token_revocation(token: &str) -> Result<Revocation, String> {
     Ok(Revocation::Token { key, exp })
 }
 
-/// One revocation object (see the module docs), judged at `now`.
-pub fn parse_object(value: &Value, now: u64) -> Result<Revocation, String> {
+/// The provider a revocation object names (`default` when it names none), if it is one
+/// of `providers` (every configured name, `default` included).
+pub fn provider_of<'a>(
+    object: &'a Map<String, Value>,
+    providers: &[&str],
+) -> Result<&'a str, String> {
+    match object.get("provider") {
+        None | Some(Value::Null) => Ok(DEFAULT_PROVIDER),
+        Some(Value::String(p)) if providers.contains(&p.as_str()) => Ok(p),
+        Some(Value::String(p)) => Err(format!(
+            "provider {p:?} does not exist (configured: {})",
+            providers.join(", ")
+        )),
+        Some(_) => Err("provider must be a string".into()),
+    }
+}
+
+/// `r` with its key in `provider`'s namespace.
+pub fn at_provider(r: Revocation, provider: &str) -> Revocation {
+    let key = |k: String| match namespaced(provider, &k) {
+        std::borrow::Cow::Borrowed(_) => k,
+        std::borrow::Cow::Owned(n) => n,
+    };
+    match r {
+        Revocation::Token { key: k, exp } => Revocation::Token { key: key(k), exp },
+        Revocation::Session { sid, at, exp } => Revocation::Session {
+            sid: key(sid),
+            at,
+            exp,
+        },
+        Revocation::Subject { sub, at } => Revocation::Subject { sub: key(sub), at },
+    }
+}
+
+/// One revocation object (see the module docs), judged at `now`, for a config with
+/// `providers` (every provider name, `default` included).
+pub fn parse_object(value: &Value, now: u64, providers: &[&str]) -> Result<Revocation, String> {
     let Some(object) = value.as_object() else {
         return Err("expected a JSON object".into());
     };
-    match object.get("provider") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(p)) if p == "default" => {}
-        Some(Value::String(p)) => {
-            return Err(format!(
-                "provider {p:?} does not exist: providers are not implemented yet, only \"default\""
-            ))
-        }
-        Some(_) => return Err("provider must be a string".into()),
-    }
+    let provider = provider_of(object, providers)?;
+    parse_shape(object, now).map(|r| at_provider(r, provider))
+}
+
+/// The revocation a revocation object's shape stands for, at the default provider.
+fn parse_shape(object: &Map<String, Value>, now: u64) -> Result<Revocation, String> {
     // `jti`, `sid` and `sub` may be strings or numbers, read as a token's claims are
     // ([`claim_text`]): `{"sub": 12345}` and `{"sub": "12345"}` are the same revocation.
     let text = |key: &str| {
@@ -135,7 +170,7 @@ pub fn parse_object(value: &Value, now: u64) -> Result<Revocation, String> {
 
 /// Every revocation of an NDJSON body, or the first bad line. Nothing is judged
 /// half-way: callers record all of them or none.
-pub fn parse_ndjson(body: &[u8]) -> Result<Vec<Revocation>, LineError> {
+pub fn parse_ndjson(body: &[u8], providers: &[&str]) -> Result<Vec<Revocation>, LineError> {
     let now = now_unix();
     let mut out = Vec::new();
     for (i, line) in body.split(|&b| b == b'\n').enumerate() {
@@ -149,22 +184,38 @@ pub fn parse_ndjson(body: &[u8]) -> Result<Vec<Revocation>, LineError> {
         }
         let value: Value =
             serde_json::from_slice(line).map_err(|e| fail(format!("not JSON: {e}")))?;
-        out.push(parse_object(&value, now).map_err(fail)?);
+        out.push(parse_object(&value, now, providers).map_err(fail)?);
     }
     Ok(out)
 }
 
-/// A revocation in the shape [`parse_object`] takes back.
+/// A revocation in the shape [`parse_object`] takes back: the claim text, and
+/// `"provider"` for a provider other than `default`.
 pub fn to_json(r: &Revocation) -> Value {
+    let (_, stored, _) = r.parts();
+    let (provider, _) = split_key(stored);
+    let mut value = shape_json(r);
+    if provider != DEFAULT_PROVIDER {
+        if let Some(object) = value.as_object_mut() {
+            object.insert("provider".into(), provider.into());
+        }
+    }
+    value
+}
+
+/// [`to_json`] without the provider, with the claim text of the key.
+fn shape_json(r: &Revocation) -> Value {
+    let (_, stored, _) = r.parts();
+    let (_, key) = split_key(stored);
     match r {
-        Revocation::Token { key, exp } => json!({"jti": key, "exp": exp}),
-        Revocation::Session { sid, at, exp } => {
+        Revocation::Token { exp, .. } => json!({"jti": key, "exp": exp}),
+        Revocation::Session { at, exp, .. } => {
             // A whole-session record (before cut-offs) as the equivalent cut-off at its
             // own expiry: every token of the session is issued before then.
             let at = if *at == WHOLE_SESSION { *exp } else { *at };
-            json!({"sid": sid, "exp": exp, "revoked_at": at.min(*exp)})
+            json!({"sid": key, "exp": exp, "revoked_at": at.min(*exp)})
         }
-        Revocation::Subject { sub, at } => json!({"sub": sub, "revoked_at": at}),
+        Revocation::Subject { at, .. } => json!({"sub": key, "revoked_at": at}),
     }
 }
 
@@ -181,6 +232,42 @@ pub fn write_ndjson(revocations: &[Revocation], out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
+    const D: &[&str] = &["default"];
+
+    #[test]
+    fn a_provider_namespaces_the_key_and_exports_back() {
+        let names = &["default", "partners"];
+        let now = now_unix();
+        let body = format!(
+            "{{\"jti\": \"a\", \"exp\": {e}, \"provider\": \"partners\"}}\n{{\"jti\": \"a\", \"exp\": {e}}}\n{{\"sub\": \"u\", \"provider\": \"partners\"}}\n",
+            e = now + 600
+        );
+        let parsed = parse_ndjson(body.as_bytes(), names).unwrap();
+        assert_eq!(
+            parsed[0],
+            Revocation::Token {
+                key: "partners\u{1f}a".into(),
+                exp: now + 600
+            }
+        );
+        assert_eq!(
+            parsed[1],
+            Revocation::Token {
+                key: "a".into(),
+                exp: now + 600
+            }
+        );
+        assert_eq!(to_json(&parsed[0])["provider"], "partners");
+        assert_eq!(to_json(&parsed[0])["jti"], "a");
+        assert!(to_json(&parsed[1]).get("provider").is_none());
+        let mut exported = Vec::new();
+        write_ndjson(&parsed, &mut exported);
+        assert_eq!(parse_ndjson(&exported, names).unwrap(), parsed);
+        // Known to this config only: another config refuses the line.
+        assert_eq!(parse_ndjson(&exported, D).unwrap_err().line, 1);
+        assert!(parse_object(&json!({"sub": "u", "provider": 7}), now, names).is_err());
+    }
+
     #[test]
     fn parses_every_shape_and_round_trips() {
         let now = now_unix();
@@ -189,7 +276,7 @@ mod tests {
             e = now + 600,
             at = now - 60
         );
-        let parsed = parse_ndjson(body.as_bytes()).unwrap();
+        let parsed = parse_ndjson(body.as_bytes(), D).unwrap();
         assert_eq!(parsed.len(), 4);
         assert_eq!(
             parsed[1],
@@ -201,12 +288,12 @@ mod tests {
         );
         let mut exported = Vec::new();
         write_ndjson(&parsed[..3], &mut exported);
-        assert_eq!(parse_ndjson(&exported).unwrap(), parsed[..3]);
+        assert_eq!(parse_ndjson(&exported, D).unwrap(), parsed[..3]);
     }
 
     #[test]
     fn reports_the_first_bad_line() {
-        let bad = |body: &str| parse_ndjson(body.as_bytes()).unwrap_err();
+        let bad = |body: &str| parse_ndjson(body.as_bytes(), D).unwrap_err();
         let ok = "{\"jti\": \"a\", \"exp\": 1}\n";
         assert_eq!(bad(&format!("{ok}\n{{\"jti\": \"b\"}}\n")).line, 3);
         assert_eq!(bad(&format!("{ok}not json")).line, 2);
@@ -214,7 +301,7 @@ mod tests {
             "{ok}{{\"sub\": \"u\", \"provider\": \"partners\"}}"
         ));
         assert_eq!(provider.line, 2);
-        assert!(provider.message.contains("not implemented"), "{provider}");
+        assert!(provider.message.contains("does not exist"), "{provider}");
         assert_eq!(bad("[1]").line, 1);
         assert_eq!(bad("{\"jti\": \"a\", \"exp\": -1}").line, 1);
         assert_eq!(bad("{\"jti\": \"a\", \"sub\": \"b\", \"exp\": 1}").line, 1);
@@ -227,7 +314,7 @@ mod tests {
             bad(&format!("{{\"sub\": \"u\", \"revoked_at\": {future}}}")).line,
             1
         );
-        assert_eq!(parse_ndjson(b"").unwrap(), vec![]);
+        assert_eq!(parse_ndjson(b"", D).unwrap(), vec![]);
     }
 
     #[test]
@@ -240,6 +327,6 @@ mod tests {
         assert_eq!(to_json(&whole)["revoked_at"], to_json(&whole)["exp"]);
         let mut line = Vec::new();
         write_ndjson(std::slice::from_ref(&whole), &mut line);
-        assert!(parse_ndjson(&line).is_ok());
+        assert!(parse_ndjson(&line, D).is_ok());
     }
 }

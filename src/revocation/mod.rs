@@ -35,7 +35,8 @@ pub fn session_cutoff(sid: String, now: u64, exp: u64) -> Revocation {
 
 /// What a logout with `access` revokes at `now`: the access token itself, the refresh
 /// token sent along (already judged valid and of the same subject by the caller), and
-/// the access token's session as of now.
+/// the access token's session as of now; all at the token's provider (its keys are in
+/// that provider's namespace already).
 pub fn logout(access: &VerifiedToken, refresh: Option<Revocation>, now: u64) -> Vec<Revocation> {
     let mut revocations = Vec::with_capacity(3);
     revocations.push(Revocation::Token {
@@ -43,8 +44,8 @@ pub fn logout(access: &VerifiedToken, refresh: Option<Revocation>, now: u64) -> 
         exp: access.exp,
     });
     revocations.extend(refresh);
-    if let Some(sid) = &access.sid {
-        revocations.push(session_cutoff(sid.clone(), now, access.exp));
+    if let Some(sid) = access.sid_key() {
+        revocations.push(session_cutoff(sid.to_owned(), now, access.exp));
     }
     revocations
 }

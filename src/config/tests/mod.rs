@@ -11,6 +11,7 @@ mod defaults;
 mod document;
 mod forward_auth;
 mod jwt;
+mod providers;
 mod routes;
 mod server;
 
@@ -103,6 +104,7 @@ fn all_rows() -> Vec<Row> {
         document::ROWS,
         server::ROWS,
         jwt::ROWS,
+        providers::ROWS,
         blocklist::ROWS,
         routes::ROWS,
         forward_auth::ROWS,

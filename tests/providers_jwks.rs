@@ -1,0 +1,202 @@
+//! Two JWKS providers in-process (issue 17): a `kid` both publish never picks the other
+//! provider's key, and `/readyz` and `/metrics` speak per provider.
+
+mod common;
+
+use bytes::Bytes;
+use common::{access, assert_refused, bearer, ClaimsExt, Signer, Upstream};
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::Algorithm;
+use portcullis::admin::Admin;
+use portcullis::blocklist::memory::MemoryStore;
+use portcullis::blocklist::Blocklist;
+use portcullis::config;
+use portcullis::gateway::{ConnInfo, Gateway};
+use portcullis::metrics::Metrics;
+use portcullis::response::full;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Serves `key_set` at any path (`None`: 503, a provider that is down).
+async fn jwks_server(key_set: Option<Value>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let key_set = key_set.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_req| {
+                    let answer = match &key_set {
+                        Some(k) => Response::new(Full::new(Bytes::from(k.to_string()))),
+                        None => Response::builder()
+                            .status(503)
+                            .body(Full::new(Bytes::new()))
+                            .unwrap(),
+                    };
+                    async move { Ok::<_, std::convert::Infallible>(answer) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn jwk(signer: &Signer, kid: &str) -> Value {
+    signer
+        .public_jwk()
+        .with(json!({ "kid": kid, "use": "sig", "alg": signer.alg_name() }))
+}
+
+struct Setup {
+    gateway: Arc<Gateway>,
+    admin: Admin,
+    conn: ConnInfo,
+    _upstream: Upstream,
+}
+
+async fn setup(a: Option<Value>, b: Option<Value>) -> Setup {
+    let upstream = Upstream::start().await;
+    let (a, b) = (jwks_server(a).await, jwks_server(b).await);
+    let mut cfg = common::Config::new(upstream.addr);
+    cfg.set(
+        "admin",
+        json!({ "listen": "127.0.0.1:0", "token": "admin-token-0123456789" }),
+    );
+    cfg.set(
+        "providers",
+        json!({
+            "tenant-a": { "issuer": "https://a.test", "algorithms": ["RS256"], "jwks_url": format!("http://{a}/jwks") },
+            "tenant-b": { "issuer": "https://b.test", "algorithms": ["ES256"], "jwks_url": format!("http://{b}/jwks") },
+        }),
+    );
+    cfg.routes(json!([{ "prefix": "/", "upstream": "app", "providers": ["tenant-a", "tenant-b", "default"] }]));
+    let path = cfg.dir.path().join("gateway.yaml");
+    let config = config::parse(&cfg.to_yaml(), &path, |_| None).expect("valid config");
+    let blocklist = Blocklist::new(Arc::new(MemoryStore::default()), 1_000);
+    blocklist.load().await.expect("load");
+    let metrics = Arc::new(Metrics::default());
+    let gateway =
+        Gateway::build(Arc::new(config), blocklist, metrics.clone(), None).expect("gateway");
+    gateway.start_key_sets().await;
+    let gateway = Arc::new(gateway);
+    let slot = Arc::new(tokio::sync::Semaphore::new(1))
+        .acquire_owned()
+        .await
+        .unwrap();
+    Setup {
+        admin: Admin {
+            gateway: Arc::new(arc_swap::ArcSwap::new(gateway.clone())),
+            metrics,
+        },
+        gateway,
+        conn: ConnInfo {
+            client_ip: http::HeaderValue::from_static("192.0.2.7"),
+            peer: std::net::IpAddr::from([192, 0, 2, 7]),
+            https: false,
+            max_header_bytes: 16 * 1024,
+            slot: Arc::new(slot),
+        },
+        _upstream: upstream,
+    }
+}
+
+impl Setup {
+    async fn get(&self, token: &str) -> common::Reply {
+        let request = Request::builder()
+            .uri("/x")
+            .header("host", "gateway.test")
+            .header("authorization", bearer(token))
+            .body(full(Bytes::new()))
+            .unwrap();
+        reply(self.gateway.handle(request, &self.conn).await).await
+    }
+
+    async fn admin_get(&self, path: &str) -> common::Reply {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .body(full(Bytes::new()))
+            .unwrap();
+        reply(self.admin.handle(request).await).await
+    }
+}
+
+async fn reply(response: http::Response<portcullis::response::Body>) -> common::Reply {
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status.as_u16(),
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_kid_shared_by_two_providers_never_picks_the_other_key() {
+    let (rsa, ec) = (
+        Signer::for_alg(Algorithm::RS256),
+        Signer::for_alg(Algorithm::ES256),
+    );
+    let s = setup(
+        Some(json!({ "keys": [jwk(&rsa, "shared")] })),
+        Some(json!({ "keys": [jwk(&ec, "shared")] })),
+    )
+    .await;
+    let header = json!({ "kid": "shared" });
+    let a = rsa.token_with_header(
+        header.clone(),
+        &access("ann").with(json!({ "iss": "https://a.test" })),
+    );
+    let b = ec.token_with_header(
+        header.clone(),
+        &access("bob").with(json!({ "iss": "https://b.test" })),
+    );
+    assert_eq!(s.get(&a).await.0, 200);
+    assert_eq!(s.get(&b).await.0, 200);
+    // Tenant A's key, claiming tenant B: B's keys only, and B allows no RS256.
+    let crossed = rsa.token_with_header(
+        header.clone(),
+        &access("eve").with(json!({ "iss": "https://b.test" })),
+    );
+    assert_refused(
+        &s.get(&crossed).await,
+        401,
+        "JWTDecodeError",
+        "Invalid Token",
+    );
+    // Both providers ready; metrics per provider.
+    let (status, _, body) = s.admin_get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, _, metrics) = s.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("portcullis_jwks_keys{provider=\"tenant-a\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portcullis_jwks_keys{provider=\"tenant-b\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn readiness_names_the_provider_without_keys() {
+    let rsa = Signer::for_alg(Algorithm::RS256);
+    let s = setup(Some(json!({ "keys": [jwk(&rsa, "k1")] })), None).await;
+    let (status, _, body) = s.admin_get("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("provider tenant-b:"), "{body}");
+    assert!(!body.contains("tenant-a"), "{body}");
+    // Tenant A's tokens are served all the same.
+    let a = rsa.token_with_header(
+        json!({ "kid": "k1" }),
+        &access("ann").with(json!({ "iss": "https://a.test" })),
+    );
+    assert_eq!(s.get(&a).await.0, 200);
+}
