@@ -6,94 +6,58 @@
 mod common;
 
 use bytes::Bytes;
-use common::{access, assert_refused, bearer, echoed, ClaimsExt, Signer, Upstream};
+use common::inproc::{self, reply};
+use common::{access, assert_refused, bearer, echoed, ClaimsExt, Signer};
 use http::{Method, Request};
-use http_body_util::BodyExt;
 use jsonwebtoken::Algorithm;
-use portcullis::admin::Admin;
-use portcullis::blocklist::memory::MemoryStore;
-use portcullis::blocklist::Blocklist;
-use portcullis::config;
-use portcullis::gateway::{ConnInfo, Gateway};
-use portcullis::metrics::Metrics;
 use portcullis::response::full;
 use serde_json::{json, Value};
-use std::sync::Arc;
 
 const DEFAULT_ISS: &str = "https://default.test";
 const PARTNERS_ISS: &str = "https://partners.test";
 const PARTNERS_SECRET: &str = "partners-secret-0123456789abcdef0123";
 const ADMIN_TOKEN: &str = "admin-token-for-the-provider-tests";
 
-struct Pipeline {
-    gateway: Arc<Gateway>,
-    admin: Admin,
-    conn: ConnInfo,
-    _upstream: Upstream,
-    _config: common::Config,
+/// The in-process harness (tests/common/inproc.rs) on a config with two providers.
+struct Pipeline(inproc::Pipeline);
+
+impl std::ops::Deref for Pipeline {
+    type Target = inproc::Pipeline;
+    fn deref(&self) -> &inproc::Pipeline {
+        &self.0
+    }
 }
 
 impl Pipeline {
     async fn with(edit: impl FnOnce(&mut common::Config)) -> Pipeline {
-        let upstream = Upstream::start().await;
-        let mut cfg = common::Config::new(upstream.addr);
-        cfg.set("jwt.issuer", json!(DEFAULT_ISS));
-        cfg.set(
-            "providers",
-            json!({ "partners": {
-                "issuer": PARTNERS_ISS, "algorithms": ["HS256"], "secret": PARTNERS_SECRET
-            }}),
-        );
-        cfg.set(
-            "admin",
-            json!({ "listen": "127.0.0.1:0", "token": ADMIN_TOKEN }),
-        );
-        cfg.routes(json!([
-            { "prefix": "/partner", "upstream": "app", "providers": ["partners"] },
-            { "prefix": "/both", "upstream": "app", "providers": ["default", "partners"] },
-            { "prefix": "/", "upstream": "app" },
-        ]));
-        edit(&mut cfg);
-        let path = cfg.dir.path().join("gateway.yaml");
-        let config = config::parse(&cfg.to_yaml(), &path, |_| None).expect("valid config");
-        let blocklist = Blocklist::new(Arc::new(MemoryStore::default()), 1_000);
-        blocklist.load().await.expect("load");
-        let metrics = Arc::new(Metrics::default());
-        let gateway =
-            Gateway::build(Arc::new(config), blocklist, metrics.clone(), None).expect("gateway");
-        gateway.start_key_sets().await;
-        let gateway = Arc::new(gateway);
-        let slot = Arc::new(tokio::sync::Semaphore::new(1))
-            .acquire_owned()
-            .await
-            .expect("slot");
-        Pipeline {
-            admin: Admin {
-                gateway: Arc::new(arc_swap::ArcSwap::new(gateway.clone())),
-                metrics,
-            },
-            gateway,
-            conn: ConnInfo {
-                client_ip: http::HeaderValue::from_static("192.0.2.7"),
-                peer: std::net::IpAddr::from([192, 0, 2, 7]),
-                https: false,
-                max_header_bytes: 16 * 1024,
-                slot: Arc::new(slot),
-            },
-            _upstream: upstream,
-            _config: cfg,
-        }
+        Pipeline(
+            inproc::Pipeline::with(|cfg| {
+                cfg.set("jwt.issuer", json!(DEFAULT_ISS));
+                cfg.set(
+                    "providers",
+                    json!({ "partners": {
+                        "issuer": PARTNERS_ISS, "algorithms": ["HS256"], "secret": PARTNERS_SECRET
+                    }}),
+                );
+                cfg.set(
+                    "admin",
+                    json!({ "listen": "127.0.0.1:0", "token": ADMIN_TOKEN }),
+                );
+                cfg.routes(json!([
+                    { "prefix": "/partner", "upstream": "app", "providers": ["partners"] },
+                    { "prefix": "/both", "upstream": "app", "providers": ["default", "partners"] },
+                    { "prefix": "/", "upstream": "app" },
+                ]));
+                edit(cfg);
+            })
+            .await,
+        )
     }
 
     async fn send(&self, method: Method, path: &str, token: &str) -> common::Reply {
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "gateway.test")
-            .header("authorization", bearer(token))
-            .body(full(Bytes::new()))
-            .expect("request");
-        reply(self.gateway.handle(request, &self.conn).await).await
+        self.0
+            .send(method, path, &[("authorization", &bearer(token))], "")
+            .await
     }
 
     async fn get(&self, path: &str, token: &str) -> common::Reply {
@@ -101,24 +65,10 @@ impl Pipeline {
     }
 
     async fn admin(&self, method: Method, path: &str, body: &str) -> common::Reply {
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-            .body(full(Bytes::from(body.to_owned())))
-            .expect("request");
-        reply(self.admin.handle(request).await).await
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        self.admin_call(method, path, &[("authorization", &auth)], body)
+            .await
     }
-}
-
-async fn reply(response: http::Response<portcullis::response::Body>) -> common::Reply {
-    let (parts, body) = response.into_parts();
-    let bytes = body.collect().await.expect("body").to_bytes();
-    (
-        parts.status.as_u16(),
-        parts.headers,
-        String::from_utf8_lossy(&bytes).into_owned(),
-    )
 }
 
 #[track_caller]

@@ -4,22 +4,15 @@
 mod common;
 
 use bytes::Bytes;
-use common::{access, assert_refused, bearer, ClaimsExt, Signer, Upstream};
-use http::{Method, Request, Response};
-use http_body_util::{BodyExt, Full};
+use common::inproc;
+use common::{access, assert_refused, ClaimsExt, Signer};
+use http::{Method, Response};
+use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::Algorithm;
-use portcullis::admin::Admin;
-use portcullis::blocklist::memory::MemoryStore;
-use portcullis::blocklist::Blocklist;
-use portcullis::config;
-use portcullis::gateway::{ConnInfo, Gateway};
-use portcullis::metrics::Metrics;
-use portcullis::response::full;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 /// Serves `key_set` at any path (`None`: 503, a provider that is down).
 async fn jwks_server(key_set: Option<Value>) -> SocketAddr {
@@ -54,88 +47,39 @@ fn jwk(signer: &Signer, kid: &str) -> Value {
         .with(json!({ "kid": kid, "use": "sig", "alg": signer.alg_name() }))
 }
 
-struct Setup {
-    gateway: Arc<Gateway>,
-    admin: Admin,
-    conn: ConnInfo,
-    _upstream: Upstream,
-}
+/// The in-process harness (tests/common/inproc.rs) with two JWKS providers, `tenant-a`
+/// (RS256) and `tenant-b` (ES256), serving key sets `a` and `b`.
+struct Setup(inproc::Pipeline);
 
 async fn setup(a: Option<Value>, b: Option<Value>) -> Setup {
-    let upstream = Upstream::start().await;
     let (a, b) = (jwks_server(a).await, jwks_server(b).await);
-    let mut cfg = common::Config::new(upstream.addr);
-    cfg.set(
-        "admin",
-        json!({ "listen": "127.0.0.1:0", "token": "admin-token-0123456789" }),
-    );
-    cfg.set(
-        "providers",
-        json!({
-            "tenant-a": { "issuer": "https://a.test", "algorithms": ["RS256"], "jwks_url": format!("http://{a}/jwks") },
-            "tenant-b": { "issuer": "https://b.test", "algorithms": ["ES256"], "jwks_url": format!("http://{b}/jwks") },
-        }),
-    );
-    cfg.routes(json!([{ "prefix": "/", "upstream": "app", "providers": ["tenant-a", "tenant-b", "default"] }]));
-    let path = cfg.dir.path().join("gateway.yaml");
-    let config = config::parse(&cfg.to_yaml(), &path, |_| None).expect("valid config");
-    let blocklist = Blocklist::new(Arc::new(MemoryStore::default()), 1_000);
-    blocklist.load().await.expect("load");
-    let metrics = Arc::new(Metrics::default());
-    let gateway =
-        Gateway::build(Arc::new(config), blocklist, metrics.clone(), None).expect("gateway");
-    gateway.start_key_sets().await;
-    let gateway = Arc::new(gateway);
-    let slot = Arc::new(tokio::sync::Semaphore::new(1))
-        .acquire_owned()
-        .await
-        .unwrap();
-    Setup {
-        admin: Admin {
-            gateway: Arc::new(arc_swap::ArcSwap::new(gateway.clone())),
-            metrics,
-        },
-        gateway,
-        conn: ConnInfo {
-            client_ip: http::HeaderValue::from_static("192.0.2.7"),
-            peer: std::net::IpAddr::from([192, 0, 2, 7]),
-            https: false,
-            max_header_bytes: 16 * 1024,
-            slot: Arc::new(slot),
-        },
-        _upstream: upstream,
-    }
+    Setup(
+        inproc::Pipeline::with(|cfg| {
+            cfg.set(
+                "admin",
+                json!({ "listen": "127.0.0.1:0", "token": "admin-token-0123456789" }),
+            );
+            cfg.set(
+                "providers",
+                json!({
+                    "tenant-a": { "issuer": "https://a.test", "algorithms": ["RS256"], "jwks_url": format!("http://{a}/jwks") },
+                    "tenant-b": { "issuer": "https://b.test", "algorithms": ["ES256"], "jwks_url": format!("http://{b}/jwks") },
+                }),
+            );
+            cfg.routes(json!([{ "prefix": "/", "upstream": "app", "providers": ["tenant-a", "tenant-b", "default"] }]));
+        })
+        .await,
+    )
 }
 
 impl Setup {
     async fn get(&self, token: &str) -> common::Reply {
-        let request = Request::builder()
-            .uri("/x")
-            .header("host", "gateway.test")
-            .header("authorization", bearer(token))
-            .body(full(Bytes::new()))
-            .unwrap();
-        reply(self.gateway.handle(request, &self.conn).await).await
+        self.0.get_with("/x", token).await
     }
 
     async fn admin_get(&self, path: &str) -> common::Reply {
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .body(full(Bytes::new()))
-            .unwrap();
-        reply(self.admin.handle(request).await).await
+        self.0.admin_call(Method::GET, path, &[], "").await
     }
-}
-
-async fn reply(response: http::Response<portcullis::response::Body>) -> common::Reply {
-    let (parts, body) = response.into_parts();
-    let bytes = body.collect().await.unwrap().to_bytes();
-    (
-        parts.status.as_u16(),
-        parts.headers,
-        String::from_utf8_lossy(&bytes).into_owned(),
-    )
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use super::{bearer, Config, Reply, Upstream};
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::BodyExt;
+use portcullis::admin::Admin;
 use portcullis::blocklist::memory::MemoryStore;
 use portcullis::blocklist::{Blocklist, Revocation};
 use portcullis::gateway::{ConnInfo, Gateway};
@@ -15,9 +16,12 @@ use portcullis::response::{full, Body};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// A gateway answering in-process, as if called from `peer`.
+/// A gateway answering in-process, as if called from `peer`, and its admin handler.
 pub struct Pipeline {
     pub gateway: Arc<Gateway>,
+    /// The admin API over the same gateway and metrics (answers whether or not the
+    /// config has an `admin:` section; its token is the config's).
+    pub admin: Admin,
     pub upstream: Upstream,
     /// The client address the gateway sees (192.0.2.7 unless a test changes it).
     pub peer: IpAddr,
@@ -35,15 +39,18 @@ impl Pipeline {
             .unwrap_or_else(|e| panic!("invalid test config: {e}\n{}", cfg.to_yaml()));
         let blocklist = Blocklist::new(Arc::new(MemoryStore::default()), 1_000);
         blocklist.load().await.expect("load");
-        let gateway = Gateway::build(
-            Arc::new(config),
-            blocklist,
-            Arc::new(Metrics::default()),
-            None,
-        )
-        .expect("gateway");
+        let metrics = Arc::new(Metrics::default());
+        let gateway =
+            Gateway::build(Arc::new(config), blocklist, metrics.clone(), None).expect("gateway");
+        // The first key set of every JWKS provider, as the server waits for it.
+        gateway.start_key_sets().await;
+        let gateway = Arc::new(gateway);
         Pipeline {
-            gateway: Arc::new(gateway),
+            admin: Admin {
+                gateway: Arc::new(arc_swap::ArcSwap::new(gateway.clone())),
+                metrics,
+            },
+            gateway,
             upstream,
             peer: IpAddr::from([192, 0, 2, 7]),
             config: cfg,
@@ -115,6 +122,24 @@ impl Pipeline {
             .revoke(vec![revocation])
             .await
             .expect("revoke");
+    }
+
+    /// Calls the admin handler: `method path` with `headers` and `body`.
+    pub async fn admin_call(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(full(Bytes::from(body.to_owned())))
+            .expect("request");
+        reply(self.admin.handle(request).await).await
     }
 
     /// What the upstream received so far, as `METHOD path`.
