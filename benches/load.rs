@@ -20,6 +20,8 @@
 //! `LOAD_CONNECTIONS` (64). `LOAD_BASELINE_BIN=/path/to/portcullis` adds a fourth target,
 //! `baseline`: that binary (an earlier build) on the same config and revocations, in the
 //! same interleaved rounds, for before/after comparisons of a change in one run.
+//! `LOAD_CACHE_MAX_ENTRIES` / `LOAD_BASELINE_CACHE_MAX_ENTRIES` set `cache_max_entries`
+//! of each (default 1 000 000): below the 100 000 revocations, the overflow tier serves.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -185,19 +187,19 @@ fn tokens(s: &Scenario) -> (Vec<String>, Vec<String>) {
 /// binary may predate the key).
 const FORWARD_AUTH_PATH: &str = "/_portcullis/auth";
 
-fn portcullis_config(
-    s: &Scenario,
-    upstream: u16,
-    edge: u16,
-    admin: u16,
-    forward_auth: bool,
-) -> String {
+fn portcullis_config(s: &Scenario, upstream: u16, edge: u16, admin: u16, label: &str) -> String {
+    let forward_auth = label == "portcullis";
     let key = match &s.public_pem {
         None => format!("  secret: {SECRET}\n"),
         Some(p) => format!("  public_key_file: {}\n", p.display()),
     };
-    // `LOAD_CACHE_MAX_ENTRIES` below the 100 000 revocations measures the overflow tier.
-    let cache: u64 = env_or("LOAD_CACHE_MAX_ENTRIES", 1_000_000);
+    // `LOAD_CACHE_MAX_ENTRIES` below the 100 000 revocations measures the overflow tier;
+    // `LOAD_BASELINE_CACHE_MAX_ENTRIES` sets the baseline's, so one run can compare a
+    // build overflowed against the same build (LOAD_BASELINE_BIN) holding everything.
+    let cache: u64 = match label {
+        "baseline" => env_or("LOAD_BASELINE_CACHE_MAX_ENTRIES", 1_000_000),
+        _ => env_or("LOAD_CACHE_MAX_ENTRIES", 1_000_000),
+    };
     let mut config = format!(
         "server:\n  listen: 127.0.0.1:{edge}\n  access_log: false\nadmin:\n  listen: 127.0.0.1:{admin}\n  token: {ADMIN_TOKEN}\n\
          jwt:\n  algorithms: [{:?}]\n{key}blocklist:\n  store: memory\n  cache_max_entries: {cache}\n\
@@ -467,10 +469,9 @@ fn main() {
         let start = |binary: &str, label: &str| {
             let (edge, admin) = (free_port(), free_port());
             let config = dir.path().join(format!("{label}-{alg_name}.yaml"));
-            let forward_auth = label == "portcullis";
             std::fs::write(
                 &config,
-                portcullis_config(&s, upstream_port, edge, admin, forward_auth),
+                portcullis_config(&s, upstream_port, edge, admin, label),
             )
             .expect("config");
             let gateway = start_gateway(binary, &config, label);
