@@ -6,6 +6,11 @@
 //! `hit` is the steady state (the token was seen before); `miss` is the first request
 //! of a token (full signature check), measured with the cache disabled.
 //!
+//! `providers3`: the same path on a route trusting three providers (`default` and two
+//! named ones, each with its own issuer and HS256 secret), for a token of the last one:
+//! `hit` adds the cached verdict's provider check, `miss` the `iss` peek that picks the
+//! provider before the signature check. Compare with `HS256/hit` and `HS256/miss`.
+//!
 //! `churn` (printed, then timed): 1 000 hot tokens requested round-robin, one hot
 //! request per one-shot token, with 10x the cache's capacity in one-shot tokens; the
 //! hit ratio of the hot requests during the flood, for the moka cache and for the
@@ -106,6 +111,86 @@ fn bench_alg(c: &mut Criterion, alg: &str) {
             |v| check(&v),
             BatchSize::SmallInput,
         )
+    });
+}
+
+/// The auth path on a route trusting three providers, for a token of the third.
+fn providers3(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = |cache: &str| {
+        format!(
+            "server: {{ listen: 127.0.0.1:0 }}\n\
+             jwt:\n  algorithms: [HS256]\n  issuer: https://login.example\n  secret: bench-secret-0123456789abcdef\n  token_cache_max_bytes: {cache}\n\
+             providers:\n\
+             \x20 partners:\n    issuer: https://partners.example\n    algorithms: [HS256]\n    secret: partners-secret-0123456789abcdef\n\
+             \x20 tenant-b:\n    issuer: https://tenant-b.example\n    algorithms: [HS256]\n    secret: tenant-b-secret-0123456789abcdef\n\
+             blocklist: {{ store: memory }}\nupstreams: {{ app: {{ url: http://127.0.0.1:9 }} }}\n\
+             routes:\n  - prefix: /\n    upstream: app\n    auth: access\n    providers: [default, partners, tenant-b]\n    require_claims: {{ scopes: read }}\n"
+        )
+    };
+    let build = |cache: &str| {
+        let config = config::parse(&yaml(cache), &dir.path().join("gateway.yaml"), |_| None)
+            .expect("bench config");
+        let blocklist = portcullis::blocklist::Blocklist::new(
+            std::sync::Arc::new(portcullis::blocklist::memory::MemoryStore::default()),
+            1_000,
+        );
+        portcullis::gateway::Gateway::build(
+            std::sync::Arc::new(config),
+            blocklist,
+            Default::default(),
+            None,
+        )
+        .expect("gateway")
+    };
+    let cached = build("64MiB");
+    let token = portcullis::commands::mint_for(
+        &cached.config,
+        &TokenRequest {
+            sub: "alice".into(),
+            refresh: false,
+            ttl: Duration::from_secs(3600),
+            fresh: false,
+            claims: vec![format!("scopes={}", json!(["read", "write"]))],
+        },
+        "tenant-b",
+    )
+    .expect("mint");
+    let (parts, ()) = Request::get("/api/users/42")
+        .header(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+        )
+        .body(())
+        .expect("request")
+        .into_parts();
+    let check = |gateway: &portcullis::gateway::Gateway| {
+        let route = &gateway.config.routes[0];
+        let auth = authenticate(
+            &parts.headers,
+            parts.uri.query(),
+            AuthMode::Access,
+            &gateway.config.jwt,
+            &gateway.verifier,
+            &route.providers,
+        )
+        .expect("valid");
+        authorize(
+            &auth,
+            &parts,
+            route.fresh,
+            &route.require_claims,
+            &gateway.config.jwt,
+        )
+        .expect("allowed");
+        auth
+    };
+    c.bench_function("auth_path/HS256/providers3/hit", |b| {
+        b.iter(|| check(&cached))
+    });
+    let uncached = build("0");
+    c.bench_function("auth_path/HS256/providers3/miss", |b| {
+        b.iter(|| check(&uncached))
     });
 }
 
@@ -231,5 +316,5 @@ fn auth_path(c: &mut Criterion) {
     bench_alg(c, "ES256");
 }
 
-criterion_group!(benches, auth_path, churn);
+criterion_group!(benches, auth_path, providers3, churn);
 criterion_main!(benches);
