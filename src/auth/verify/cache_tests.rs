@@ -1,3 +1,4 @@
+// Compiled only as a test module (#[cfg(test)] in the parent): unwrap/expect are fine here.
 //! The verified-token cache as [`Verifier::verify`] uses it (issue 14): exact-bytes
 //! keys, expiry at `exp`, a new verifier per config, only the kept claims.
 

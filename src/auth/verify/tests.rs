@@ -1,3 +1,4 @@
+// Compiled only as a test module (#[cfg(test)] in the parent): unwrap/expect are fine here.
 //! `required_typ`: checked on request tokens, not by `decode_claims`.
 
 use super::*;

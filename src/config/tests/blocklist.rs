@@ -1,3 +1,4 @@
+// Compiled only as a test module (#[cfg(test)] in the parent): unwrap/expect are fine here.
 //! `blocklist:` (with `redis_sentinel:`) and `logout:`.
 
 use super::{check_rows, Row};

@@ -1,3 +1,4 @@
+// Compiled only as a test module (#[cfg(test)] in the parent): unwrap/expect are fine here.
 //! Valid files: the value each left-out key takes, and the normalizations `parse` does.
 
 use super::{load, Config};

@@ -1,3 +1,4 @@
+// Compiled only as a test module (#[cfg(test)] in the parent): unwrap/expect are fine here.
 //! Errors about the document as a whole: its size limits, its syntax, its top level,
 //! `${VAR}` expansion and the shapes serde reads.
 

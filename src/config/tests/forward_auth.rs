@@ -1,3 +1,4 @@
+// Compiled only as a test module (#[cfg(test)] in the parent): unwrap/expect are fine here.
 //! `forward_auth:`: the endpoint's path and the CIDRs of the proxies allowed to call it.
 
 use super::{check_rows, Row};

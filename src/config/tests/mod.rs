@@ -1,3 +1,4 @@
+// Compiled only as a test module (#[cfg(test)] in the parent): unwrap/expect are fine here.
 //! Table tests of the config validators, run through the real [`parse`]: each row is one
 //! error site, `(yaml, key path, line, message fragment)`, or one default of a valid file.
 //!

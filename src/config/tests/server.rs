@@ -1,3 +1,4 @@
+// Compiled only as a test module (#[cfg(test)] in the parent): unwrap/expect are fine here.
 //! `server:` and `admin:`.
 
 use super::{check_rows, Row};
