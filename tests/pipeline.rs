@@ -7,20 +7,15 @@
 
 mod common;
 
-use bytes::Bytes;
-use common::inproc::{reply, Pipeline};
+use common::inproc::Pipeline;
 use common::{
     access, assert_logged_out, assert_refused, assert_revoked, bearer, echoed, refresh, token,
     ClaimsExt, Signer,
 };
-use http::{Method, Request};
+use http::Method;
 use jsonwebtoken::Algorithm;
-use portcullis::admin::Admin;
 use portcullis::blocklist::Revocation;
-use portcullis::metrics::Metrics;
-use portcullis::response::full;
 use serde_json::{json, Value};
-use std::sync::Arc;
 
 /// The upstream's echo of a forwarded request (asserting it was forwarded).
 #[track_caller]
@@ -511,36 +506,16 @@ async fn a_logout_path_with_another_method_is_routed_like_any_path() {
 
 const ADMIN_TOKEN: &str = "admin-token-for-the-pipeline-tests";
 
-async fn admin_pipeline() -> (Pipeline, Admin) {
-    let p = Pipeline::with(|c| {
+/// The in-process pipeline with an admin token; its admin handler (`p.admin_call`) shares
+/// the gateway's metrics.
+async fn admin_pipeline() -> Pipeline {
+    Pipeline::with(|c| {
         c.set(
             "admin",
             json!({ "listen": "127.0.0.1:0", "token": ADMIN_TOKEN }),
         );
     })
-    .await;
-    let admin = Admin {
-        gateway: Arc::new(arc_swap::ArcSwap::new(p.gateway.clone())),
-        metrics: Arc::new(Metrics::default()),
-    };
-    (p, admin)
-}
-
-async fn admin_call(
-    admin: &Admin,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> common::Reply {
-    let mut request = Request::builder().method(method).uri(path);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request
-        .body(full(Bytes::from(body.to_owned())))
-        .expect("request");
-    reply(admin.handle(request).await).await
+    .await
 }
 
 fn admin_auth() -> (&'static str, String) {
@@ -549,18 +524,18 @@ fn admin_auth() -> (&'static str, String) {
 
 #[tokio::test]
 async fn admin_revocations_need_the_admin_token() {
-    let (_p, admin) = admin_pipeline().await;
+    let p = admin_pipeline().await;
     let body = json!({ "sub": "alice" }).to_string();
-    let reply = admin_call(&admin, Method::POST, "/revocations", &[], &body).await;
+    let reply = p.admin_call(Method::POST, "/revocations", &[], &body).await;
     assert_admin_unauthorized(&reply);
-    let reply = admin_call(
-        &admin,
-        Method::POST,
-        "/revocations",
-        &[("authorization", "Bearer nope")],
-        &body,
-    )
-    .await;
+    let reply = p
+        .admin_call(
+            Method::POST,
+            "/revocations",
+            &[("authorization", "Bearer nope")],
+            &body,
+        )
+        .await;
     assert_admin_unauthorized(&reply);
 }
 
@@ -586,19 +561,14 @@ fn assert_admin_unauthorized(reply: &common::Reply) {
 
 #[tokio::test]
 async fn an_admin_jti_revocation_is_enforced_at_once() {
-    let (p, admin) = admin_pipeline().await;
+    let p = admin_pipeline().await;
     let claims = access("alice");
     let t = token(&claims);
     let body = json!({ "jti": claims["jti"], "exp": claims["exp"] }).to_string();
     let (name, value) = admin_auth();
-    let reply = admin_call(
-        &admin,
-        Method::POST,
-        "/revocations",
-        &[(name, &value)],
-        &body,
-    )
-    .await;
+    let reply = p
+        .admin_call(Method::POST, "/revocations", &[(name, &value)], &body)
+        .await;
     assert_eq!(reply.0, 201, "{}", reply.2);
     let answer: Value = serde_json::from_str(&reply.2).expect("json");
     assert_eq!(answer["revoked"]["jti"], claims["jti"]);
@@ -607,7 +577,7 @@ async fn an_admin_jti_revocation_is_enforced_at_once() {
 
 #[tokio::test]
 async fn an_admin_body_that_is_not_a_revocation_is_400() {
-    let (_p, admin) = admin_pipeline().await;
+    let p = admin_pipeline().await;
     let (name, value) = admin_auth();
     for body in [
         "not json",
@@ -615,14 +585,9 @@ async fn an_admin_body_that_is_not_a_revocation_is_400() {
         r#"{"jti":"x"}"#,
         r#"{"sub":"a","jti":"b","exp":1}"#,
     ] {
-        let reply = admin_call(
-            &admin,
-            Method::POST,
-            "/revocations",
-            &[(name, &value)],
-            body,
-        )
-        .await;
+        let reply = p
+            .admin_call(Method::POST, "/revocations", &[(name, &value)], body)
+            .await;
         assert_eq!(reply.0, 400, "{body}: {}", reply.2);
         let answer: Value = serde_json::from_str(&reply.2).expect("json");
         assert_eq!(answer["error_type"], "BadRequestError", "{body}");
@@ -631,14 +596,16 @@ async fn an_admin_body_that_is_not_a_revocation_is_400() {
 
 #[tokio::test]
 async fn an_ndjson_import_is_all_or_nothing_and_names_the_bad_line() {
-    let (p, admin) = admin_pipeline().await;
+    let p = admin_pipeline().await;
     let (name, value) = admin_auth();
     let headers = [
         (name, value.as_str()),
         ("content-type", "application/x-ndjson"),
     ];
     let bad = "{\"sub\":\"dave\"}\n{\"jti\":\"no-exp\"}\n";
-    let reply = admin_call(&admin, Method::POST, "/revocations", &headers, bad).await;
+    let reply = p
+        .admin_call(Method::POST, "/revocations", &headers, bad)
+        .await;
     assert_eq!(reply.0, 400, "{}", reply.2);
     let answer: Value = serde_json::from_str(&reply.2).expect("json");
     assert_eq!(answer["line"], 2);
@@ -646,7 +613,9 @@ async fn an_ndjson_import_is_all_or_nothing_and_names_the_bad_line() {
     forwarded(&p.get_with("/app", &t).await);
 
     let good = "{\"sub\":\"dave\"}\n\n{\"sid\":\"s-9\",\"exp\":4102444800}\n";
-    let reply = admin_call(&admin, Method::POST, "/revocations", &headers, good).await;
+    let reply = p
+        .admin_call(Method::POST, "/revocations", &headers, good)
+        .await;
     assert_eq!(
         (
             reply.0,
@@ -659,18 +628,14 @@ async fn an_ndjson_import_is_all_or_nothing_and_names_the_bad_line() {
 
 #[tokio::test]
 async fn the_export_lists_what_was_revoked() {
-    let (_p, admin) = admin_pipeline().await;
+    let p = admin_pipeline().await;
     let (name, value) = admin_auth();
     let body = json!({ "jti": "exported-jti", "exp": 4102444800u64 }).to_string();
-    admin_call(
-        &admin,
-        Method::POST,
-        "/revocations",
-        &[(name, &value)],
-        &body,
-    )
-    .await;
-    let reply = admin_call(&admin, Method::GET, "/revocations", &[(name, &value)], "").await;
+    p.admin_call(Method::POST, "/revocations", &[(name, &value)], &body)
+        .await;
+    let reply = p
+        .admin_call(Method::GET, "/revocations", &[(name, &value)], "")
+        .await;
     assert_eq!(reply.0, 200, "{}", reply.2);
     let lines: Vec<Value> = reply
         .2
@@ -685,23 +650,18 @@ async fn the_export_lists_what_was_revoked() {
 
 #[tokio::test]
 async fn health_answers_without_the_admin_token() {
-    let (_p, admin) = admin_pipeline().await;
-    let reply = admin_call(&admin, Method::GET, "/healthz", &[], "").await;
+    let p = admin_pipeline().await;
+    let reply = p.admin_call(Method::GET, "/healthz", &[], "").await;
     assert_eq!(reply.0, 200, "{}", reply.2);
-    let reply = admin_call(&admin, Method::GET, "/readyz", &[], "").await;
+    let reply = p.admin_call(Method::GET, "/readyz", &[], "").await;
     assert_eq!((reply.0, reply.2.as_str()), (200, "ready"));
 }
 
 #[tokio::test]
 async fn metrics_count_refusals_by_type() {
-    let (p, admin) = admin_pipeline().await;
+    let p = admin_pipeline().await;
     p.get("/app", &[]).await;
-    let metrics = p.gateway.metrics.clone();
-    let admin = Admin {
-        gateway: admin.gateway.clone(),
-        metrics,
-    };
-    let reply = admin_call(&admin, Method::GET, "/metrics", &[], "").await;
+    let reply = p.admin_call(Method::GET, "/metrics", &[], "").await;
     assert_eq!(reply.0, 200);
     let line = reply
         .2
