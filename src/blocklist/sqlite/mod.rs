@@ -23,48 +23,25 @@
 //! Change feed: every write bumps a counter in `meta` and stamps the rows it touches
 //! with it, so other processes sharing the file (`portcullis revoke`, a second gateway)
 //! find new revocations with `WHERE seq > cursor`, even after old rows are purged.
+//!
+//! The parts: `connection.rs` opens the file (schema, migration, identity), `writer.rs`
+//! is the writer thread; the reads are here.
+
+mod connection;
+mod writer;
 
 use super::{fault, BoxFuture, ExportError, ExportPage, Kind, Revocation, Store, StoreError};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use std::os::unix::fs::MetadataExt;
+use connection::{file_identity, migrate, open, retry_busy, SCHEMA};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS revocations (
-    kind TEXT NOT NULL,          -- 'jti' | 'sid' | 'sub'
-    key  TEXT NOT NULL,
-    exp  INTEGER NOT NULL,       -- jti/sid: unix expiry; sub: revocation time (iat cut-off)
-    seq  INTEGER NOT NULL,       -- change-feed position of the last write to this row
-    at   INTEGER,                -- sid: iat cut-off (NULL: the whole session)
-    PRIMARY KEY (kind, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS revocations_seq ON revocations(seq);
-CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta (k, v) VALUES ('seq', 0);
-CREATE TABLE IF NOT EXISTS seen_once (
-    key TEXT PRIMARY KEY,
-    exp INTEGER NOT NULL
-) WITHOUT ROWID;
-";
+use writer::{writer_loop, WriteRequest};
 
 /// Longest a read may take before it counts as failed: the blocklist's staleness bound
 /// (a slower answer could not keep the copy fresh anyway).
 pub const READ_TIMEOUT: Duration = super::STALE_AFTER;
-
-/// What the writer thread is asked to do, with where to send the answer.
-enum WriteRequest {
-    Record(Vec<Revocation>, oneshot::Sender<Result<(), StoreError>>),
-    /// Replay key, its expiry, and the revocations recorded only if it is new.
-    Once(
-        String,
-        u64,
-        Vec<Revocation>,
-        oneshot::Sender<Result<bool, StoreError>>,
-    ),
-}
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -77,81 +54,9 @@ fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
 }
 
-fn open(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-    retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL")).map_err(err)?;
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(err)?;
-    Ok(conn)
-}
-
 fn row_to_revocation(kind: &str, key: String, value: i64, at: Option<i64>) -> Option<Revocation> {
     let at = at.map(|at| u64::try_from(at).unwrap_or(0));
     Revocation::from_parts(kind, key, u64::try_from(value).unwrap_or(0), at)
-}
-
-/// How long opening waits for another process that is setting up the same file.
-const OPEN_BUSY_WAIT: Duration = Duration::from_secs(5);
-
-/// Runs `step` again while another process holds a lock it needs. Two replicas starting
-/// on one new file at once race to switch it to WAL and to create the schema, and SQLite
-/// answers some of those steps "database is locked" at once, without calling its busy
-/// handler (a lock upgrade that could deadlock). Only ever at open, never per request.
-fn retry_busy<T>(mut step: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
-    let deadline = std::time::Instant::now() + OPEN_BUSY_WAIT;
-    loop {
-        match step() {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if matches!(
-                    e.code,
-                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                ) && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Brings a database written by an older build up to [`SCHEMA`]: the `at` column.
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let has_at = || {
-        retry_busy(|| {
-            conn.prepare("SELECT 1 FROM pragma_table_info('revocations') WHERE name = 'at'")
-                .and_then(|mut s| s.exists([]))
-        })
-        .map_err(err)
-    };
-    if !has_at()? {
-        let added =
-            retry_busy(|| conn.execute_batch("ALTER TABLE revocations ADD COLUMN at INTEGER"));
-        // Another process starting on the same file may have added it in between.
-        if let Err(e) = added {
-            if !has_at()? {
-                return Err(err(e));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Identity of the database file, to notice it being removed or replaced under us
-/// (writes to an unlinked file would "succeed" and then vanish).
-fn file_identity(path: &Path) -> Result<(u64, u64), StoreError> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| StoreError(format!("{} is gone: {e}", path.display())))?;
-    if meta.permissions().readonly() {
-        return Err(StoreError(format!("{} is read-only", path.display())));
-    }
-    Ok((meta.dev(), meta.ino()))
 }
 
 impl SqliteStore {
@@ -211,145 +116,6 @@ impl SqliteStore {
                     self.path.display()
                 ))),
             }
-        })
-    }
-}
-
-/// Drains every queued write into one transaction, commits (fsync), answers them all.
-fn writer_loop(
-    mut conn: Connection,
-    rx: mpsc::Receiver<WriteRequest>,
-    path: &Path,
-    identity: (u64, u64),
-) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-        }
-        let result = file_identity(path)
-            .and_then(|now| {
-                if now == identity {
-                    Ok(())
-                } else {
-                    Err(StoreError(format!("{} was replaced", path.display())))
-                }
-            })
-            .and_then(|()| write_batch(&mut conn, &batch));
-        let mut firsts = match &result {
-            Ok(firsts) => firsts.iter().copied(),
-            Err(_) => [].iter().copied(),
-        };
-        for request in batch {
-            // A requester may have given up (client gone); nothing to do then.
-            match request {
-                WriteRequest::Record(_, reply) => {
-                    let _ = reply.send(match &result {
-                        Ok(_) => Ok(()),
-                        Err(e) => Err(StoreError(e.0.clone())),
-                    });
-                }
-                WriteRequest::Once(_, _, _, reply) => {
-                    let _ = reply.send(match &result {
-                        Ok(_) => Ok(firsts.next().unwrap_or(false)),
-                        Err(e) => Err(StoreError(e.0.clone())),
-                    });
-                }
-            }
-        }
-    }
-}
-
-/// Writes a batch in one transaction. Returns, for each `Once` request in order,
-/// whether it recorded its key (first sight).
-fn write_batch(conn: &mut Connection, batch: &[WriteRequest]) -> Result<Vec<bool>, StoreError> {
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(err)?;
-    let seq: i64 = tx
-        .query_row(
-            "UPDATE meta SET v = v + 1 WHERE k = 'seq' RETURNING v",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(err)?;
-    let mut firsts = Vec::new();
-    {
-        // jti: the longest expiry wins; sub: the latest revocation time wins; sid: both
-        // the longest expiry and the latest cut-off win (NULL, the whole session, stays).
-        let mut upsert = tx
-            .prepare_cached(
-                "INSERT INTO revocations (kind, key, exp, seq, at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (kind, key) DO UPDATE SET
-                     exp = max(exp, excluded.exp),
-                     at = CASE WHEN at IS NULL OR excluded.at IS NULL THEN NULL
-                               ELSE max(at, excluded.at) END,
-                     seq = excluded.seq
-                 WHERE excluded.exp > revocations.exp
-                    OR excluded.at > revocations.at",
-            )
-            .map_err(err)?;
-        // Replay memory: insert if absent, or if the remembered one has expired.
-        let mut once = tx
-            .prepare_cached(
-                "INSERT INTO seen_once (key, exp) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET exp = excluded.exp
-                 WHERE seen_once.exp < ?3",
-            )
-            .map_err(err)?;
-        let now = i64::try_from(crate::clock::now_unix()).unwrap_or(i64::MAX);
-        let mut record = |revocations: &[Revocation]| -> Result<(), StoreError> {
-            for r in revocations {
-                let (kind, key, value) = r.parts();
-                let (kind, value) = (kind.name(), clamp_i64(value));
-                let at = r.cutoff().map(clamp_i64);
-                upsert
-                    .execute(params![kind, key, value, seq, at])
-                    .map_err(err)?;
-            }
-            Ok(())
-        };
-        for request in batch {
-            match request {
-                WriteRequest::Record(revocations, _) => record(revocations)?,
-                WriteRequest::Once(key, exp, revocations, _) => {
-                    let first = once
-                        .execute(params![key, clamp_i64(*exp), now])
-                        .map_err(err)?
-                        == 1;
-                    if first {
-                        record(revocations)?;
-                    }
-                    firsts.push(first);
-                }
-            }
-        }
-    }
-    tx.commit().map_err(err)?;
-    Ok(firsts)
-}
-
-fn clamp_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-impl SqliteStore {
-    /// Hands a request to the writer thread and waits for its answer.
-    fn write<T: Send + 'static>(
-        &self,
-        request: WriteRequest,
-        answer: oneshot::Receiver<Result<T, StoreError>>,
-    ) -> BoxFuture<'_, Result<T, StoreError>> {
-        let sent = self
-            .writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(request);
-        Box::pin(async move {
-            sent.map_err(|_| StoreError("sqlite writer thread stopped".into()))?;
-            answer
-                .await
-                .map_err(|_| StoreError("sqlite writer thread stopped".into()))?
         })
     }
 }

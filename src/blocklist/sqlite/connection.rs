@@ -1,0 +1,99 @@
+//! Opening the database file: the connection settings (WAL, `synchronous=FULL`), the
+//! schema and its migration, and the file's identity (to notice it being replaced).
+
+use super::err;
+use crate::blocklist::StoreError;
+use rusqlite::{Connection, OpenFlags};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS revocations (
+    kind TEXT NOT NULL,          -- 'jti' | 'sid' | 'sub'
+    key  TEXT NOT NULL,
+    exp  INTEGER NOT NULL,       -- jti/sid: unix expiry; sub: revocation time (iat cut-off)
+    seq  INTEGER NOT NULL,       -- change-feed position of the last write to this row
+    at   INTEGER,                -- sid: iat cut-off (NULL: the whole session)
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS revocations_seq ON revocations(seq);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (k, v) VALUES ('seq', 0);
+CREATE TABLE IF NOT EXISTS seen_once (
+    key TEXT PRIMARY KEY,
+    exp INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+    retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL")).map_err(err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(err)?;
+    Ok(conn)
+}
+
+/// How long opening waits for another process that is setting up the same file.
+const OPEN_BUSY_WAIT: Duration = Duration::from_secs(5);
+
+/// Runs `step` again while another process holds a lock it needs. Two replicas starting
+/// on one new file at once race to switch it to WAL and to create the schema, and SQLite
+/// answers some of those steps "database is locked" at once, without calling its busy
+/// handler (a lock upgrade that could deadlock). Only ever at open, never per request.
+pub(super) fn retry_busy<T>(mut step: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + OPEN_BUSY_WAIT;
+    loop {
+        match step() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Brings a database written by an older build up to [`SCHEMA`]: the `at` column.
+pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let has_at = || {
+        retry_busy(|| {
+            conn.prepare("SELECT 1 FROM pragma_table_info('revocations') WHERE name = 'at'")
+                .and_then(|mut s| s.exists([]))
+        })
+        .map_err(err)
+    };
+    if !has_at()? {
+        let added =
+            retry_busy(|| conn.execute_batch("ALTER TABLE revocations ADD COLUMN at INTEGER"));
+        // Another process starting on the same file may have added it in between.
+        if let Err(e) = added {
+            if !has_at()? {
+                return Err(err(e));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Identity of the database file, to notice it being removed or replaced under us
+/// (writes to an unlinked file would "succeed" and then vanish).
+pub(super) fn file_identity(path: &Path) -> Result<(u64, u64), StoreError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| StoreError(format!("{} is gone: {e}", path.display())))?;
+    if meta.permissions().readonly() {
+        return Err(StoreError(format!("{} is read-only", path.display())));
+    }
+    Ok((meta.dev(), meta.ino()))
+}
