@@ -118,6 +118,50 @@ fn a_missing_sqlite_directory_is_a_warning() {
 }
 
 #[test]
+fn a_sqlite_file_that_cannot_be_opened_says_why() {
+    // SQLite itself says only "unable to open database file": the error adds what the
+    // file system says (a missing directory, a file where a directory should be).
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("a-file"), "").expect("write");
+    for (path, why) in [
+        (
+            "/nonexistent-portcullis-dir/r.db",
+            "(/nonexistent-portcullis-dir: No such file or directory (os error 2))",
+        ),
+        ("a-file/r.db", "a-file: Not a directory (os error 20))"),
+    ] {
+        let yaml = minimal("").replace(
+            "  store: memory\n",
+            &format!("  store: sqlite\n  sqlite_path: {path}\n"),
+        );
+        std::fs::write(dir.path().join("g.yaml"), yaml).expect("write");
+        for args in [
+            &["run", "--config", "g.yaml"][..],
+            &[
+                "revoke",
+                "--config",
+                "g.yaml",
+                "--jti",
+                "j-1",
+                "--exp",
+                "1796119200",
+            ],
+        ] {
+            let (code, _, stderr) = portcullis(args, dir.path());
+            assert_eq!(code, 1, "{args:?}: {stderr}");
+            let error = stderr
+                .lines()
+                .find(|l| l.starts_with("error: "))
+                .unwrap_or_default();
+            assert!(
+                error.starts_with("error: revocation store: cannot open ") && error.ends_with(why),
+                "{args:?}: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
 fn the_summary_speaks_the_config_files_words() {
     let yaml = minimal("")
         .replace("  secret:", "  token_location: [headers, cookies]\n  secret:")

@@ -216,6 +216,20 @@ pub fn needs_new_connection(e: &RedisError) -> bool {
         )
 }
 
+/// Why a command on a [`Link`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// No connection could be made.
+    #[error("cannot connect: {0}")]
+    Connect(#[source] RedisError),
+    /// The command failed: an error reply, a broken connection.
+    #[error("{0}")]
+    Command(#[source] RedisError),
+    /// No answer within the limit.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// One multiplexed connection to the current master, replaced when it fails.
 pub struct Link {
     target: std::sync::Arc<Target>,
@@ -227,7 +241,7 @@ pub struct Link {
     /// Connection attempts so far, and the error of the last failed one: callers that
     /// waited behind a failed attempt share its answer instead of queueing their own.
     attempts: AtomicU64,
-    last_failure: Mutex<Option<(u64, String)>>,
+    last_failure: Mutex<Option<(u64, RedisError)>>,
     generation: AtomicU64,
 }
 
@@ -251,7 +265,7 @@ impl Link {
     }
 
     /// The current connection, connecting first if there is none.
-    pub async fn get(&self) -> Result<(u64, MultiplexedConnection), String> {
+    pub async fn get(&self) -> Result<(u64, MultiplexedConnection), RedisError> {
         if let Some(current) = self.cached() {
             return Ok(current);
         }
@@ -266,8 +280,8 @@ impl Link {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         // Someone else tried while this caller waited, and failed: share that answer.
-        if let Some((_, message)) = failure.filter(|(attempt, _)| *attempt > seen) {
-            return Err(message);
+        if let Some((_, e)) = failure.filter(|(attempt, _)| *attempt > seen) {
+            return Err(e);
         }
         let attempt = self.attempts.fetch_add(1, Ordering::AcqRel) + 1;
         // Boxed: redis-rs's Sentinel lookup is a deeply nested future, too deep to be
@@ -282,10 +296,9 @@ impl Link {
                 Ok((generation, conn))
             }
             Err(e) => {
-                let message = format!("cannot connect: {e}");
                 *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((attempt, message.clone()));
-                Err(message)
+                    Some((attempt, e.clone()));
+                Err(e)
             }
         }
     }
@@ -300,14 +313,14 @@ impl Link {
 
     /// Runs `f` on the current connection within `limit`, replacing the connection when
     /// the error calls for it (or on a timeout, which may leave it mid-reply).
-    pub async fn run<T, F, Fut>(&self, limit: Duration, f: F) -> Result<T, String>
+    pub async fn run<T, F, Fut>(&self, limit: Duration, f: F) -> Result<T, LinkError>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         let used = AtomicU64::new(0);
         let attempt = async {
-            let (generation, conn) = self.get().await?;
+            let (generation, conn) = self.get().await.map_err(LinkError::Connect)?;
             used.store(generation, Ordering::Relaxed);
             match f(conn).await {
                 Ok(value) => Ok(value),
@@ -315,7 +328,7 @@ impl Link {
                     if needs_new_connection(&e) {
                         self.drop_connection(generation);
                     }
-                    Err(e.to_string())
+                    Err(LinkError::Command(e))
                 }
             }
         };
@@ -323,7 +336,7 @@ impl Link {
             Ok(result) => result,
             Err(_) => {
                 self.drop_connection(used.load(Ordering::Relaxed));
-                Err(format!("no answer within {limit:?}"))
+                Err(LinkError::Timeout(limit))
             }
         }
     }

@@ -62,7 +62,7 @@ mod script;
 
 use super::{BoxFuture, Changes, ExportError, ExportPage, Kind, Revocation, Store, StoreError};
 use crate::clock::now_unix;
-use connect::{Link, RedisOptions, Target};
+use connect::{Link, LinkError, RedisOptions, Target};
 use load::{parse_item, parse_time};
 use redis::FromRedisValue;
 use std::sync::Arc;
@@ -126,7 +126,7 @@ impl RedisStore {
     /// set.
     pub async fn connect(options: &RedisOptions, prefix: &str) -> Result<RedisStore, StoreError> {
         let shown_url = crate::config::redact_url(&options.url);
-        let target = Arc::new(Target::new(options).map_err(|e| StoreError(e.to_string()))?);
+        let target = Arc::new(Target::new(options)?);
         let store = RedisStore {
             link: Link::new(target.clone()),
             feed: Link::new(target),
@@ -142,18 +142,17 @@ impl RedisStore {
         // a certificate that does not verify all end the start here.
         match tokio::time::timeout(COMMAND_TIMEOUT * 2, store.link.get()).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                return Err(StoreError(format!(
-                    "cannot reach Redis at {}: {e}",
-                    store.shown_url
-                )))
+            Ok(Err(source)) => {
+                return Err(StoreError::Unreachable {
+                    server: store.shown_url,
+                    source,
+                })
             }
             Err(_) => {
-                return Err(StoreError(format!(
-                    "cannot reach Redis at {}: no connection within {:?}",
-                    store.shown_url,
-                    COMMAND_TIMEOUT * 2
-                )))
+                return Err(StoreError::ConnectTimeout {
+                    server: store.shown_url,
+                    after: COMMAND_TIMEOUT * 2,
+                })
             }
         }
         store.check_version().await?;
@@ -176,11 +175,12 @@ impl RedisStore {
         let parsed: Option<Vec<u64>> =
             version.map(|v| v.split('.').map(|p| p.parse().unwrap_or(0)).collect());
         match parsed.as_deref() {
-            Some([major, minor, ..]) if (*major, *minor) < (6, 2) => Err(StoreError(format!(
-                "Redis at {} is version {}; blocklist.store: redis needs 6.2 or later",
-                self.shown_url,
-                version.unwrap_or("?")
-            ))),
+            Some([major, minor, ..]) if (*major, *minor) < (6, 2) => {
+                Err(StoreError::RedisVersion {
+                    server: self.shown_url.clone(),
+                    version: version.unwrap_or("?").to_owned(),
+                })
+            }
             Some(_) => Ok(()),
             None => {
                 // A Redis-compatible server that hides its version: let the first real
@@ -192,12 +192,33 @@ impl RedisStore {
     }
 
     /// A failed operation as a [`StoreError`] naming the server and what was done.
-    fn error(&self, what: &str, message: String) -> StoreError {
-        StoreError(format!("Redis at {}: {what}: {message}", self.shown_url))
+    fn error(&self, what: &'static str, e: LinkError) -> StoreError {
+        let server = self.shown_url.clone();
+        match e {
+            LinkError::Connect(source) => StoreError::RedisConnect {
+                server,
+                what,
+                source,
+            },
+            LinkError::Command(source) => StoreError::Redis {
+                server,
+                what,
+                source,
+            },
+            LinkError::Timeout(after) => StoreError::Timeout {
+                server,
+                what,
+                after,
+            },
+        }
     }
 
     /// Runs one command within the [`COMMAND_TIMEOUT`], naming `what` failed.
-    async fn run<T: FromRedisValue>(&self, what: &str, cmd: redis::Cmd) -> Result<T, StoreError> {
+    async fn run<T: FromRedisValue>(
+        &self,
+        what: &'static str,
+        cmd: redis::Cmd,
+    ) -> Result<T, StoreError> {
         self.link
             .run(COMMAND_TIMEOUT, |mut conn| async move {
                 cmd.query_async(&mut conn).await
@@ -209,7 +230,7 @@ impl RedisStore {
     /// Runs a pipeline within the [`COMMAND_TIMEOUT`].
     async fn run_pipe<T: FromRedisValue>(
         &self,
-        what: &str,
+        what: &'static str,
         pipe: redis::Pipeline,
     ) -> Result<T, StoreError> {
         self.run_pipe_within(what, pipe, COMMAND_TIMEOUT).await
@@ -218,7 +239,7 @@ impl RedisStore {
     /// Runs a pipeline within `limit`.
     async fn run_pipe_within<T: FromRedisValue>(
         &self,
-        what: &str,
+        what: &'static str,
         pipe: redis::Pipeline,
         limit: Duration,
     ) -> Result<T, StoreError> {
@@ -234,7 +255,7 @@ impl RedisStore {
     /// restarted server), loads it and runs the call again.
     async fn eval<T: FromRedisValue>(
         &self,
-        what: &str,
+        what: &'static str,
         script: &redis::Script,
         call: redis::Cmd,
     ) -> Result<T, StoreError> {

@@ -1,14 +1,13 @@
 //! Opening the database file: the connection settings (WAL, `synchronous=FULL`), the
 //! schema and its migration, and the file's identity (to notice it being replaced).
 
-use super::err;
 use crate::blocklist::StoreError;
 use rusqlite::{Connection, OpenFlags};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
-pub(super) const SCHEMA: &str = "
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS revocations (
     kind TEXT NOT NULL,          -- 'jti' | 'sid' | 'sub'
     key  TEXT NOT NULL,
@@ -26,19 +25,30 @@ CREATE TABLE IF NOT EXISTS seen_once (
 ) WITHOUT ROWID;
 ";
 
+/// A connection to the file at `path` (created if missing), in WAL mode with
+/// `synchronous=FULL`.
 pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
+    let opening = |e| StoreError::sqlite_open(path, e);
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-    retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL")).map_err(err)?;
+    .map_err(opening)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(opening)?;
+    retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL")).map_err(opening)?;
     conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(err)?;
+        .map_err(opening)?;
     Ok(conn)
+}
+
+/// Creates the schema in the file at `path`, or brings one written by an older build
+/// up to date.
+pub(super) fn set_up(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    retry_busy(|| conn.execute_batch(SCHEMA))
+        .and_then(|()| migrate(conn))
+        .map_err(|e| StoreError::sqlite_open(path, e))
 }
 
 /// How long opening waits for another process that is setting up the same file.
@@ -48,7 +58,7 @@ const OPEN_BUSY_WAIT: Duration = Duration::from_secs(5);
 /// on one new file at once race to switch it to WAL and to create the schema, and SQLite
 /// answers some of those steps "database is locked" at once, without calling its busy
 /// handler (a lock upgrade that could deadlock). Only ever at open, never per request.
-pub(super) fn retry_busy<T>(mut step: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+fn retry_busy<T>(mut step: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
     let deadline = std::time::Instant::now() + OPEN_BUSY_WAIT;
     loop {
         match step() {
@@ -66,13 +76,12 @@ pub(super) fn retry_busy<T>(mut step: impl FnMut() -> rusqlite::Result<T>) -> ru
 }
 
 /// Brings a database written by an older build up to [`SCHEMA`]: the `at` column.
-pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let has_at = || {
         retry_busy(|| {
             conn.prepare("SELECT 1 FROM pragma_table_info('revocations') WHERE name = 'at'")
                 .and_then(|mut s| s.exists([]))
         })
-        .map_err(err)
     };
     if !has_at()? {
         let added =
@@ -80,7 +89,7 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
         // Another process starting on the same file may have added it in between.
         if let Err(e) = added {
             if !has_at()? {
-                return Err(err(e));
+                return Err(e);
             }
         }
     }
@@ -90,10 +99,14 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
 /// Identity of the database file, to notice it being removed or replaced under us
 /// (writes to an unlinked file would "succeed" and then vanish).
 pub(super) fn file_identity(path: &Path) -> Result<(u64, u64), StoreError> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| StoreError(format!("{} is gone: {e}", path.display())))?;
+    let meta = std::fs::metadata(path).map_err(|source| StoreError::Gone {
+        path: path.to_owned(),
+        source,
+    })?;
     if meta.permissions().readonly() {
-        return Err(StoreError(format!("{} is read-only", path.display())));
+        return Err(StoreError::ReadOnly {
+            path: path.to_owned(),
+        });
     }
     Ok((meta.dev(), meta.ino()))
 }

@@ -31,7 +31,7 @@ mod connection;
 mod writer;
 
 use super::{fault, BoxFuture, ExportError, ExportPage, Kind, Revocation, Store, StoreError};
-use connection::{file_identity, migrate, open, retry_busy, SCHEMA};
+use connection::{file_identity, open, set_up};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -50,10 +50,6 @@ pub struct SqliteStore {
     reader: Arc<Mutex<Connection>>,
 }
 
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
-}
-
 fn row_to_revocation(kind: &str, key: String, value: i64, at: Option<i64>) -> Option<Revocation> {
     let at = at.map(|at| u64::try_from(at).unwrap_or(0));
     Revocation::from_parts(kind, key, u64::try_from(value).unwrap_or(0), at)
@@ -63,8 +59,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let writer_conn = open(path)?;
-        retry_busy(|| writer_conn.execute_batch(SCHEMA)).map_err(err)?;
-        migrate(&writer_conn)?;
+        set_up(&writer_conn, path)?;
         let identity = file_identity(path)?;
         let reader = open(path)?;
         let (tx, rx) = mpsc::channel::<WriteRequest>();
@@ -72,7 +67,11 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("portcullis-sqlite-writer".into())
             .spawn(move || writer_loop(writer_conn, rx, &thread_path, identity))
-            .map_err(err)?;
+            .map_err(|source| StoreError::Io {
+                path: path.to_owned(),
+                what: "starting the writer thread",
+                source,
+            })?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             writer: Mutex::new(tx),
@@ -81,40 +80,42 @@ impl SqliteStore {
     }
 
     /// Runs `f` on the read connection without blocking the runtime, within
-    /// [`READ_TIMEOUT`].
+    /// [`READ_TIMEOUT`]; `what` names it in an error.
     fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        what: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> BoxFuture<'_, Result<T, StoreError>> {
         let reader = self.reader.clone();
         let path = self.path.clone();
         Box::pin(async move {
             let read = tokio::task::spawn_blocking(move || {
-                if !path.exists() {
-                    return Err(StoreError(format!("{} is gone", path.display())));
+                if let Err(source) = std::fs::metadata(&path) {
+                    return Err(StoreError::Gone { path, source });
                 }
                 // Busy only while an earlier read hangs: fail now instead of queueing.
                 let conn = match reader.try_lock() {
                     Ok(conn) => conn,
                     Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
                     Err(std::sync::TryLockError::WouldBlock) => {
-                        return Err(StoreError(format!(
-                            "{}: an earlier read has not finished",
-                            path.display()
-                        )))
+                        return Err(StoreError::ReadBusy { path })
                     }
                 };
                 while fault::active(fault::SQLITE_READ_STALL) {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                f(&conn)
+                f(&conn).map_err(|source| StoreError::Sqlite { path, what, source })
             });
             match tokio::time::timeout(READ_TIMEOUT, read).await {
-                Ok(joined) => joined.map_err(err)?,
-                Err(_) => Err(StoreError(format!(
-                    "{}: no answer within {READ_TIMEOUT:?}",
-                    self.path.display()
-                ))),
+                Ok(Ok(answer)) => answer,
+                Ok(Err(source)) => Err(StoreError::ReadTask {
+                    path: self.path.clone(),
+                    source,
+                }),
+                Err(_) => Err(StoreError::ReadTimeout {
+                    path: self.path.clone(),
+                    after: READ_TIMEOUT,
+                }),
             }
         })
     }
@@ -141,25 +142,21 @@ impl Store for SqliteStore {
 
     fn load_live(&self, now: u64) -> BoxFuture<'_, Result<Vec<Revocation>, StoreError>> {
         let now = i64::try_from(now).unwrap_or(i64::MAX);
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT kind, key, exp, at FROM revocations WHERE kind = 'sub' OR exp >= ?1",
-                )
-                .map_err(err)?;
-            let rows = stmt
-                .query_map([now], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, Option<i64>>(3)?,
-                    ))
-                })
-                .map_err(err)?;
+        self.read("loading the live set", move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT kind, key, exp, at FROM revocations WHERE kind = 'sub' OR exp >= ?1",
+            )?;
+            let rows = stmt.query_map([now], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                ))
+            })?;
             let mut out = Vec::new();
             for row in rows {
-                let (kind, key, value, at) = row.map_err(err)?;
+                let (kind, key, value, at) = row?;
                 out.extend(row_to_revocation(&kind, key, value, at));
             }
             Ok(out)
@@ -172,27 +169,23 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<(Vec<Revocation>, String), StoreError>> {
         let cursor: u64 = cursor.parse().unwrap_or(0);
         let from = i64::try_from(cursor).unwrap_or(i64::MAX);
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT kind, key, exp, seq, at FROM revocations WHERE seq > ?1 ORDER BY seq",
-                )
-                .map_err(err)?;
-            let rows = stmt
-                .query_map([from], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, Option<i64>>(4)?,
-                    ))
-                })
-                .map_err(err)?;
+        self.read("reading the change feed", move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT kind, key, exp, seq, at FROM revocations WHERE seq > ?1 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([from], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                ))
+            })?;
             let mut out = Vec::new();
             let mut next = cursor;
             for row in rows {
-                let (kind, key, value, seq, at) = row.map_err(err)?;
+                let (kind, key, value, seq, at) = row?;
                 next = next.max(u64::try_from(seq).unwrap_or(0));
                 out.extend(row_to_revocation(&kind, key, value, at));
             }
@@ -219,27 +212,23 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let (kind, key) = after?;
             let rows = self
-                .read(move |conn| {
-                    let mut stmt = conn
-                        .prepare_cached(
-                            "SELECT kind, key, exp, at FROM revocations
+                .read("exporting revocations", move |conn| {
+                    let mut stmt = conn.prepare_cached(
+                        "SELECT kind, key, exp, at FROM revocations
                              WHERE (kind, key) > (?1, ?2) AND (kind = 'sub' OR exp >= ?3)
                              ORDER BY kind, key LIMIT ?4",
-                        )
-                        .map_err(err)?;
-                    let rows = stmt
-                        .query_map(params![kind, key, now, fetch], |r| {
-                            Ok((
-                                r.get::<_, String>(0)?,
-                                r.get::<_, String>(1)?,
-                                r.get::<_, i64>(2)?,
-                                r.get::<_, Option<i64>>(3)?,
-                            ))
-                        })
-                        .map_err(err)?;
+                    )?;
+                    let rows = stmt.query_map(params![kind, key, now, fetch], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, Option<i64>>(3)?,
+                        ))
+                    })?;
                     let mut out = Vec::new();
                     for row in rows {
-                        let (kind, key, value, at) = row.map_err(err)?;
+                        let (kind, key, value, at) = row?;
                         out.extend(row_to_revocation(&kind, key, value, at));
                     }
                     Ok(out)
@@ -253,12 +242,11 @@ impl Store for SqliteStore {
     }
 
     fn cursor(&self) -> BoxFuture<'_, Result<String, StoreError>> {
-        self.read(|conn| {
+        self.read("reading the change feed position", |conn| {
             conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| {
                 r.get::<_, i64>(0)
             })
             .map(|v| v.to_string())
-            .map_err(err)
         })
     }
 
@@ -269,14 +257,13 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<Option<Revocation>, StoreError>> {
         let key = key.to_owned();
         let kind = kind.name();
-        self.read(move |conn| {
+        self.read("looking a revocation up", move |conn| {
             let row: Option<(i64, Option<i64>)> = conn
                 .prepare_cached("SELECT exp, at FROM revocations WHERE kind = ?1 AND key = ?2")
                 .and_then(|mut s| {
                     s.query_row(params![kind, key], |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()
-                })
-                .map_err(err)?;
+                })?;
             Ok(row.and_then(|(value, at)| row_to_revocation(kind, key, value, at)))
         })
     }
@@ -285,15 +272,12 @@ impl Store for SqliteStore {
         let now = i64::try_from(now).unwrap_or(i64::MAX);
         // Purging is a write, but a rare one that may wait on the writer's lock; it runs
         // on the read connection in a blocking task so it never delays a logout's reply.
-        self.read(move |conn| {
-            let revocations = conn
-                .execute(
-                    "DELETE FROM revocations WHERE kind != 'sub' AND exp < ?1",
-                    [now],
-                )
-                .map_err(err)?;
-            conn.execute("DELETE FROM seen_once WHERE exp < ?1", [now])
-                .map_err(err)?;
+        self.read("purging expired revocations", move |conn| {
+            let revocations = conn.execute(
+                "DELETE FROM revocations WHERE kind != 'sub' AND exp < ?1",
+                [now],
+            )?;
+            conn.execute("DELETE FROM seen_once WHERE exp < ?1", [now])?;
             Ok(revocations as u64)
         })
     }

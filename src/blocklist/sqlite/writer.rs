@@ -2,7 +2,7 @@
 //! transaction (group commit: N concurrent logouts cost one fsync).
 
 use super::connection::file_identity;
-use super::{err, SqliteStore};
+use super::SqliteStore;
 use crate::blocklist::{BoxFuture, Revocation, StoreError};
 use rusqlite::{params, Connection};
 use std::path::Path;
@@ -38,10 +38,20 @@ pub(super) fn writer_loop(
                 if now == identity {
                     Ok(())
                 } else {
-                    Err(StoreError(format!("{} was replaced", path.display())))
+                    Err(StoreError::Replaced {
+                        path: path.to_owned(),
+                    })
                 }
             })
-            .and_then(|()| write_batch(&mut conn, &batch));
+            .and_then(|()| {
+                write_batch(&mut conn, &batch).map_err(|source| StoreError::Sqlite {
+                    path: path.to_owned(),
+                    what: "recording revocations",
+                    source,
+                })
+            })
+            // Every request of the batch gets the one error.
+            .map_err(std::sync::Arc::new);
         let mut firsts = match &result {
             Ok(firsts) => firsts.iter().copied(),
             Err(_) => [].iter().copied(),
@@ -52,13 +62,13 @@ pub(super) fn writer_loop(
                 WriteRequest::Record(_, reply) => {
                     let _ = reply.send(match &result {
                         Ok(_) => Ok(()),
-                        Err(e) => Err(StoreError(e.0.clone())),
+                        Err(e) => Err(StoreError::Shared(e.clone())),
                     });
                 }
                 WriteRequest::Once(_, _, _, reply) => {
                     let _ = reply.send(match &result {
                         Ok(_) => Ok(firsts.next().unwrap_or(false)),
-                        Err(e) => Err(StoreError(e.0.clone())),
+                        Err(e) => Err(StoreError::Shared(e.clone())),
                     });
                 }
             }
@@ -68,24 +78,19 @@ pub(super) fn writer_loop(
 
 /// Writes a batch in one transaction. Returns, for each `Once` request in order,
 /// whether it recorded its key (first sight).
-fn write_batch(conn: &mut Connection, batch: &[WriteRequest]) -> Result<Vec<bool>, StoreError> {
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(err)?;
-    let seq: i64 = tx
-        .query_row(
-            "UPDATE meta SET v = v + 1 WHERE k = 'seq' RETURNING v",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(err)?;
+fn write_batch(conn: &mut Connection, batch: &[WriteRequest]) -> rusqlite::Result<Vec<bool>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let seq: i64 = tx.query_row(
+        "UPDATE meta SET v = v + 1 WHERE k = 'seq' RETURNING v",
+        [],
+        |r| r.get(0),
+    )?;
     let mut firsts = Vec::new();
     {
         // jti: the longest expiry wins; sub: the latest revocation time wins; sid: both
         // the longest expiry and the latest cut-off win (NULL, the whole session, stays).
-        let mut upsert = tx
-            .prepare_cached(
-                "INSERT INTO revocations (kind, key, exp, seq, at) VALUES (?1, ?2, ?3, ?4, ?5)
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO revocations (kind, key, exp, seq, at) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (kind, key) DO UPDATE SET
                      exp = max(exp, excluded.exp),
                      at = CASE WHEN at IS NULL OR excluded.at IS NULL THEN NULL
@@ -93,25 +98,20 @@ fn write_batch(conn: &mut Connection, batch: &[WriteRequest]) -> Result<Vec<bool
                      seq = excluded.seq
                  WHERE excluded.exp > revocations.exp
                     OR excluded.at > revocations.at",
-            )
-            .map_err(err)?;
+        )?;
         // Replay memory: insert if absent, or if the remembered one has expired.
-        let mut once = tx
-            .prepare_cached(
-                "INSERT INTO seen_once (key, exp) VALUES (?1, ?2)
+        let mut once = tx.prepare_cached(
+            "INSERT INTO seen_once (key, exp) VALUES (?1, ?2)
                  ON CONFLICT (key) DO UPDATE SET exp = excluded.exp
                  WHERE seen_once.exp < ?3",
-            )
-            .map_err(err)?;
+        )?;
         let now = i64::try_from(crate::clock::now_unix()).unwrap_or(i64::MAX);
-        let mut record = |revocations: &[Revocation]| -> Result<(), StoreError> {
+        let mut record = |revocations: &[Revocation]| -> rusqlite::Result<()> {
             for r in revocations {
                 let (kind, key, value) = r.parts();
                 let (kind, value) = (kind.name(), clamp_i64(value));
                 let at = r.cutoff().map(clamp_i64);
-                upsert
-                    .execute(params![kind, key, value, seq, at])
-                    .map_err(err)?;
+                upsert.execute(params![kind, key, value, seq, at])?;
             }
             Ok(())
         };
@@ -119,10 +119,7 @@ fn write_batch(conn: &mut Connection, batch: &[WriteRequest]) -> Result<Vec<bool
             match request {
                 WriteRequest::Record(revocations, _) => record(revocations)?,
                 WriteRequest::Once(key, exp, revocations, _) => {
-                    let first = once
-                        .execute(params![key, clamp_i64(*exp), now])
-                        .map_err(err)?
-                        == 1;
+                    let first = once.execute(params![key, clamp_i64(*exp), now])? == 1;
                     if first {
                         record(revocations)?;
                     }
@@ -131,7 +128,7 @@ fn write_batch(conn: &mut Connection, batch: &[WriteRequest]) -> Result<Vec<bool
             }
         }
     }
-    tx.commit().map_err(err)?;
+    tx.commit()?;
     Ok(firsts)
 }
 
@@ -151,11 +148,12 @@ impl SqliteStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .send(request);
+        let stopped = || StoreError::WriterStopped {
+            path: self.path.clone(),
+        };
         Box::pin(async move {
-            sent.map_err(|_| StoreError("sqlite writer thread stopped".into()))?;
-            answer
-                .await
-                .map_err(|_| StoreError("sqlite writer thread stopped".into()))?
+            sent.map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())?
         })
     }
 }
