@@ -47,6 +47,35 @@ fn lost_place(position: (u64, u64), first: &StreamRangeReply, last: &StreamRange
     }
 }
 
+/// `XRANGE <key> - + COUNT 1`: the stream's first entry.
+fn first_entry(key: &str) -> redis::Cmd {
+    redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .clone()
+}
+
+/// `XREVRANGE <key> + - COUNT 1`: the stream's last entry.
+fn last_entry(key: &str) -> redis::Cmd {
+    redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .clone()
+}
+
+/// Appends the reads of the stream's first and last entry to `pipe`, whose replies then
+/// end with them (two [`StreamRangeReply`]s, in that order), for [`lost_place`].
+fn read_ends<'p>(pipe: &'p mut redis::Pipeline, key: &str) -> &'p mut redis::Pipeline {
+    pipe.add_command(first_entry(key))
+        .add_command(last_entry(key))
+}
+
 impl RedisStore {
     /// Entries after `cursor`, read with `XRANGE` (a poll), resyncing when the stream
     /// lost our place.
@@ -54,90 +83,69 @@ impl RedisStore {
         &self,
         cursor: String,
     ) -> Result<(Vec<Revocation>, String), StoreError> {
-        {
-            let Some(position) = parse_id(&cursor) else {
+        let Some(position) = parse_id(&cursor) else {
+            return self.resync().await;
+        };
+        let mut out = Vec::new();
+        let mut next = cursor;
+        for page in 0..FEED_PAGES_PER_POLL {
+            let mut pipe = redis::pipe();
+            // One MULTI: the entries, the oldest and the newest id, as one snapshot
+            // (no trim can slip in between the reads).
+            pipe.atomic()
+                .cmd("XRANGE")
+                .arg(&self.changes_key)
+                .arg(format!("({next}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(FEED_PAGE);
+            read_ends(&mut pipe, &self.changes_key);
+            let (entries, first, last): (StreamRangeReply, StreamRangeReply, StreamRangeReply) =
+                self.run_pipe("reading the change feed", pipe).await?;
+            if page == 0 && lost_place(position, &first, &last) {
                 return self.resync().await;
-            };
-            let mut out = Vec::new();
-            let mut next = cursor;
-            for page in 0..FEED_PAGES_PER_POLL {
-                let mut pipe = redis::pipe();
-                // One MULTI: the entries, the oldest and the newest id, as one snapshot
-                // (no trim can slip in between the reads).
-                pipe.atomic()
-                    .cmd("XRANGE")
-                    .arg(&self.changes_key)
-                    .arg(format!("({next}"))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(FEED_PAGE)
-                    .cmd("XRANGE")
-                    .arg(&self.changes_key)
-                    .arg("-")
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(1)
-                    .cmd("XREVRANGE")
-                    .arg(&self.changes_key)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1);
-                let (entries, first, last): (StreamRangeReply, StreamRangeReply, StreamRangeReply) =
-                    self.run_pipe("reading the change feed", pipe).await?;
-                if page == 0 && lost_place(position, &first, &last) {
-                    return self.resync().await;
-                }
-                let full = entries.ids.len() == FEED_PAGE;
-                for entry in entries.ids {
-                    out.extend(parse_entry(&entry));
-                    next = entry.id;
-                }
-                if !full {
-                    break;
-                }
             }
-            Ok((out, next))
+            let full = entries.ids.len() == FEED_PAGE;
+            for entry in entries.ids {
+                out.extend(parse_entry(&entry));
+                next = entry.id;
+            }
+            if !full {
+                break;
+            }
         }
+        Ok((out, next))
     }
 
     /// The current end of the stream (adding the start marker to an empty one).
     pub(super) async fn stream_end(&self) -> Result<String, StoreError> {
-        {
-            let last: StreamRangeReply = self
-                .run(
-                    "reading the change feed position",
-                    redis::cmd("XREVRANGE")
-                        .arg(&self.changes_key)
-                        .arg("+")
-                        .arg("-")
-                        .arg("COUNT")
-                        .arg(1)
-                        .clone(),
-                )
-                .await?;
-            if let Some(entry) = last.ids.into_iter().next() {
-                return Ok(entry.id);
-            }
-            // An empty or missing stream offers no position to check a later trim
-            // against: a replica holding `0-0` that was cut off while more than
-            // STREAM_MAXLEN entries were written would read the trimmed stream from its
-            // start and never notice what it lost. So the feed always starts with a
-            // marker entry (skipped by readers), and its id becomes the cursor.
-            self.run(
-                "starting the change feed",
-                redis::cmd("XADD")
-                    .arg(&self.changes_key)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(STREAM_MAXLEN)
-                    .arg("*")
-                    .arg("kind")
-                    .arg("start")
-                    .clone(),
+        let last: StreamRangeReply = self
+            .run(
+                "reading the change feed position",
+                last_entry(&self.changes_key),
             )
-            .await
+            .await?;
+        if let Some(entry) = last.ids.into_iter().next() {
+            return Ok(entry.id);
         }
+        // An empty or missing stream offers no position to check a later trim
+        // against: a replica holding `0-0` that was cut off while more than
+        // STREAM_MAXLEN entries were written would read the trimmed stream from its
+        // start and never notice what it lost. So the feed always starts with a
+        // marker entry (skipped by readers), and its id becomes the cursor.
+        self.run(
+            "starting the change feed",
+            redis::cmd("XADD")
+                .arg(&self.changes_key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(STREAM_MAXLEN)
+                .arg("*")
+                .arg("kind")
+                .arg("start")
+                .clone(),
+        )
+        .await
     }
 
     /// The current end of the stream, then the whole live set: what a replica that lost
@@ -184,19 +192,8 @@ impl RedisStore {
             .arg(block.as_millis() as u64)
             .arg("STREAMS")
             .arg(&self.changes_key)
-            .arg(&cursor)
-            .cmd("XRANGE")
-            .arg(&self.changes_key)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("XREVRANGE")
-            .arg(&self.changes_key)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1);
+            .arg(&cursor);
+        read_ends(&mut pipe, &self.changes_key);
         type Reply = (Option<StreamReadReply>, StreamRangeReply, StreamRangeReply);
         let (read, first, last): Reply = self
             .feed

@@ -191,32 +191,30 @@ impl RedisStore {
     /// Every live revocation: `P expiry` and `P subjects` in pages, sessions' cut-offs
     /// from their strings.
     pub(super) async fn load_live_paged(&self, now: u64) -> Result<Vec<Revocation>, StoreError> {
-        {
-            let mut out = Vec::new();
-            let mut sessions = Vec::new();
-            self.read_zset(&self.expiry_key, now, |member, exp| {
-                let Ok(member) = String::from_utf8(member) else {
-                    return;
-                };
-                match member.split_once(':') {
-                    Some(("sid", sid)) => sessions.push((sid.to_owned(), exp)),
-                    Some((kind, key)) => {
-                        out.extend(Revocation::from_parts(kind, key.to_owned(), exp, None))
-                    }
-                    None => {}
+        let mut out = Vec::new();
+        let mut sessions = Vec::new();
+        self.read_zset(&self.expiry_key, now, |member, exp| {
+            let Ok(member) = String::from_utf8(member) else {
+                return;
+            };
+            match member.split_once(':') {
+                Some(("sid", sid)) => sessions.push((sid.to_owned(), exp)),
+                Some((kind, key)) => {
+                    out.extend(Revocation::from_parts(kind, key.to_owned(), exp, None))
                 }
-            })
-            .await?;
-            // A session's cut-off lives in its string.
-            self.with_cutoffs(sessions, &mut out).await?;
-            self.read_zset(&self.subjects_key, 0, |member, at| {
-                if let Ok(sub) = String::from_utf8(member) {
-                    out.push(Revocation::Subject { sub, at });
-                }
-            })
-            .await?;
-            Ok(out)
-        }
+                None => {}
+            }
+        })
+        .await?;
+        // A session's cut-off lives in its string.
+        self.with_cutoffs(sessions, &mut out).await?;
+        self.read_zset(&self.subjects_key, 0, |member, at| {
+            if let Ok(sub) = String::from_utf8(member) {
+                out.push(Revocation::Subject { sub, at });
+            }
+        })
+        .await?;
+        Ok(out)
     }
 
     /// One page of an export: `P expiry` (tokens, sessions) by rank, then `P subjects`.
