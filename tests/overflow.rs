@@ -3,14 +3,14 @@
 //! replica"): past `cache_max_entries`, requests cost the store about one lookup per
 //! key per second, not one per request, and revocations still take effect in time.
 //!
-//! Starts its own `redis-server` (as tests/redis.rs does); without it the test prints
-//! a notice and passes, unless `PORTCULLIS_REQUIRE_REDIS` is set.
+//! Starts its own `redis-server` (tests/common/redis_server.rs); without it the test
+//! prints a notice and passes, unless `PORTCULLIS_REQUIRE_REDIS` is set.
 
 mod common;
 
+use common::redis_server::RedisServer;
 use common::*;
 use serde_json::json;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,95 +19,28 @@ const REVOCATIONS: usize = 100_000;
 const REQUESTS: usize = 10_000;
 const CONCURRENCY: usize = 25;
 
-struct Redis {
-    port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
+/// Every command Redis has run since the last `CONFIG RESETSTAT`, by name.
+fn commands(redis: &RedisServer) -> Vec<(String, u64)> {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
 }
 
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok();
-        if !installed {
-            assert!(
-                std::env::var_os("PORTCULLIS_REQUIRE_REDIS").is_none(),
-                "redis-server is not installed, and PORTCULLIS_REQUIRE_REDIS is set"
-            );
-            eprintln!("NOTICE: redis-server is not installed: skipping the overflow test");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let redis = Redis {
-            port,
-            child,
-            _dir: dir,
-        };
-        let started = Instant::now();
-        while redis.cli(&["PING"]).trim() != "PONG" {
-            assert!(started.elapsed() < Duration::from_secs(10), "no PONG");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(redis)
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("run redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Every command Redis has run since the last `CONFIG RESETSTAT`, by name.
-    fn commands(&self) -> Vec<(String, u64)> {
-        self.cli(&["INFO", "commandstats"])
-            .lines()
-            .filter_map(|line| {
-                let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-                let calls = rest
-                    .strip_prefix("calls=")?
-                    .split(',')
-                    .next()?
-                    .parse()
-                    .ok()?;
-                Some((name.to_owned(), calls))
-            })
-            .collect()
-    }
-}
-
-fn config(up: &Upstream, redis: &Redis) -> Config {
+fn config(up: &Upstream, redis: &RedisServer) -> Config {
     let mut config = Config::new(up.addr);
     config.set("blocklist.store", json!("redis"));
-    config.set(
-        "blocklist.redis_url",
-        json!(format!("redis://127.0.0.1:{}/0", redis.port)),
-    );
+    config.set("blocklist.redis_url", json!(redis.url()));
     config.set("blocklist.cache_max_entries", json!(1000));
     config.set(
         "admin",
@@ -135,7 +68,9 @@ async fn refused_within(addr: std::net::SocketAddr, token: &str, since: Instant)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_cache_max_entries_requests_cost_few_store_commands_and_revocations_still_apply() {
-    let Some(redis) = Redis::start() else { return };
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let up = Upstream::start().await;
     let a_config = config(&up, &redis);
 
@@ -189,7 +124,7 @@ async fn past_cache_max_entries_requests_cost_few_store_commands_and_revocations
         task.await.unwrap();
     }
     let elapsed = started.elapsed();
-    let commands = redis.commands();
+    let commands = commands(&redis);
     let total: u64 = commands.iter().map(|(_, n)| n).sum();
     eprintln!(
         "{REQUESTS} requests in {elapsed:?} past cache_max_entries: {total} Redis commands in all {commands:?}"

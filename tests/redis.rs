@@ -2,9 +2,10 @@
 //! `portcullis revoke`): several replicas sharing one Redis.
 //!
 //! Every test starts its own `redis-server` on a free port (`--save "" --appendonly no`,
-//! in a temporary directory) plus its own upstream and `portcullis` processes (see
-//! tests/common/mod.rs). Without `redis-server` installed the tests print a notice and
-//! pass, unless `PORTCULLIS_REQUIRE_REDIS` is set: then they fail.
+//! in a temporary directory: tests/common/redis_server.rs) plus its own upstream and
+//! `portcullis` processes (see tests/common/mod.rs). Without `redis-server` installed
+//! the tests print a notice and pass, unless `PORTCULLIS_REQUIRE_REDIS` is set: then
+//! they fail.
 //!
 //! The last group drives [`RedisStore`] in-process against the same real Redis, for
 //! what the edge cannot show: the documented key layout, hand-written revocations,
@@ -12,17 +13,16 @@
 
 mod common;
 
+use common::redis_server::RedisServer;
 use common::*;
 use portcullis::blocklist::redis::{RedisStore, LOAD_PAGE, STREAM_MAXLEN};
 use portcullis::blocklist::{Blocklist, Kind, Revocation, Store};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -37,179 +37,6 @@ const POLL_EVERY: Duration = Duration::from_millis(20);
 const POLL_GIVE_UP: Duration = Duration::from_secs(10);
 /// The default `blocklist.key_prefix`.
 const PREFIX: &str = "portcullis:";
-
-// ---------------------------------------------------------------------------
-// redis-server
-// ---------------------------------------------------------------------------
-
-/// A `redis-server` of this test's own on `127.0.0.1:<free port>`, without persistence,
-/// killed on drop. [`RedisServer::kill`] and [`RedisServer::restart`] (same port, same
-/// directory) stage outages.
-struct RedisServer {
-    port: u16,
-    dir: TempDir,
-    child: Option<Child>,
-}
-
-/// Starts a [`RedisServer`], or returns from the test (passing, with a notice) when
-/// `redis-server` is not installed and `PORTCULLIS_REQUIRE_REDIS` is unset.
-macro_rules! redis_or_skip {
-    () => {
-        match RedisServer::start().await {
-            Some(server) => server,
-            None => return,
-        }
-    };
-}
-
-impl RedisServer {
-    async fn start() -> Option<RedisServer> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !installed {
-            if std::env::var_os("PORTCULLIS_REQUIRE_REDIS").is_some() {
-                panic!("redis-server is not installed, and PORTCULLIS_REQUIRE_REDIS is set");
-            }
-            eprintln!(
-                "NOTICE: redis-server is not installed: skipping this Redis test \
-                 (install it, or set PORTCULLIS_REQUIRE_REDIS=1 to make this a failure)"
-            );
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("find a free port")
-            .port();
-        let mut server = RedisServer {
-            port,
-            dir: tempfile::tempdir().expect("tempdir"),
-            child: None,
-        };
-        server.spawn().await;
-        Some(server)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
-    }
-
-    async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(["--logfile", "redis.log"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        self.child = Some(child);
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("redis-server exited at start ({status}):\n{}", self.log());
-            }
-            if pong(self.addr()).await {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not answer PING within 10 s:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILL: Redis vanishes at once, connections are reset.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// A fresh, empty Redis on the same port (nothing was persisted).
-    async fn restart(&mut self) {
-        self.kill();
-        self.spawn().await;
-    }
-
-    /// A client connection for inspecting what the store wrote.
-    async fn client(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .expect("redis url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect to the test redis")
-    }
-
-    async fn store(&self) -> RedisStore {
-        RedisStore::open(&self.url(), PREFIX)
-            .await
-            .expect("open the redis store")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-async fn pong(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect(addr).await else {
-        return false;
-    };
-    if stream.write_all(b"PING\r\n").await.is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 7];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut buf)).await,
-        Ok(Ok(_)) if &buf == b"+PONG\r\n"
-    )
-}
-
-/// `redis-cli -p <port>` with `script` on stdin (one command per line), as an operator
-/// would type it. `None` when `redis-cli` is not installed.
-fn redis_cli(server: &RedisServer, script: &str) -> Option<String> {
-    use std::io::Write;
-    let mut child = Command::new("redis-cli")
-        .args(["-p", &server.port.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ok()?;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("write to redis-cli");
-    let out = child.wait_with_output().expect("run redis-cli");
-    assert!(out.status.success(), "redis-cli failed: {out:?}");
-    Some(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 // ---------------------------------------------------------------------------
 // A TCP proxy that can cut one replica off from Redis
@@ -431,7 +258,9 @@ fn bulk_token(prefix: &str, i: usize) -> String {
 
 #[tokio::test]
 async fn logout_on_one_replica_is_refused_by_the_other_within_a_second() {
-    let redis = redis_or_skip!();
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let up = Upstream::start().await;
     let a = replica(&up, &redis.url(), |_| {}).await;
     let b = replica(&up, &redis.url(), |_| {}).await;
@@ -455,7 +284,9 @@ async fn logout_on_one_replica_is_refused_by_the_other_within_a_second() {
 
 #[tokio::test]
 async fn session_and_subject_revocations_reach_the_other_replica_within_a_second() {
-    let redis = redis_or_skip!();
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let up = Upstream::start().await;
     let a = replica(&up, &redis.url(), |_| {}).await;
     let b = replica(&up, &redis.url(), |_| {}).await;
@@ -497,7 +328,9 @@ async fn session_and_subject_revocations_reach_the_other_replica_within_a_second
 
 #[tokio::test]
 async fn portcullis_revoke_writes_the_documented_keys_and_every_replica_enforces_them() {
-    let redis = redis_or_skip!();
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let up = Upstream::start().await;
     let a = replica(&up, &redis.url(), |_| {}).await;
     let b = replica(&up, &redis.url(), |_| {}).await;
@@ -536,7 +369,9 @@ async fn portcullis_revoke_writes_the_documented_keys_and_every_replica_enforces
 
 #[tokio::test]
 async fn admin_api_revocations_reach_the_other_replica_and_read_back_from_redis() {
-    let redis = redis_or_skip!();
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let up = Upstream::start().await;
     let a = replica(&up, &redis.url(), with_admin).await;
     let b = replica(&up, &redis.url(), with_admin).await;
@@ -619,7 +454,9 @@ async fn gateway_refuses_to_start_when_redis_is_unreachable() {
 
 #[tokio::test]
 async fn redis_outage_fails_closed_or_open_as_configured_and_both_replicas_recover() {
-    let mut redis = redis_or_skip!();
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
     let up = Upstream::start().await;
     let a = replica(&up, &redis.url(), |cfg| {
         on_store_error("deny")(cfg);
@@ -723,7 +560,9 @@ async fn redis_outage_fails_closed_or_open_as_configured_and_both_replicas_recov
 
 #[tokio::test]
 async fn a_replica_cut_off_from_redis_catches_up_on_what_it_missed() {
-    let redis = redis_or_skip!();
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let proxy = CutProxy::start(redis.addr()).await;
     let up = Upstream::start().await;
     let a = replica(&up, &redis.url(), |_| {}).await;
@@ -765,11 +604,13 @@ async fn a_replica_cut_off_from_redis_catches_up_on_what_it_missed() {
 
 #[tokio::test]
 async fn a_replica_cut_off_past_the_stream_trim_reloads_the_live_set() {
-    let redis = redis_or_skip!();
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let proxy = CutProxy::start(redis.addr()).await;
     let up = Upstream::start().await;
     let b = replica(&up, &proxy.url(), on_store_error("allow")).await;
-    let store = redis.store().await;
+    let store = redis.store(PREFIX).await;
 
     let claims = access("heidi");
     let t = token(&claims);
@@ -828,12 +669,14 @@ async fn a_replica_cut_off_past_the_stream_trim_reloads_the_live_set() {
 
 #[tokio::test]
 async fn a_new_replica_refuses_ten_thousand_revocations_as_soon_as_it_is_ready() {
-    let redis = redis_or_skip!();
-    let store = redis.store().await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let store = redis.store(PREFIX).await;
     bulk_revoke(&store, "bulk", 10_000).await;
 
     // In-process: a fresh blocklist holds every one after load().
-    let blocklist = Blocklist::new(Arc::new(redis.store().await), 1_000_000);
+    let blocklist = Blocklist::new(Arc::new(redis.store(PREFIX).await), 1_000_000);
     blocklist.load().await.expect("load");
     assert_eq!(blocklist.entries(), 10_000);
 
@@ -861,7 +704,9 @@ async fn a_new_replica_refuses_ten_thousand_revocations_as_soon_as_it_is_ready()
 
 #[tokio::test]
 async fn store_writes_the_documented_key_layout() {
-    let redis = redis_or_skip!();
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     // A custom prefix, with a hash tag as Redis Cluster users would pick.
     let store = RedisStore::open(&redis.url(), "{pc}:").await.unwrap();
     let exp = now() as u64 + 300;
@@ -982,8 +827,10 @@ async fn store_writes_the_documented_key_layout() {
 
 #[tokio::test]
 async fn a_shorter_or_older_revocation_never_weakens_a_stored_one() {
-    let redis = redis_or_skip!();
-    let store = redis.store().await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let store = redis.store(PREFIX).await;
     let now = now() as u64;
     let long = Revocation::Session {
         sid: "s".into(),
@@ -1052,8 +899,10 @@ async fn a_shorter_or_older_revocation_never_weakens_a_stored_one() {
 
 #[tokio::test]
 async fn a_revocation_typed_into_redis_cli_as_documented_reaches_the_replicas() {
-    let redis = redis_or_skip!();
-    let store = redis.store().await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let store = redis.store(PREFIX).await;
     let cursor = store.cursor().await.unwrap();
     let exp = now() as u64 + 600;
     // The README's recipe, verbatim apart from the values.
@@ -1064,7 +913,7 @@ async fn a_revocation_typed_into_redis_cli_as_documented_reaches_the_replicas() 
          XADD portcullis:changes MAXLEN ~ 100000 * kind jti key typed-1 value {exp}\n\
          EXEC\n"
     );
-    let Some(out) = redis_cli(&redis, &script) else {
+    let Some(out) = redis.cli_script(&script) else {
         eprintln!("NOTICE: redis-cli is not installed: skipping");
         return;
     };
@@ -1087,8 +936,10 @@ async fn a_revocation_typed_into_redis_cli_as_documented_reaches_the_replicas() 
 
 #[tokio::test]
 async fn the_change_feed_resyncs_after_a_flush_or_a_trim() {
-    let redis = redis_or_skip!();
-    let store = redis.store().await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let store = redis.store(PREFIX).await;
     let exp = now() as u64 + 600;
     let token = |k: &str| Revocation::Token { key: k.into(), exp };
     store.record(vec![token("a")]).await.unwrap();
@@ -1137,8 +988,10 @@ async fn the_change_feed_resyncs_after_a_flush_or_a_trim() {
 
 #[tokio::test]
 async fn purge_drops_only_expired_index_entries() {
-    let redis = redis_or_skip!();
-    let store = redis.store().await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let store = redis.store(PREFIX).await;
     let now = now() as u64;
     store
         .record(vec![
@@ -1178,8 +1031,10 @@ async fn purge_drops_only_expired_index_entries() {
 
 #[tokio::test]
 async fn loading_pages_through_ties_and_falls_back_for_a_huge_one() {
-    let redis = redis_or_skip!();
-    let store = redis.store().await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let store = redis.store(PREFIX).await;
     let base = now() as u64 + 600;
     let distinct = |live: Vec<Revocation>| {
         let mut keys: Vec<String> = live

@@ -4,21 +4,21 @@
 //! SQLite and on Redis.
 //!
 //! Every test runs its own `redis-server` processes (Debian's build has TLS; Sentinel
-//! is `redis-server <conf> --sentinel`) in a temporary directory on free ports. Without
-//! `redis-server` the Redis tests print a notice and pass, unless
-//! `PORTCULLIS_REQUIRE_REDIS` is set.
+//! is `redis-server <conf> --sentinel`) in a temporary directory on free ports
+//! (tests/common/redis_server.rs). Without `redis-server` the Redis tests print a
+//! notice and pass, unless `PORTCULLIS_REQUIRE_REDIS` is set.
 
 mod common;
 
+use common::redis_server::{RedisServer, RedisServerOptions, TlsPem};
 use common::*;
 use portcullis::blocklist::redis::RedisStore;
 use portcullis::blocklist::{Revocation, Store};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tempfile::TempDir;
 
 /// How soon a revocation must be enforced by every replica (CONTRACT §3).
 const ENFORCED_WITHIN: Duration = Duration::from_secs(1);
@@ -26,196 +26,6 @@ const ENFORCED_WITHIN: Duration = Duration::from_secs(1);
 const FAILOVER_WITHIN: Duration = Duration::from_secs(10);
 const ADMIN_TOKEN: &str = "admin-token-for-redis-scale-0123";
 const PASSWORD: &str = "s3cret-redis-password";
-
-// ---------------------------------------------------------------------------
-// redis-server processes
-// ---------------------------------------------------------------------------
-
-/// Whether `redis-server` can run; a notice (or, with `PORTCULLIS_REQUIRE_REDIS`, a
-/// failure) when not.
-fn redis_installed() -> bool {
-    let installed = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !installed {
-        assert!(
-            std::env::var_os("PORTCULLIS_REQUIRE_REDIS").is_none(),
-            "redis-server is not installed, and PORTCULLIS_REQUIRE_REDIS is set"
-        );
-        eprintln!("NOTICE: redis-server is not installed: skipping this Redis test");
-    }
-    installed
-}
-
-macro_rules! redis_or_skip {
-    () => {
-        if !redis_installed() {
-            return;
-        }
-    };
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// One `redis-server` (or Sentinel) process, SIGKILLed on drop.
-struct Proc {
-    port: u16,
-    dir: TempDir,
-    child: Option<Child>,
-}
-
-impl Proc {
-    /// Starts `redis-server <args>` in a fresh directory and waits for its ready line.
-    async fn start(port: u16, args: Vec<String>, dir: TempDir) -> Proc {
-        let child = Command::new("redis-server")
-            .args(&args)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let mut proc = Proc {
-            port,
-            dir,
-            child: Some(child),
-        };
-        let started = Instant::now();
-        let ready = |log: &str| {
-            log.contains("Ready to accept connections") || log.contains("+monitor master")
-        };
-        while !ready(&proc.log()) {
-            if let Some(status) = proc
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("redis-server {args:?} exited ({status}):\n{}", proc.log());
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server {args:?} not ready within 10 s:\n{}",
-                proc.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        proc
-    }
-
-    /// A plain Redis without persistence; `extra` arguments appended.
-    async fn redis(extra: &[&str]) -> Proc {
-        let port = free_port();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut args: Vec<String> = ["--port", &port.to_string(), "--bind", "127.0.0.1"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(
-            ["--save", "", "--appendonly", "no", "--logfile", "redis.log"]
-                .iter()
-                .map(|s| s.to_string()),
-        );
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Proc::start(port, args, dir).await
-    }
-
-    /// A Redis serving TLS only (`--port 0 --tls-port`), with a certificate for
-    /// `localhost`/`127.0.0.1` issued by `ca`, requiring [`PASSWORD`].
-    async fn tls_redis(ca: &Ca) -> Proc {
-        let port = free_port();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (cert, key) = ca.issue();
-        std::fs::write(dir.path().join("server.crt"), cert).unwrap();
-        std::fs::write(dir.path().join("server.key"), key).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        let args = [
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--tls-cert-file",
-            "server.crt",
-            "--tls-key-file",
-            "server.key",
-            "--tls-ca-cert-file",
-            "ca.pem",
-            "--tls-auth-clients",
-            "no",
-            "--requirepass",
-            PASSWORD,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--logfile",
-            "redis.log",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        Proc::start(port, args, dir).await
-    }
-
-    /// A Sentinel watching `master` as `mymaster` (quorum 2, down after 1 s).
-    async fn sentinel(master: &Proc) -> Proc {
-        let port = free_port();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let conf = format!(
-            "port {port}\nbind 127.0.0.1\nlogfile sentinel.log\ndir {dir}\n\
-             sentinel monitor mymaster 127.0.0.1 {master} 2\n\
-             sentinel down-after-milliseconds mymaster 1000\n\
-             sentinel failover-timeout mymaster 5000\n\
-             sentinel parallel-syncs mymaster 1\n",
-            dir = dir.path().display(),
-            master = master.port
-        );
-        std::fs::write(dir.path().join("sentinel.conf"), conf).unwrap();
-        let args = vec!["sentinel.conf".to_string(), "--sentinel".to_string()];
-        Proc::start(port, args, dir).await
-    }
-
-    fn log(&self) -> String {
-        let dir = self.dir.path();
-        std::fs::read_to_string(dir.join("redis.log"))
-            .or_else(|_| std::fs::read_to_string(dir.join("sentinel.log")))
-            .unwrap_or_default()
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    async fn client(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect to the test redis")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Certificates
@@ -264,6 +74,22 @@ impl Ca {
     }
 }
 
+/// A Redis serving TLS only, with a certificate for `localhost`/`127.0.0.1` issued by
+/// `ca`, requiring [`PASSWORD`]; `None` when `redis-server` is not installed.
+async fn tls_redis(ca: &Ca) -> Option<RedisServer> {
+    let (cert, key) = ca.issue();
+    RedisServer::start_with(RedisServerOptions {
+        password: Some(PASSWORD.to_owned()),
+        tls: Some(TlsPem {
+            cert,
+            key,
+            ca: ca.pem(),
+        }),
+        ..RedisServerOptions::default()
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------
 // Gateways
 // ---------------------------------------------------------------------------
@@ -285,7 +111,7 @@ fn redis_config(up: &Upstream, url: &str) -> Config {
 }
 
 /// [`redis_config`] for the TLS Redis, trusting `ca` through `blocklist.redis_ca_file`.
-fn tls_config(up: &Upstream, redis: &Proc, ca: &Ca) -> Config {
+fn tls_config(up: &Upstream, redis: &RedisServer, ca: &Ca) -> Config {
     let url = format!("rediss://:{PASSWORD}@localhost:{}/0", redis.port);
     let mut cfg = redis_config(up, &url);
     let ca_file = cfg.write_file("redis-ca.pem", &ca.pem());
@@ -615,8 +441,9 @@ async fn ndjson_import_export_and_revoke_file_round_trip_on_sqlite() {
 
 #[tokio::test]
 async fn ndjson_import_export_and_revoke_file_round_trip_on_redis() {
-    redis_or_skip!();
-    let redis = Proc::redis(&[]).await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let up = Upstream::start().await;
     let a = Gateway::start(redis_config(&up, &redis.url())).await;
     let b = Gateway::start(redis_config(&up, &redis.url())).await;
@@ -633,8 +460,9 @@ async fn ndjson_import_export_and_revoke_file_round_trip_on_redis() {
 /// members purged or re-scored between pages: nothing live is skipped.
 #[tokio::test]
 async fn redis_export_pages_through_ties_and_concurrent_purges() {
-    redis_or_skip!();
-    let redis = Proc::redis(&[]).await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let store = RedisStore::open(&redis.url(), "portcullis:").await.unwrap();
     let now = now() as u64;
     let mut batch: Vec<Revocation> = (0..2_500)
@@ -683,9 +511,10 @@ async fn redis_export_pages_through_ties_and_concurrent_purges() {
 
 #[tokio::test]
 async fn rediss_with_the_configured_ca_and_password_works_and_a_wrong_ca_is_a_startup_error() {
-    redis_or_skip!();
     let ca = Ca::new("portcullis redis test CA");
-    let redis = Proc::tls_redis(&ca).await;
+    let Some(redis) = tls_redis(&ca).await else {
+        return;
+    };
     let up = Upstream::start().await;
 
     let check = tls_config(&up, &redis, &ca);
@@ -759,8 +588,13 @@ async fn rediss_with_the_configured_ca_and_password_works_and_a_wrong_ca_is_a_st
 
 #[tokio::test]
 async fn a_password_in_the_url_is_used_and_a_wrong_or_missing_one_is_refused() {
-    redis_or_skip!();
-    let redis = Proc::redis(&["--requirepass", PASSWORD]).await;
+    let options = RedisServerOptions {
+        password: Some(PASSWORD.to_owned()),
+        ..RedisServerOptions::default()
+    };
+    let Some(redis) = RedisServer::start_with(options).await else {
+        return;
+    };
     let up = Upstream::start().await;
     let url = format!("redis://:{PASSWORD}@127.0.0.1:{}/0", redis.port);
     let a = Gateway::start(redis_config(&up, &url)).await;
@@ -785,7 +619,7 @@ async fn a_password_in_the_url_is_used_and_a_wrong_or_missing_one_is_refused() {
 
 /// Waits until every Sentinel knows the replica and the other Sentinels, so that a
 /// failover can happen.
-async fn sentinels_settled(sentinels: &[Proc]) {
+async fn sentinels_settled(sentinels: &[RedisServer]) {
     let started = Instant::now();
     'wait: loop {
         assert!(
@@ -823,13 +657,19 @@ async fn sentinels_settled(sentinels: &[Proc]) {
 
 #[tokio::test]
 async fn sentinel_failover_finds_the_new_master_and_keeps_every_revocation() {
-    redis_or_skip!();
-    let mut master = Proc::redis(&[]).await;
-    let replica_of = master.port.to_string();
-    let replica = Proc::redis(&["--replicaof", "127.0.0.1", &replica_of]).await;
+    let Some(mut master) = RedisServer::start().await else {
+        return;
+    };
+    let options = RedisServerOptions {
+        replica_of: Some(master.port),
+        ..RedisServerOptions::default()
+    };
+    let Some(replica) = RedisServer::start_with(options).await else {
+        return;
+    };
     let mut sentinels = Vec::new();
     for _ in 0..3 {
-        sentinels.push(Proc::sentinel(&master).await);
+        sentinels.push(RedisServer::sentinel(&master).await);
     }
     sentinels_settled(&sentinels).await;
 

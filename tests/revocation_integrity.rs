@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::redis_server::RedisServer;
 use common::*;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -125,63 +126,6 @@ async fn a_feed_task_that_panics_is_restarted_and_the_copy_is_stale_meanwhile() 
 // Redis behind a proxy that stops forwarding without closing
 // ---------------------------------------------------------------------------
 
-struct RedisServer {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `redis-server` of its own, or `None` (test skipped) when none is installed and
-/// `PORTCULLIS_REQUIRE_REDIS` is unset.
-async fn start_redis() -> Option<RedisServer> {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let child = match std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => {
-            assert!(
-                std::env::var_os("PORTCULLIS_REQUIRE_REDIS").is_none(),
-                "PORTCULLIS_REQUIRE_REDIS is set but redis-server cannot start: {e}"
-            );
-            eprintln!("skipped: no redis-server ({e})");
-            return None;
-        }
-    };
-    let server = RedisServer {
-        child,
-        port,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Some(server)
-}
-
 /// A TCP proxy that can be paused: while paused it keeps every connection open and
 /// reads nothing, as a network partition or a frozen server looks to a client.
 struct PausableProxy {
@@ -236,10 +180,10 @@ async fn pump(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_stops_answering_turns_deny_into_503_within_2s_then_recovers() {
-    let Some(redis) = start_redis().await else {
+    let Some(redis) = RedisServer::start().await else {
         return;
     };
-    let proxy = PausableProxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    let proxy = PausableProxy::start(redis.addr()).await;
     let up = Upstream::start().await;
     let mut cfg = Config::new(up.addr);
     cfg.set("blocklist.store", json!("redis"))

@@ -20,6 +20,8 @@
 //!   [`download`], [`get_h2`] and [`raw`] (bytes over TCP): HTTP clients, one
 //!   fresh connection per request;
 //! * [`assert_refused`], [`assert_forwarded`] and [`echoed`] to check answers.
+//! * [`RedisServer`]: a `redis-server` (or Sentinel) of the test's own, for the
+//!   Redis store's tests (see [`redis_server`]).
 //!
 //! When a test panics, [`Gateway`]'s drop prints the gateway.yaml it used and
 //! everything the process logged.
@@ -35,6 +37,7 @@
 #![allow(dead_code)]
 
 pub mod inproc;
+pub mod redis_server;
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Read};
