@@ -1,14 +1,22 @@
 //! Counters and histograms for `/metrics`, in Prometheus text format.
 //!
-//! Hand-rolled on atomics rather than a metrics crate because every request touches
-//! them: each increment is one relaxed atomic add on a handle resolved when the config
-//! was loaded (no label hashing, no lock; prometheus-client's histogram takes a lock per
-//! observation). Handles are kept by route prefix and upstream name across reloads, so
-//! counters do not reset when the config does.
+//! Counting is our own, on atomics, because every request touches it: each increment
+//! is one relaxed atomic add on a handle resolved when the config was loaded (no label
+//! hashing, no lock; prometheus-client's `Family` looks its label set up in a locked map
+//! and its `Histogram` takes a lock per observation). Handles are kept by route prefix
+//! and upstream name across reloads, so counters do not reset when the config does.
+//!
+//! The exposition is prometheus-client's: at scrape time a `Collector` (`encode.rs`)
+//! reads the atomics and hands the values to the crate's Prometheus text (0.0.4)
+//! encoder, which writes the `# HELP`/`# TYPE` lines, the counters' `_total` suffix,
+//! the escaped label values and the numbers.
+
+mod encode;
 
 use crate::error::GatewayError;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,8 +43,11 @@ pub enum Decision {
     Untrusted,
 }
 
+/// The `Content-Type` of [`Metrics::render`]'s text: `text/plain; version=0.0.4; charset=utf-8`.
+pub use prometheus_text::CONTENT_TYPE;
+
 /// Per-route request counters.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct RouteStats {
     forwarded: AtomicU64,
     refused: AtomicU64,
@@ -61,7 +72,7 @@ const BUCKETS: [f64; 12] = [
 ];
 
 /// A latency histogram.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Histogram {
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
@@ -83,7 +94,7 @@ impl Histogram {
 
 /// Counters of a cache: the verified-token cache, or the blocklist's overflow tier
 /// (where a miss is one store lookup).
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct CacheStats {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
@@ -92,7 +103,7 @@ pub struct CacheStats {
 }
 
 /// Every metric the gateway keeps.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Metrics {
     routes: Mutex<BTreeMap<String, Arc<RouteStats>>>,
     upstreams: Mutex<BTreeMap<String, Arc<Histogram>>>,
@@ -111,6 +122,7 @@ pub struct Metrics {
 }
 
 /// Values read from elsewhere at scrape time.
+#[derive(Debug, Clone, Copy)]
 pub struct Gauges {
     pub blocklist_entries: u64,
     pub blocklist_store_up: bool,
@@ -156,257 +168,33 @@ impl Metrics {
         self.unrouted.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Renders everything in Prometheus text format 0.0.4.
-    pub fn render(&self, gauges: &Gauges) -> String {
+    /// Renders everything in Prometheus text format 0.0.4 ([`CONTENT_TYPE`]).
+    pub fn render(self: &Arc<Self>, gauges: &Gauges) -> String {
         self.render_with(gauges, &[])
     }
 
     /// [`Metrics::render`], with the JWKS figures of the named providers (`providers:`),
     /// as `{provider="NAME"}` series beside `jwt`'s unlabeled one (kept as it was before
     /// providers existed, so a sum over the family counts every key set once).
-    pub fn render_with(&self, gauges: &Gauges, providers: &[(&str, JwksFigures)]) -> String {
-        let mut out = String::with_capacity(4096);
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        out.push_str("# HELP portcullis_requests_total Requests by route and outcome.\n# TYPE portcullis_requests_total counter\n");
-        for (prefix, stats) in self.routes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            for (outcome, counter) in [
-                ("forwarded", &stats.forwarded),
-                ("refused", &stats.refused),
-                ("upstream_failed", &stats.upstream_failed),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "portcullis_requests_total{{route=\"{}\",outcome=\"{outcome}\"}} {}",
-                    escape(prefix),
-                    load(counter)
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "portcullis_requests_total{{route=\"\",outcome=\"refused\"}} {}",
-            load(&self.unrouted)
-        );
-        out.push_str("# HELP portcullis_refusals_total Requests refused, by AuthX error type.\n# TYPE portcullis_refusals_total counter\n");
-        for error in GatewayError::ALL {
-            let _ = writeln!(
-                out,
-                "portcullis_refusals_total{{error_type=\"{}\"}} {}",
-                error.error_type(),
-                load(&self.refusals[error as usize])
-            );
-        }
-        out.push_str("# HELP portcullis_forward_auth_decisions_total Forward-auth verdicts by outcome.\n# TYPE portcullis_forward_auth_decisions_total counter\n");
-        for (outcome, decision) in [
-            ("allowed", Decision::Allowed),
-            ("refused", Decision::Refused),
-            ("untrusted", Decision::Untrusted),
-        ] {
-            let _ = writeln!(
-                out,
-                "portcullis_forward_auth_decisions_total{{outcome=\"{outcome}\"}} {}",
-                load(&self.forward_auth[decision as usize])
-            );
-        }
-        out.push_str("# HELP portcullis_upstream_latency_seconds Time to the upstream's response head.\n# TYPE portcullis_upstream_latency_seconds histogram\n");
-        for (name, h) in self
-            .upstreams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let name = escape(name);
-            let mut cumulative = 0;
-            for (le, bucket) in BUCKETS.iter().zip(&h.buckets) {
-                cumulative += load(bucket);
-                let _ = writeln!(
-                    out,
-                    "portcullis_upstream_latency_seconds_bucket{{upstream=\"{name}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let count = load(&h.count);
-            let _ = writeln!(out, "portcullis_upstream_latency_seconds_bucket{{upstream=\"{name}\",le=\"+Inf\"}} {count}");
-            let _ = writeln!(
-                out,
-                "portcullis_upstream_latency_seconds_sum{{upstream=\"{name}\"}} {}",
-                load(&h.sum_micros) as f64 / 1e6
-            );
-            let _ = writeln!(
-                out,
-                "portcullis_upstream_latency_seconds_count{{upstream=\"{name}\"}} {count}"
-            );
-        }
-        let hits = load(&self.token_cache.hits);
-        let misses = load(&self.token_cache.misses);
-        let ratio = if hits + misses == 0 {
-            0.0
-        } else {
-            hits as f64 / (hits + misses) as f64
-        };
-        let (overflow_entries, overflow_bytes, overflow_hits, overflow_misses, overflow_evictions) =
-            gauges.overflow;
-        let simple: [(&str, &str, &str, String); 18] = [
-            (
-                "portcullis_blocklist_entries",
-                "gauge",
-                "Live revocations held in memory.",
-                gauges.blocklist_entries.to_string(),
-            ),
-            (
-                "portcullis_blocklist_store_up",
-                "gauge",
-                "1 when the revocation store answers.",
-                u8::from(gauges.blocklist_store_up).to_string(),
-            ),
-            (
-                "portcullis_store_errors_total",
-                "counter",
-                "Failed revocation store operations.",
-                gauges.store_errors.to_string(),
-            ),
-            (
-                "portcullis_token_cache_hits_total",
-                "counter",
-                "Verified-token cache hits.",
-                hits.to_string(),
-            ),
-            (
-                "portcullis_token_cache_misses_total",
-                "counter",
-                "Verified-token cache misses (full signature checks).",
-                misses.to_string(),
-            ),
-            (
-                "portcullis_token_cache_hit_ratio",
-                "gauge",
-                "hits / (hits + misses) of the verified-token cache.",
-                format!("{ratio:.6}"),
-            ),
-            (
-                "portcullis_token_cache_entries",
-                "gauge",
-                "Verified tokens cached.",
-                gauges.verified_tokens_cached.to_string(),
-            ),
-            (
-                "portcullis_token_cache_weighted_bytes",
-                "gauge",
-                "Bytes the verified-token cache holds (token, kept claims, bookkeeping), bounded by jwt.token_cache_max_bytes.",
-                gauges.token_cache_bytes.to_string(),
-            ),
-            (
-                "portcullis_token_cache_evictions_total",
-                "counter",
-                "Verified tokens dropped to stay within jwt.token_cache_max_bytes (expiries not counted).",
-                load(&self.token_cache.evictions).to_string(),
-            ),
-            (
-                "portcullis_blocklist_overflow_entries",
-                "gauge",
-                "Store answers cached once revocations outgrew blocklist.cache_max_entries.",
-                overflow_entries.to_string(),
-            ),
-            (
-                "portcullis_blocklist_overflow_weighted_bytes",
-                "gauge",
-                "Bytes the overflow tier's cached store answers hold.",
-                overflow_bytes.to_string(),
-            ),
-            (
-                "portcullis_blocklist_overflow_hits_total",
-                "counter",
-                "Overflow lookups answered from a cached store answer (at most 1s old).",
-                overflow_hits.to_string(),
-            ),
-            (
-                "portcullis_blocklist_overflow_misses_total",
-                "counter",
-                "Overflow lookups that asked the store.",
-                overflow_misses.to_string(),
-            ),
-            (
-                "portcullis_blocklist_overflow_evictions_total",
-                "counter",
-                "Cached store answers dropped to stay within the overflow tier's bound.",
-                overflow_evictions.to_string(),
-            ),
-            (
-                "portcullis_reloads_total",
-                "counter",
-                "Successful config reloads.",
-                load(&self.reloads_ok).to_string(),
-            ),
-            (
-                "portcullis_reload_failures_total",
-                "counter",
-                "Config reloads refused (the old config stayed).",
-                load(&self.reloads_failed).to_string(),
-            ),
-            (
-                "portcullis_fail_open_total",
-                "counter",
-                "Requests served from the local copy while the store was unreachable (on_store_error: allow).",
-                load(&self.fail_open).to_string(),
-            ),
-            (
-                "portcullis_admin_revocations_total",
-                "counter",
-                "Revocations made through the admin API.",
-                load(&self.revocations_api).to_string(),
-            ),
-        ];
-        for (name, kind, help, value) in simple {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
-        if gauges.jwks.is_some() || !providers.is_empty() {
-            let pick = |i: usize, s: (u64, u64, u64, u64)| [s.0, s.1, s.2, s.3][i];
-            for (i, (name, kind, help)) in [
-                (
-                    "portcullis_jwks_fetches_total",
-                    "counter",
-                    "JWKS fetches attempted.",
-                ),
-                (
-                    "portcullis_jwks_fetch_failures_total",
-                    "counter",
-                    "JWKS fetches that failed (the last good key set stayed).",
-                ),
-                (
-                    "portcullis_jwks_unknown_kid_refetches_total",
-                    "counter",
-                    "Refetches triggered by an unknown kid (at most one per second).",
-                ),
-                (
-                    "portcullis_jwks_keys",
-                    "gauge",
-                    "Usable keys in the current JWKS.",
-                ),
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                if let Some(stats) = gauges.jwks {
-                    let _ = writeln!(out, "{name} {}", pick(i, stats));
-                }
-                for (provider, stats) in providers {
-                    let _ = writeln!(out, "{name}{{provider=\"{provider}\"}} {}", pick(i, *stats));
-                }
-            }
-        }
+    pub fn render_with(
+        self: &Arc<Self>,
+        gauges: &Gauges,
+        providers: &[(&str, JwksFigures)],
+    ) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(encode::Scrape {
+            metrics: Arc::clone(self),
+            gauges: *gauges,
+            providers: providers
+                .iter()
+                .map(|&(name, figures)| (name.to_owned(), figures))
+                .collect(),
+        }));
+        let mut out = String::with_capacity(8192);
+        // The only error is the writer's, and writing to a String does not fail.
+        let _ = prometheus_text::encode(&mut out, &registry);
         out
     }
-}
-
-/// Escapes a Prometheus label value.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

@@ -95,7 +95,9 @@ fn refusals() -> String {
         .collect()
 }
 
-/// What [`exercised`] exposes (`ERRORS` stands for the refusal series).
+/// What [`exercised`] exposes (`ERRORS` stands for the refusal series). Written by the
+/// hand-rolled encoder before prometheus-client's took over, which changed one thing
+/// only: a float is written as a float, so a zero sum is `0.0` where it was `0`.
 const GOLDEN: &str = r#"# HELP portcullis_requests_total Requests by route and outcome.
 # TYPE portcullis_requests_total counter
 portcullis_requests_total{route="/app",outcome="forwarded"} 2
@@ -143,7 +145,7 @@ portcullis_upstream_latency_seconds_bucket{upstream="idle",le="0.5"} 0
 portcullis_upstream_latency_seconds_bucket{upstream="idle",le="1"} 0
 portcullis_upstream_latency_seconds_bucket{upstream="idle",le="5"} 0
 portcullis_upstream_latency_seconds_bucket{upstream="idle",le="+Inf"} 0
-portcullis_upstream_latency_seconds_sum{upstream="idle"} 0
+portcullis_upstream_latency_seconds_sum{upstream="idle"} 0.0
 portcullis_upstream_latency_seconds_count{upstream="idle"} 0
 # HELP portcullis_blocklist_entries Live revocations held in memory.
 # TYPE portcullis_blocklist_entries gauge
