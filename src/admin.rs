@@ -8,7 +8,7 @@ use crate::auth::providers::{namespaced, split_key};
 use crate::blocklist::{ExportError, Kind, Revocation};
 use crate::config::DEFAULT_PROVIDER;
 use crate::gateway::Gateway;
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{self, Gauges, Metrics};
 use crate::net::body_limit::{read_body, BodyError, BodyLimit};
 use crate::response::{full, store_unavailable, Body};
 use arc_swap::ArcSwap;
@@ -258,7 +258,7 @@ impl Admin {
             .collect();
         respond(
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            metrics::CONTENT_TYPE,
             self.metrics.render_with(&gauges, &named),
         )
     }
