@@ -1,6 +1,8 @@
-//! Load bench: direct-to-upstream vs HAProxy `jwt_verify` vs portcullis (proxying, and
-//! as a forward-auth endpoint: wrk straight at `forward_auth.path` with
-//! `X-Forwarded-Uri`, as nginx or Traefik would ask), in one run.
+//! Load bench: direct-to-upstream vs HAProxy `jwt_verify` vs HAProxy forwarding with no
+//! auth at all (`plain`: the limit for any proxy in this topology) vs portcullis
+//! (proxying, and as a forward-auth endpoint: wrk straight at `forward_auth.path` with
+//! `X-Forwarded-Uri`, as nginx or Traefik would ask), in one run. The revocations are
+//! preloaded with one bulk NDJSON import.
 //!
 //! `bash benches/load.sh` (installs wrk and haproxy, then runs this), or
 //! `cargo bench --bench load` when they are installed.
@@ -253,6 +255,14 @@ fn haproxy_jwt_config(s: &Scenario, upstream: u16, port: u16, acl: &Path) -> Str
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
+/// HAProxy 2.6 forwarding to the upstream with no auth: one thread, connection reuse.
+fn haproxy_plain_config(upstream: u16, port: u16) -> String {
+    format!(
+        "global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\
+         frontend plain\n  bind 127.0.0.1:{port}\n  default_backend app\nbackend app\n  server up 127.0.0.1:{upstream}\n"
+    )
+}
+
 async fn status_of(client: &HttpClient, port: u16, token: &str) -> u16 {
     let request = http::Request::get(format!("http://127.0.0.1:{port}/"))
         .header("authorization", format!("Bearer {token}"))
@@ -292,33 +302,28 @@ async fn check_refusals(
     );
 }
 
+/// Preloads the revocations in one bulk NDJSON import (all or nothing, one transaction).
 async fn load_revocations(admin: u16, revoked: &[String]) {
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let exp = now() + 7200;
-    let mut tasks = tokio::task::JoinSet::new();
-    let chunks: Vec<Vec<String>> = revoked
-        .chunks(revoked.len().div_ceil(32))
-        .map(|c| c.to_vec())
+    let body: String = revoked
+        .iter()
+        .map(|jti| json!({"jti": jti, "exp": exp}).to_string() + "\n")
         .collect();
-    for chunk in chunks {
-        let client = client.clone();
-        tasks.spawn(async move {
-            for jti in chunk {
-                let body = json!({"jti": jti, "exp": exp}).to_string();
-                let request = http::Request::post(format!("http://127.0.0.1:{admin}/revocations"))
-                    .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(body)))
-                    .expect("request");
-                let response = client.request(request).await.expect("revoke");
-                assert_eq!(response.status(), 201);
-                let _ = response.into_body().collect().await;
-            }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.expect("revocation task");
-    }
+    let request = http::Request::post(format!("http://127.0.0.1:{admin}/revocations"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "application/x-ndjson")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let response = client.request(request).await.expect("import");
+    let status = response.status();
+    let answer = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(status, 201, "import: {}", String::from_utf8_lossy(&answer));
 }
 
 #[derive(Clone, Copy, Default)]
@@ -479,7 +484,7 @@ fn main() {
             let started = Instant::now();
             rt.block_on(load_revocations(admin, &revoked_all));
             println!(
-                "{alg_name}: {} revocations loaded into {label} through the admin API in {:.1?}",
+                "{alg_name}: {} revocations imported into {label} (admin API, NDJSON) in {:.1?}",
                 revoked_all.len(),
                 started.elapsed()
             );
@@ -498,6 +503,15 @@ fn main() {
             proxy_port,
         );
 
+        // The limit for any proxy here: HAProxy forwarding with no auth at all.
+        let plain_port = free_port();
+        let _plain = haproxy(
+            dir.path(),
+            &format!("plain-{alg_name}"),
+            &haproxy_plain_config(upstream_port, plain_port),
+            plain_port,
+        );
+
         rt.block_on(async {
             let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
             check_refusals(&client, edge, &tokens, &revoked_idx, 401, "portcullis").await;
@@ -510,6 +524,7 @@ fn main() {
         let mut targets = vec![
             ("direct", upstream_port, &script),
             ("haproxy", proxy_port, &script),
+            ("plain", plain_port, &script),
             ("portcullis", edge, &script),
             ("forward-auth", edge, &forward_auth_script),
         ];
@@ -536,6 +551,7 @@ fn main() {
                 medians[t],
                 medians[0].rps,
                 medians[1].rps,
+                medians[2].rps,
             ));
         }
         drop(gateway);
@@ -543,9 +559,9 @@ fn main() {
     }
 
     println!();
-    println!("| scenario | target | req/s | p50 ms | p99 ms | non-2xx (of requests) | vs direct | vs haproxy |");
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (alg, name, run, direct, haproxy) in &table {
+    println!("| scenario | target | req/s | p50 ms | p99 ms | non-2xx (of requests) | vs direct | vs haproxy | vs plain |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (alg, name, run, direct, haproxy, plain) in &table {
         let refused = if name == "direct" {
             "n/a".to_owned()
         } else {
@@ -556,12 +572,13 @@ fn main() {
             )
         };
         println!(
-            "| {alg} | {name} | {:.0} | {:.2} | {:.2} | {refused} | {:.2}x | {:.2}x |",
+            "| {alg} | {name} | {:.0} | {:.2} | {:.2} | {refused} | {:.2}x | {:.2}x | {:.2}x |",
             run.rps,
             run.p50_ms,
             run.p99_ms,
             run.rps / direct,
-            run.rps / haproxy
+            run.rps / haproxy,
+            run.rps / plain
         );
     }
 }

@@ -398,6 +398,13 @@ async fn https_over_http1_and_http2_with_a_test_ca() {
             serde_json::from_str::<Value>(&body).unwrap(),
             json!({"message": "Token Error", "error_type": "MissingTokenError"})
         );
+
+        // Idle past the park delay (HTTP/1.1 parks: issue 19); the same connection
+        // answers again.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let (status, _, body) = conn.get(path, &[("Authorization", &auth)]).await;
+        assert_eq!(status, 200, "{path} after idling: {body}");
+        assert_eq!(echoed(&body)["path"], path);
     }
 
     // Both TLS 1.3 and TLS 1.2 are offered.

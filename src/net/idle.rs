@@ -17,17 +17,24 @@
 //! if the connection is still there [`CLOSE_GRACE`] later with nothing in flight (a peer that
 //! never answers the PING, or never finished its handshake), it is dropped. The server's
 //! own shutdown (SIGTERM) starts the same graceful close.
+//!
+//! An HTTP/1.1 connection may also be *parked* (see `net::park`): once it has had no
+//! request open for `park_after`, hyper's connection is ended the same graceful way but
+//! the socket is kept, and [`drive`] returns [`Ended::Parked`]. The idle clock goes on
+//! while parked; the caller applies the keep-alive limit ([`IdleLimits::keep_alive`]).
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+use super::park::ParkSignal;
 
 /// How long a connection told to close (GOAWAY sent) may take to go before it is dropped,
 /// when nothing is in flight: one round trip for a well-behaved peer.
@@ -42,6 +49,14 @@ pub struct IdleLimits {
     pub idle: Duration,
 }
 
+impl IdleLimits {
+    /// How long an HTTP/1.1 connection waits for its next request after one: hyper
+    /// bounds that wait with `header_read_timeout`, and `idle_timeout` applies as well.
+    pub fn keep_alive(&self) -> Duration {
+        self.first_request.min(self.idle)
+    }
+}
+
 /// What a connection's requests are doing, shared by its service and [`drive`].
 #[derive(Debug)]
 pub struct Activity {
@@ -52,6 +67,12 @@ pub struct Activity {
     open: AtomicUsize,
     /// When `open` last fell to 0, in nanoseconds since `started`.
     idle_since: AtomicU64,
+    /// `begun` when the connection was last parked: it is parked again only after a
+    /// new request, so hyper's own header timer bounds a head that trickles in.
+    begun_at_park: AtomicU64,
+    /// A request or response asked to close the connection after it (HTTP/1.0 without
+    /// keep-alive, `Connection: close`): hyper closes it, so it is never parked.
+    closing: AtomicBool,
 }
 
 impl Activity {
@@ -61,7 +82,38 @@ impl Activity {
             begun: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
+            begun_at_park: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
         })
+    }
+
+    /// Notes that hyper will close the connection after the current exchange.
+    pub fn closes_after_exchange(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
+    /// When the connection may be parked (idle for `park_after` after a request that
+    /// came since the last park), or `None` if it may not be now.
+    fn park_at(&self, park_after: Option<Duration>) -> Option<Instant> {
+        let park_after = park_after?;
+        let begun = self.begun.load(Ordering::Relaxed);
+        if begun == 0
+            || begun == self.begun_at_park.load(Ordering::Relaxed)
+            || self.open.load(Ordering::Acquire) > 0
+            || self.closing.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        Some(self.idle_since() + park_after)
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.started + Duration::from_nanos(self.idle_since.load(Ordering::Acquire))
+    }
+
+    /// When the keep-alive wait of a parked connection ends.
+    pub fn keep_alive_deadline(&self, limits: IdleLimits) -> Instant {
+        self.idle_since() + limits.keep_alive()
     }
 
     /// Notes a request; the connection counts as busy until the guard is dropped (put it
@@ -88,9 +140,7 @@ impl Activity {
             // Busy: look again later (a request that ends resets the idle clock).
             return Some(now + limits.idle);
         }
-        let idle_since =
-            self.started + Duration::from_nanos(self.idle_since.load(Ordering::Acquire));
-        let deadline = idle_since + limits.idle;
+        let deadline = self.idle_since() + limits.idle;
         (now < deadline).then_some(deadline)
     }
 }
@@ -148,16 +198,27 @@ pub trait GracefulClose: Future {
     fn close_gracefully(self: Pin<&mut Self>);
 }
 
-impl<I, S, E, B> GracefulClose
-    for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
+impl<I, S, B> GracefulClose for hyper::server::conn::http1::UpgradeableConnection<I, S>
 where
-    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>,
-    S::Future: 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     B: Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, B>,
+{
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B, E> GracefulClose for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
 {
     fn close_gracefully(self: Pin<&mut Self>) {
         self.graceful_shutdown();
@@ -169,31 +230,50 @@ where
 pub enum Ended<T> {
     /// The connection finished by itself (or after a graceful close).
     Done(T),
+    /// Parked: hyper's connection ended after `park_after` idle; the socket is open.
+    Parked(T),
     /// Dropped: no request in time, idle, or no answer to the close.
     Dropped { had_requests: bool },
 }
 
 /// Serves `conn` until it ends, closing it per the module's rules or when `shutdown`
-/// changes (its receiver is held until the end: the server waits for every one of them).
-pub async fn drive<C: GracefulClose>(
-    conn: C,
+/// changes, or parking it (`park`: set while parking, so the socket stays open) once
+/// idle for `park_after`.
+pub async fn drive<C: GracefulClose + ?Sized>(
+    mut conn: Pin<&mut C>,
     activity: &Activity,
     limits: IdleLimits,
-    mut shutdown: watch::Receiver<()>,
+    park: Option<(Duration, &ParkSignal)>,
+    shutdown: &mut watch::Receiver<()>,
 ) -> Ended<C::Output> {
-    tokio::pin!(conn);
+    let park_after = park.map(|(after, _)| after);
+    let wake = |now: Instant| {
+        let next = activity.next_check(limits, now)?;
+        Some(match activity.park_at(park_after) {
+            Some(park_at) => next.min(park_at.max(now)),
+            None => next,
+        })
+    };
     let now = Instant::now();
-    let timer = tokio::time::sleep_until(activity.next_check(limits, now).unwrap_or(now));
+    let timer = tokio::time::sleep_until(wake(now).unwrap_or(now));
     tokio::pin!(timer);
     let mut closing = false;
+    let mut parking = false;
     let mut watching_shutdown = true;
     loop {
         tokio::select! {
-            output = &mut conn => return Ended::Done(output),
+            output = conn.as_mut() => {
+                return if parking { Ended::Parked(output) } else { Ended::Done(output) };
+            }
             changed = shutdown.changed(), if watching_shutdown => {
                 watching_shutdown = false;
                 if changed.is_ok() && !closing {
                     closing = true;
+                    if let Some((_, signal)) = park {
+                        // A park under way becomes a close.
+                        parking = false;
+                        signal.set(false);
+                    }
                     conn.as_mut().close_gracefully();
                     timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
                 }
@@ -209,12 +289,30 @@ pub async fn drive<C: GracefulClose>(
                     timer.as_mut().reset(now + CLOSE_GRACE);
                     continue;
                 }
-                match activity.next_check(limits, now) {
-                    Some(next) => timer.as_mut().reset(next),
+                match wake(now) {
                     None => {
                         closing = true;
+                        if let Some((_, signal)) = park {
+                            parking = false;
+                            signal.set(false);
+                        }
                         conn.as_mut().close_gracefully();
                         timer.as_mut().reset(now + CLOSE_GRACE);
+                    }
+                    Some(next) => {
+                        if let (Some((_, signal)), Some(park_at)) = (park, activity.park_at(park_after)) {
+                            if !parking && park_at <= now {
+                                parking = true;
+                                activity
+                                    .begun_at_park
+                                    .store(activity.begun.load(Ordering::Relaxed), Ordering::Relaxed);
+                                signal.set(true);
+                                conn.as_mut().close_gracefully();
+                            }
+                        }
+                        // While parking, only the idle rules are left to check.
+                        let next = if parking { activity.next_check(limits, now).unwrap_or(now) } else { next };
+                        timer.as_mut().reset(next);
                     }
                 }
             }
@@ -258,8 +356,15 @@ mod tests {
             Some(start + limits.idle)
         );
         drop(activity.begin());
-        let (_tx, rx) = watch::channel(());
-        let ended = drive(Pending(false), &activity, limits, rx).await;
+        let (_tx, mut rx) = watch::channel(());
+        let ended = drive(
+            std::pin::pin!(Pending(false)),
+            &activity,
+            limits,
+            None,
+            &mut rx,
+        )
+        .await;
         assert!(matches!(ended, Ended::Dropped { had_requests: true }));
         assert_eq!(start.elapsed(), limits.idle + CLOSE_GRACE);
     }
@@ -305,9 +410,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_connection_that_ignores_the_close_is_dropped_after_the_grace() {
         let activity = Activity::new();
-        let (_tx, rx) = watch::channel(());
+        let (_tx, mut rx) = watch::channel(());
         let started = Instant::now();
-        let ended = drive(Pending(false), &activity, LIMITS, rx).await;
+        let ended = drive(
+            std::pin::pin!(Pending(false)),
+            &activity,
+            LIMITS,
+            None,
+            &mut rx,
+        )
+        .await;
         assert!(matches!(
             ended,
             Ended::Dropped {
@@ -321,13 +433,14 @@ mod tests {
     async fn an_open_request_keeps_the_connection() {
         let activity = Activity::new();
         let guard = activity.begin();
-        let (tx, rx) = watch::channel(());
+        let (tx, mut rx) = watch::channel(());
         let release = async {
             tokio::time::sleep(Duration::from_secs(100)).await;
             drop(guard);
         };
         let started = Instant::now();
-        let (ended, ()) = tokio::join!(drive(Pending(false), &activity, LIMITS, rx), release);
+        let conn = std::pin::pin!(Pending(false));
+        let (ended, ()) = tokio::join!(drive(conn, &activity, LIMITS, None, &mut rx), release);
         assert!(matches!(ended, Ended::Dropped { had_requests: true }));
         // Idle from 100 s on, closed at 105 s, dropped one grace later.
         assert_eq!(

@@ -7,3 +7,4 @@ pub mod forwarding;
 pub mod head;
 pub mod header_pattern;
 pub mod idle;
+pub mod park;

@@ -1,28 +1,29 @@
 //! Listeners and the process lifecycle: accept loops with a connection limit, TLS
-//! handshakes under a timeout, hyper's HTTP/1.1 + HTTP/2 auto builder, graceful shutdown
+//! handshakes under a timeout, each connection served by [`connection`], graceful shutdown
 //! on SIGTERM/SIGINT, and config reload on SIGHUP (build the new gateway first, swap
 //! only if it is valid).
 
 use crate::admin::Admin;
 use crate::blocklist::{self, Blocklist};
-use crate::config::{self, Config};
+use crate::config;
 use crate::gateway::{BuildError, ConnInfo, Gateway};
 use crate::metrics::Metrics;
-use crate::net::idle::{self, Activity, IdleLimits, Tracked};
+use crate::net::idle::IdleLimits;
 use arc_swap::ArcSwap;
+use connection::Builders;
+
+pub mod connection;
 use http::{HeaderValue, Request};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
@@ -257,23 +258,6 @@ impl ConnectionLimit {
     }
 }
 
-/// The HTTP/1.1 + HTTP/2 connection builder with the configured limits.
-fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let limits = &config.server;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(crate::net::head::MIN_HYPER_BUF))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    builder
-}
-
 /// Accepts edge connections until shutdown, then drains them within `shutdown_grace`.
 async fn serve_edge(
     listener: TcpListener,
@@ -284,7 +268,7 @@ async fn serve_edge(
     // The builder carries the connection limits of one config; rebuilt after a reload
     // (noticed by the config's address), so new connections get the new limits.
     let mut built_for = state.load().config.clone();
-    let mut builder = Arc::new(connection_builder(&built_for));
+    let mut builders = Arc::new(Builders::new(&built_for.server));
     // Tells every connection to finish gracefully; each holds a receiver until it is done,
     // so `closed()` is when the last one is gone (hyper-util's GracefulShutdown, inlined:
     // its watcher cannot be combined with the idle rules of `net::idle`).
@@ -308,7 +292,7 @@ async fn serve_edge(
         let current = state.load();
         if !Arc::ptr_eq(&current.config, &built_for) {
             built_for = current.config.clone();
-            builder = Arc::new(connection_builder(&built_for));
+            builders = Arc::new(Builders::new(&built_for.server));
         }
         let handshake_timeout = built_for.server.header_read_timeout;
         let limits = IdleLimits {
@@ -319,45 +303,47 @@ async fn serve_edge(
         let tls = current.tls.clone();
         drop(current);
         let state = state.clone();
-        let builder = builder.clone();
+        let builders = builders.clone();
         let watcher = drain.subscribe();
         // Shared with any WebSocket tunnel the connection turns into, so an upgraded
         // connection keeps counting against max_connections until the tunnel closes.
         let slot = Arc::new(permit);
         tokio::spawn(async move {
-            match tls {
-                None => {
-                    let info = ConnInfo {
-                        client_ip,
-                        peer: peer.ip(),
-                        https: false,
-                        max_header_bytes,
-                        slot,
-                    };
-                    serve_connection(stream, info, state, &builder, watcher, peer, limits).await;
-                }
-                Some(acceptor) => {
-                    // A client that never finishes its handshake costs one connection
-                    // for at most header_read_timeout; a plain-HTTP client, one error line.
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            let info = ConnInfo {
-                                client_ip,
-                                peer: peer.ip(),
-                                https: true,
-                                max_header_bytes,
-                                slot,
-                            };
-                            serve_connection(
-                                tls_stream, info, state, &builder, watcher, peer, limits,
-                            )
-                            .await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+            let Some(acceptor) = tls else {
+                let info = ConnInfo {
+                    client_ip,
+                    peer: peer.ip(),
+                    https: false,
+                    max_header_bytes,
+                    slot,
+                };
+                connection::serve(stream, info, state, builders, watcher, peer, limits).await;
+                return;
+            };
+            // Boxed: the handshake and the TLS stream are large, and the task of every
+            // plain connection would otherwise be sized for them while it idles.
+            Box::pin(async move {
+                // A client that never finishes its handshake costs one connection for at
+                // most header_read_timeout; a plain-HTTP client, one error line.
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        let info = ConnInfo {
+                            client_ip,
+                            peer: peer.ip(),
+                            https: true,
+                            max_header_bytes,
+                            slot,
+                        };
+                        let serve = connection::serve(
+                            tls_stream, info, state, builders, watcher, peer, limits,
+                        );
+                        serve.await;
                     }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                 }
-            }
+            })
+            .await;
         });
     }
     drop(listener);
@@ -368,54 +354,6 @@ async fn serve_edge(
             ?grace,
             "shutdown_grace elapsed with requests still in flight"
         );
-    }
-}
-
-/// Serves HTTP on one accepted (and, for TLS, handshaken) connection, under the idle
-/// rules of [`idle`]: no request begun within `header_read_timeout` (a silent socket, a
-/// half-sent HTTP/2 preface, which hyper's own timer never sees) or no request open for
-/// `idle_timeout` after one closes the connection.
-async fn serve_connection<I>(
-    io: I,
-    info: ConnInfo,
-    state: Arc<ArcSwap<Gateway>>,
-    builder: &auto::Builder<TokioExecutor>,
-    shutdown: watch::Receiver<()>,
-    peer: SocketAddr,
-    limits: IdleLimits,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let info = Arc::new(info);
-    let activity = Activity::new();
-    let requests = activity.clone();
-    let service = service_fn(move |request: Request<Incoming>| {
-        // One atomic load per request: a reload swaps the gateway for new requests only.
-        let gateway = state.load_full();
-        let info = info.clone();
-        // Counts the request as open until its response body is done or dropped.
-        let guard = requests.begin();
-        async move {
-            let response = gateway.handle(request.map(Either::Left), &info).await;
-            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
-        }
-    });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    match idle::drive(connection, &activity, limits, shutdown).await {
-        // Includes hyper's header_read_timeout cut-offs of slow HTTP/1.1 heads.
-        idle::Ended::Done(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "connection closed with an error")
-        }
-        idle::Ended::Done(Ok(())) => {}
-        idle::Ended::Dropped {
-            had_requests: false,
-        } => tracing::info!(
-            %peer,
-            "client sent no complete request within header_read_timeout: closed"
-        ),
-        idle::Ended::Dropped { had_requests: true } => {
-            tracing::debug!(%peer, "idle connection did not close gracefully: dropped")
-        }
     }
 }
 

@@ -1,0 +1,280 @@
+//! One edge connection, from the accepted (and, for TLS, handshaken) socket to its close.
+//!
+//! The first bytes say the protocol (the HTTP/2 preface, or anything else for HTTP/1.1),
+//! read by [`sniff`] under the first-request limit. HTTP/2 is one hyper connection for
+//! the socket's life. HTTP/1.1 is served by hyper while it is in use and *parked* when
+//! idle (issue 19): after [`PARK_AFTER`] with no request open, hyper's connection is
+//! ended gracefully without closing the socket, which frees hyper's buffers and response
+//! box, and the task waits for readability with nothing but the socket; the next bytes
+//! start a new hyper connection that reads them first. Busy connections are never
+//! parked, so the request path does not change. Both go through `net::idle::drive`'s
+//! rules (first request, idle limit, graceful close on shutdown).
+
+use crate::gateway::{ConnInfo, Gateway};
+use crate::net::idle::{self, Activity, Ended, IdleLimits, Tracked};
+use crate::net::park::{ParkSignal, Parkable, Readable};
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use http::{header, Request, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// How long an HTTP/1.1 connection sits with no request open before it is parked. Long
+/// enough that a client sending request after request never pays for a new hyper
+/// connection; short enough that a burst of clients going idle frees its buffers at once.
+pub const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// hyper's HTTP/1.1 and HTTP/2 connection builders with the configured limits.
+pub struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    pub fn new(limits: &crate::config::ServerConfig) -> Builders {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(crate::net::head::MIN_HYPER_BUF))
+            .keep_alive(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        Builders { http1, http2 }
+    }
+}
+
+/// Which protocol the client speaks, from its first bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Reads until the first bytes are the HTTP/2 preface or cannot be: at most 24 bytes,
+/// returned for the protocol's connection to read first. `None`: closed before a byte.
+async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Option<(Protocol, Bytes)>> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut len = 0;
+    loop {
+        let n = io.read(&mut buf[len..]).await?;
+        if n == 0 {
+            return Ok((len > 0).then(|| (Protocol::Http1, Bytes::copy_from_slice(&buf[..len]))));
+        }
+        len += n;
+        let protocol = if buf[..len] != H2_PREFACE[..len] {
+            Protocol::Http1
+        } else if len == H2_PREFACE.len() {
+            Protocol::Http2
+        } else {
+            continue;
+        };
+        return Ok(Some((protocol, Bytes::copy_from_slice(&buf[..len]))));
+    }
+}
+
+/// Serves HTTP on one connection under the idle rules of `net::idle`: no request begun
+/// within `header_read_timeout` (a silent socket, a half-sent preface) or no request
+/// open for `idle_timeout` after one closes the connection.
+pub async fn serve<I>(
+    mut io: I,
+    info: ConnInfo,
+    state: Arc<ArcSwap<Gateway>>,
+    builders: Arc<Builders>,
+    mut shutdown: watch::Receiver<()>,
+    peer: SocketAddr,
+    limits: IdleLimits,
+) where
+    I: AsyncRead + AsyncWrite + Readable + Unpin + Send + 'static,
+{
+    let activity = Activity::new();
+    let started = tokio::time::Instant::now();
+    let sniffed = tokio::select! {
+        sniffed = tokio::time::timeout_at(started + limits.first_request, sniff(&mut io)) => sniffed,
+        _ = shutdown.changed() => return,
+    };
+    let (protocol, prefix) = match sniffed {
+        Ok(Ok(Some(sniffed))) => sniffed,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection closed with an error");
+            return;
+        }
+        Err(_) => {
+            return log_ended::<hyper::Error>(
+                peer,
+                Ended::Dropped {
+                    had_requests: false,
+                },
+            )
+        }
+    };
+    let info = Arc::new(info);
+    let requests = activity.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
+        // One atomic load per request: a reload swaps the gateway for new requests only.
+        let gateway = state.load_full();
+        let info = info.clone();
+        if request.version() < Version::HTTP_11 || asks_to_close(request.headers()) {
+            requests.closes_after_exchange();
+        }
+        // Counts the request as open until its response body is done or dropped.
+        let guard = requests.begin();
+        let requests = requests.clone();
+        async move {
+            let response = gateway.handle(request.map(Either::Left), &info).await;
+            if asks_to_close(response.headers()) {
+                requests.closes_after_exchange();
+            }
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
+        }
+    });
+    let parking = Arc::new(ParkSignal::default());
+
+    if protocol == Protocol::Http2 {
+        let io = TokioIo::new(Parkable::new(io, prefix, parking));
+        let mut connection = Box::pin(builders.http2.serve_connection(io, service));
+        let ended = idle::drive(connection.as_mut(), &activity, limits, None, &mut shutdown).await;
+        return log_ended(peer, ended);
+    }
+
+    let mut prefix = prefix;
+    loop {
+        let io_for_hyper = TokioIo::new(Parkable::new(io, prefix, parking.clone()));
+        let mut connection = Box::new(
+            builders
+                .http1
+                .serve_connection(io_for_hyper, service.clone())
+                .with_upgrades(),
+        );
+        let park = Some((PARK_AFTER, &*parking));
+        let ended = idle::drive(
+            std::pin::Pin::new(&mut *connection),
+            &activity,
+            limits,
+            park,
+            &mut shutdown,
+        )
+        .await;
+        let Ended::Parked(Ok(())) = ended else {
+            return log_ended(peer, ended);
+        };
+        parking.set(false);
+        // Not upgraded (a tunnel would have taken the socket): hyper hands it back with
+        // what it had read and not parsed, ahead of any replayed bytes it had not read.
+        let Some(parts) = connection.into_parts() else {
+            return;
+        };
+        let (socket, unread) = parts.io.into_inner().into_parts();
+        io = socket;
+        prefix = join(parts.read_buf, unread);
+        if prefix.is_empty() {
+            let deadline = activity.keep_alive_deadline(limits);
+            tokio::select! {
+                ready = io.readable() => if ready.is_err() { return },
+                () = tokio::time::sleep_until(deadline) => return close(io).await,
+                _ = shutdown.changed() => return close(io).await,
+            }
+        }
+    }
+}
+
+/// Ends a parked connection: its keep-alive wait is over, or the server is stopping.
+async fn close<I: AsyncWrite + Unpin>(mut io: I) {
+    let _ = tokio::time::timeout(idle::CLOSE_GRACE, io.shutdown()).await;
+}
+
+/// Bytes hyper had read and not parsed, then replayed bytes it had not read yet.
+fn join(read: Bytes, unread: Bytes) -> Bytes {
+    if unread.is_empty() {
+        return read;
+    }
+    let mut joined = BytesMut::with_capacity(read.len() + unread.len());
+    joined.extend_from_slice(&read);
+    joined.extend_from_slice(&unread);
+    joined.freeze()
+}
+
+/// Whether a `Connection` header asks to close after this exchange.
+fn asks_to_close(headers: &http::HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
+fn log_ended<E: std::fmt::Display>(peer: SocketAddr, ended: Ended<Result<(), E>>) {
+    match ended {
+        // Includes hyper's header_read_timeout cut-offs of slow HTTP/1.1 heads.
+        Ended::Done(Err(e)) | Ended::Parked(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection closed with an error")
+        }
+        Ended::Done(Ok(())) | Ended::Parked(Ok(())) => {}
+        Ended::Dropped {
+            had_requests: false,
+        } => tracing::info!(
+            %peer,
+            "client sent no complete request within header_read_timeout: closed"
+        ),
+        Ended::Dropped { had_requests: true } => {
+            tracing::debug!(%peer, "idle connection did not close gracefully: dropped")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sniffs_the_preface_in_pieces() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let reader = tokio::spawn(async move { sniff(&mut server).await });
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n")
+            .await
+            .expect("write");
+        tokio::task::yield_now().await;
+        client.write_all(b"\r\nSM\r\n\r\n").await.expect("write");
+        let (protocol, prefix) = reader.await.expect("join").expect("io").expect("bytes");
+        assert_eq!(protocol, Protocol::Http2);
+        assert_eq!(&prefix[..], &H2_PREFACE[..]);
+    }
+
+    #[tokio::test]
+    async fn anything_else_is_http1_at_the_first_differing_byte() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"PRX").await.expect("write");
+        let (protocol, prefix) = sniff(&mut server).await.expect("io").expect("bytes");
+        assert_eq!(protocol, Protocol::Http1);
+        assert_eq!(&prefix[..], b"PRX");
+        drop(client);
+        assert!(sniff(&mut server).await.expect("io").is_none());
+    }
+
+    #[test]
+    fn connection_close_tokens() {
+        let mut headers = http::HeaderMap::new();
+        assert!(!asks_to_close(&headers));
+        headers.append(header::CONNECTION, "keep-alive".parse().expect("value"));
+        assert!(!asks_to_close(&headers));
+        headers.append(header::CONNECTION, "Upgrade, Close".parse().expect("value"));
+        assert!(asks_to_close(&headers));
+    }
+}
