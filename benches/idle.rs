@@ -4,7 +4,7 @@
 //! `cargo bench --bench idle` (needs haproxy: `bash benches/load.sh` installs it).
 //!
 //! For each target: start it, send one request on a fresh connection, read the
-//! process's VmRSS, open `IDLE_CONNECTIONS` (10 000) client connections that each send
+//! process's VmRSS, open `IDLE_CONNECTIONS` (9 000) client connections that each send
 //! one request, read the `200` and then stay open and silent, wait `IDLE_SETTLE_MS`
 //! (2 000), read VmRSS again: the difference over the count is the memory an idle
 //! client costs. Around that, 1 000 sequential requests on one more connection, before
@@ -229,7 +229,10 @@ fn main() {
         );
         std::process::exit(1);
     }
-    let count: usize = env_or("IDLE_CONNECTIONS", 10_000);
+    // 9 000, not the issue's 10 000: this machine's hard limit of 20 000 descriptors
+    // (which cannot be raised here) caps HAProxy, which reserves two per connection, at
+    // about 9 900. The figure compared is per connection.
+    let count: usize = env_or("IDLE_CONNECTIONS", 9_000);
     let settle = Duration::from_millis(env_or("IDLE_SETTLE_MS", 2_000));
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
@@ -334,7 +337,7 @@ fn main() {
             d,
             &format!("haproxy-{kind}"),
             &format!(
-                "global\n  nbthread 1\n  maxconn 30000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n  timeout http-keep-alive 300s\n  http-reuse always\n\
+                "global\n  nbthread 1\n  maxconn 9500\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n  timeout http-keep-alive 300s\n  http-reuse always\n\
                  frontend edge\n  bind {bind}\n  default_backend app\nbackend app\n  server up 127.0.0.1:{upstream}\n"
             ),
             port,

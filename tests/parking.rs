@@ -18,7 +18,22 @@ const PARKED: Duration = Duration::from_millis(700);
 fn config(up: &Upstream) -> Config {
     let mut cfg = Config::new(up.addr);
     cfg.set("server.header_read_timeout", json!("3s"));
+    cfg.set(
+        "admin",
+        json!({ "listen": "127.0.0.1:0", "token": "admin-token-for-tests-0123456789" }),
+    );
     cfg
+}
+
+/// `portcullis_connections_parked` from the admin listener's `/metrics`.
+async fn parked(gw: &Gateway) -> u64 {
+    let reply = get(gw.admin.expect("admin listener"), "/metrics", &[]).await;
+    reply
+        .2
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_connections_parked "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("portcullis_connections_parked in /metrics")
 }
 
 fn get_head(path: &str, token: &str) -> String {
@@ -73,8 +88,10 @@ async fn a_parked_connection_serves_its_next_requests() {
     assert_eq!(body["path"], "/first", "{body}");
     assert_eq!(body["headers"]["x-auth-subject"], "alice");
 
-    // Parked; then a head in two pieces with a pause between, then two pipelined.
+    // Parked (hyper's connection gone, the socket kept); then a head in two pieces with
+    // a pause between, then two pipelined.
     tokio::time::sleep(PARKED).await;
+    assert_eq!(parked(&gw).await, 1);
     let second = get_head("/second", &token);
     let (a, b) = second.split_at(20);
     stream.write_all(a.as_bytes()).await.expect("send");
@@ -83,6 +100,7 @@ async fn a_parked_connection_serves_its_next_requests() {
     let (status, body) = read_response(&mut stream).await;
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert_eq!(body["path"], "/second");
+    assert_eq!(parked(&gw).await, 0, "served: no longer parked");
 
     tokio::time::sleep(PARKED).await;
     let pipelined = get_head("/third", &token) + &get_head("/fourth", "not-a-jwt");
@@ -97,6 +115,11 @@ async fn a_parked_connection_serves_its_next_requests() {
         json!({"message": "Invalid Token", "error_type": "JWTDecodeError"})
     );
 
+    tokio::time::sleep(PARKED).await;
+    assert_eq!(parked(&gw).await, 1);
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(parked(&gw).await, 0, "the client closed its parked connection");
     assert_eq!(up.seen(), ["GET /first", "GET /second", "GET /third"]);
 }
 

@@ -199,7 +199,7 @@ impl Collector for Scrape {
 
 impl Scrape {
     /// The families of one unlabeled sample each: name, help, value.
-    fn singles(&self) -> [(&'static str, &'static str, Value); 18] {
+    fn singles(&self) -> [(&'static str, &'static str, Value); 19] {
         let (m, g) = (&*self.metrics, &self.gauges);
         let hits = load(&m.token_cache.hits);
         let misses = load(&m.token_cache.misses);
@@ -301,6 +301,11 @@ impl Scrape {
                 "portcullis_admin_revocations",
                 "Revocations made through the admin API.",
                 Value::Counter(load(&m.revocations_api)),
+            ),
+            (
+                "portcullis_connections_parked",
+                "Idle HTTP/1.1 keep-alive connections parked: the socket kept, its HTTP state freed until the client sends again.",
+                Value::Gauge(load(&m.parked_connections)),
             ),
         ]
     }

@@ -119,6 +119,8 @@ pub struct Metrics {
     pub fail_open: AtomicU64,
     /// Forward-auth verdicts: allowed, refused, untrusted.
     forward_auth: [AtomicU64; 3],
+    /// Idle HTTP/1.1 connections parked now (socket kept, hyper's state freed).
+    pub parked_connections: AtomicU64,
 }
 
 /// Values read from elsewhere at scrape time.

@@ -201,6 +201,9 @@ portcullis_fail_open_total 5
 # HELP portcullis_admin_revocations_total Revocations made through the admin API.
 # TYPE portcullis_admin_revocations_total counter
 portcullis_admin_revocations_total 3
+# HELP portcullis_connections_parked Idle HTTP/1.1 keep-alive connections parked: the socket kept, its HTTP state freed until the client sends again.
+# TYPE portcullis_connections_parked gauge
+portcullis_connections_parked 0
 # HELP portcullis_jwks_fetches_total JWKS fetches attempted.
 # TYPE portcullis_jwks_fetches_total counter
 portcullis_jwks_fetches_total 5

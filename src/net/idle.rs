@@ -247,11 +247,16 @@ pub async fn drive<C: GracefulClose + ?Sized>(
     shutdown: &mut watch::Receiver<()>,
 ) -> Ended<C::Output> {
     let park_after = park.map(|(after, _)| after);
+    // With parking on, a connection that cannot be parked yet (busy, or no request
+    // since the last park) is looked at again every `park_after`: a request that ends
+    // does not wake this task, and one timer tick per `park_after` costs less than a
+    // wake-up per request.
     let wake = |now: Instant| {
         let next = activity.next_check(limits, now)?;
-        Some(match activity.park_at(park_after) {
-            Some(park_at) => next.min(park_at.max(now)),
-            None => next,
+        Some(match (park_after, activity.park_at(park_after)) {
+            (Some(_), Some(park_at)) => next.min(park_at.max(now)),
+            (Some(after), None) => next.min(now + after),
+            (None, _) => next,
         })
     };
     let now = Instant::now();

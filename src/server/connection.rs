@@ -23,6 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -124,6 +125,7 @@ pub async fn serve<I>(
         }
     };
     let info = Arc::new(info);
+    let state_metrics = state.load().metrics.clone();
     let requests = activity.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         // One atomic load per request: a reload swaps the gateway for new requests only.
@@ -152,6 +154,7 @@ pub async fn serve<I>(
         return log_ended(peer, ended);
     }
 
+    let metrics = state_metrics;
     let mut prefix = prefix;
     loop {
         let io_for_hyper = TokioIo::new(Parkable::new(io, prefix, parking.clone()));
@@ -183,6 +186,7 @@ pub async fn serve<I>(
         io = socket;
         prefix = join(parts.read_buf, unread);
         if prefix.is_empty() {
+            let _parked = Parked::count(&metrics.parked_connections);
             let deadline = activity.keep_alive_deadline(limits);
             tokio::select! {
                 ready = io.readable() => if ready.is_err() { return },
@@ -190,6 +194,22 @@ pub async fn serve<I>(
                 _ = shutdown.changed() => return close(io).await,
             }
         }
+    }
+}
+
+/// Counts a connection in `portcullis_connections_parked` while it lives.
+struct Parked<'a>(&'a AtomicU64);
+
+impl Parked<'_> {
+    fn count(gauge: &AtomicU64) -> Parked<'_> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Parked(gauge)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
