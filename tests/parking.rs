@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Longer than the gateway's park delay (250 ms), so the connection is parked.
+/// Longer than the gateway's park delay (25-50 ms), so the connection is parked.
 const PARKED: Duration = Duration::from_millis(700);
 
 fn config(up: &Upstream) -> Config {
@@ -119,7 +119,11 @@ async fn a_parked_connection_serves_its_next_requests() {
     assert_eq!(parked(&gw).await, 1);
     drop(stream);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(parked(&gw).await, 0, "the client closed its parked connection");
+    assert_eq!(
+        parked(&gw).await,
+        0,
+        "the client closed its parked connection"
+    );
     assert_eq!(up.seen(), ["GET /first", "GET /second", "GET /third"]);
 }
 

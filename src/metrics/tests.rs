@@ -62,7 +62,7 @@ fn without_a_jwks_the_jwks_families_are_absent() {
     let text = exercised().render(&gauges(None));
     assert!(!text.contains("portcullis_jwks"), "{text}");
     assert!(
-        text.ends_with("portcullis_admin_revocations_total 3\n"),
+        text.ends_with("portcullis_connections_parked 0\n"),
         "{text}"
     );
 }
