@@ -1,17 +1,19 @@
-//! Token verification, cached by the token's exact bytes.
+//! Token verification, cached by the token's exact bytes: the [`Verifier`]. What a
+//! verified token keeps, and how it is read from its claims, is [`token`]'s.
 //!
-//! A miss runs jsonwebtoken (signature, `exp`, `nbf`, `iss`, `aud`) and our own checks
-//! (`iat` not in the future), then keeps the result until the token's `exp` (see
-//! [`crate::auth::cache`]). A hit costs one hash lookup and an `exp` comparison: no
-//! base64, no JSON, no signature check. What is kept is only what later phases read
-//! (type, fresh, csrf, sub, sid, iat, exp, the revocation key, rendered identity headers
-//! and the claims `require_claims` names), not the whole claims map: a cached token
-//! weighs little more than its own bytes.
+//! A miss matches the token to a provider (by `iss`, when there are several), runs
+//! jsonwebtoken (signature, `exp`, `nbf`, `iss`, `aud`) and our own checks (`typ` when
+//! `required_typ` is set, `iat` not in the future), then keeps the [`VerifiedToken`]
+//! until the token's `exp` (see [`crate::auth::cache`]). A hit costs one hash lookup
+//! and an `exp` comparison: no base64, no JSON, no signature check.
 //! Revocation is not cached here; it is checked on every request against the blocklist,
 //! so a revoked token is refused at once despite this cache.
 
+pub mod token;
+
+pub use token::{token_digest_key, TokenType, VerifiedToken};
+
 use crate::auth::cache::{TokenCache, Weighted};
-use crate::auth::claim_text;
 use crate::auth::jwks::Jwks;
 use crate::auth::providers::{self, DecodeError, ProviderVerifier};
 use crate::clock::now_unix;
@@ -19,113 +21,13 @@ use crate::config::provider::typ_matches;
 use crate::config::{JwtConfig, ProviderConfig, DEFAULT_PROVIDER};
 use crate::error::GatewayError;
 use crate::metrics::CacheStats;
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-/// `type` claim of a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenType {
-    /// `type: access`, or no `type` claim.
-    Access,
-    /// `type: refresh`.
-    Refresh,
-    /// Any other `type` value: accepted by neither kind of route.
-    Other,
-}
-
-/// What a verified token says, extracted once when it is first seen.
-#[derive(Debug)]
-pub struct VerifiedToken {
-    /// The claims some route's `require_claims` names (and the token has), by name.
-    pub claims: Box<[(Box<str>, Value)]>,
-    pub token_type: TokenType,
-    pub fresh: bool,
-    pub csrf: Option<String>,
-    pub sub: Option<String>,
-    pub sid: Option<String>,
-    pub iat: Option<u64>,
-    pub exp: u64,
-    /// The provider that verified it: an index into the config's `providers`.
-    pub provider: usize,
-    /// `jti`, or `sha256:<hex>` of the encoded token when it has none, in its
-    /// provider's namespace (see [`crate::auth::providers`]).
-    pub revocation_key: String,
-    /// `sid` and `sub` in the provider's namespace, when that differs from the claim
-    /// text (any provider but `default`): see [`VerifiedToken::sid_key`].
-    pub namespaced: Option<Box<(Option<String>, Option<String>)>>,
-    /// Identity headers to set upstream, rendered once.
-    pub identity: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl VerifiedToken {
-    /// The value of claim `name`, if `require_claims` names it and the token has it.
-    pub fn claim(&self, name: &str) -> Option<&Value> {
-        self.claims
-            .iter()
-            .find(|(n, _)| &**n == name)
-            .map(|(_, v)| v)
-    }
-
-    /// The key of its session revocations: `sid` in its provider's namespace.
-    pub fn sid_key(&self) -> Option<&str> {
-        match &self.namespaced {
-            Some(ns) => ns.0.as_deref(),
-            None => self.sid.as_deref(),
-        }
-    }
-
-    /// The key of its subject revocations: `sub` in its provider's namespace.
-    pub fn sub_key(&self) -> Option<&str> {
-        match &self.namespaced {
-            Some(ns) => ns.1.as_deref(),
-            None => self.sub.as_deref(),
-        }
-    }
-
-    /// Heap bytes this token's verdict keeps alive, for the cache's weigher.
-    fn heap_bytes(&self) -> usize {
-        let text = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
-        let namespaced = self.namespaced.as_ref().map_or(0, |ns| {
-            std::mem::size_of::<(Option<String>, Option<String>)>() + text(&ns.0) + text(&ns.1)
-        });
-        namespaced
-            + std::mem::size_of::<VerifiedToken>()
-            + text(&self.csrf)
-            + text(&self.sub)
-            + text(&self.sid)
-            + self.revocation_key.capacity()
-            + self.identity.capacity() * std::mem::size_of::<(HeaderName, HeaderValue)>()
-            + self
-                .identity
-                .iter()
-                .map(|(_, v)| v.len() + 32)
-                .sum::<usize>()
-            + self
-                .claims
-                .iter()
-                .map(|(n, v)| n.len() + json_bytes(v) + std::mem::size_of::<(Box<str>, Value)>())
-                .sum::<usize>()
-    }
-}
-
-/// A generous estimate of the heap a JSON value holds (strings, arrays, objects).
-fn json_bytes(value: &Value) -> usize {
-    const NODE: usize = std::mem::size_of::<Value>();
-    match value {
-        Value::String(s) => s.capacity(),
-        Value::Array(items) => items.iter().map(|v| NODE + json_bytes(v)).sum(),
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| k.capacity() + 2 * NODE + json_bytes(v))
-            .sum(),
-        _ => 0,
-    }
-}
+use token::ClaimReader;
 
 /// Verifies tokens against the providers' keys and claim rules, with one cache of
 /// verified tokens for all of them.
@@ -135,9 +37,8 @@ pub struct Verifier {
     /// Whether tokens are matched to providers by `iss` (there are named providers). A
     /// single-provider gateway skips the peek: jsonwebtoken checks `iss` as before.
     matching: bool,
-    identity_headers: Vec<(String, HeaderName)>,
-    /// The claims kept for `require_claims` (every route's names, deduplicated).
-    kept_claims: Vec<String>,
+    /// What a verified token keeps of its claims.
+    reader: ClaimReader,
     cache: TokenCache<Cached>,
     stats: Arc<CacheStats>,
     /// The sum of the providers' JWKS generations the cache was last cleared for.
@@ -240,8 +141,10 @@ impl Verifier {
         let verifier = Verifier {
             matching: providers.len() > 1,
             providers,
-            identity_headers,
-            kept_claims,
+            reader: ClaimReader {
+                identity_headers,
+                kept_claims,
+            },
             cache: TokenCache::new(cache_bytes, leeway, stats.clone()),
             stats,
             cleared_for: AtomicU64::new(0),
@@ -423,76 +326,9 @@ impl Verifier {
             .get("exp")
             .and_then(numeric_date)
             .ok_or(GatewayError::Decode)?;
-        let token_type = match claims.get("type").and_then(Value::as_str) {
-            None | Some("access") => TokenType::Access,
-            Some("refresh") => TokenType::Refresh,
-            Some(_) => TokenType::Other,
-        };
-        // Keys and identity headers read a claim one way: `claim_text`.
-        let text_claim = |name: &str| {
-            claims
-                .get(name)
-                .and_then(claim_text)
-                .map(Cow::into_owned)
-                .filter(|s| !s.is_empty())
-        };
-        let revocation_key = text_claim("jti").unwrap_or_else(|| token_digest_key(token));
-        let revocation_key = match providers::namespaced(&p.name, &revocation_key) {
-            Cow::Borrowed(_) => revocation_key,
-            Cow::Owned(key) => key,
-        };
-        let (sub, sid) = (text_claim("sub"), text_claim("sid"));
-        // Namespaced copies only for a provider whose keys differ from the claim text.
-        let in_namespace = |text: &Option<String>| {
-            text.as_deref()
-                .map(|t| providers::namespaced(&p.name, t).into_owned())
-        };
-        let namespaced = (p.name.as_ref() != DEFAULT_PROVIDER
-            || sid
-                .as_deref()
-                .is_some_and(|s| s.contains(providers::KEY_SEPARATOR))
-            || sub
-                .as_deref()
-                .is_some_and(|s| s.contains(providers::KEY_SEPARATOR)))
-        .then(|| Box::new((in_namespace(&sid), in_namespace(&sub))));
-        let identity = self
-            .identity_headers
-            .iter()
-            .filter_map(|(claim, header)| {
-                let value = claims.get(claim)?;
-                let value = match claim_text(value) {
-                    Some(text) => HeaderValue::from_str(&text).ok()?,
-                    None if value.is_null() => return None,
-                    // Lists, objects, booleans: their JSON text.
-                    None => HeaderValue::from_str(&value.to_string()).ok()?,
-                };
-                Some((header.clone(), value))
-            })
-            .collect();
-        Ok(VerifiedToken {
-            token_type,
-            fresh: claims
-                .get("fresh")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            csrf: claims
-                .get("csrf")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            sub,
-            sid,
-            iat,
-            exp,
-            provider,
-            revocation_key,
-            namespaced,
-            identity,
-            claims: self
-                .kept_claims
-                .iter()
-                .filter_map(|name| Some((name.as_str().into(), claims.get(name)?.clone())))
-                .collect(),
-        })
+        Ok(self
+            .reader
+            .read(&claims, token, provider, &p.name, iat, exp))
     }
 
     /// Verified tokens cached, and their weight in bytes (pending admissions and
@@ -501,12 +337,6 @@ impl Verifier {
         self.cache.sync();
         (self.cache.len(), self.cache.weighted_size())
     }
-}
-
-/// `sha256:` + hex SHA-256 of the encoded token: the revocation key of a token without `jti`.
-pub fn token_digest_key(token: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    format!("sha256:{}", hex::encode(digest.as_ref()))
 }
 
 /// A JWT NumericDate as whole seconds (fractions are allowed by RFC 7519).

@@ -2,22 +2,27 @@
 //!
 //! [`Gateway::handle`] logs and turns any [`GatewayError`] into its response;
 //! [`Gateway::handle_inner`] is the straight-line pipeline, one phase per step:
-//! normalize path → forward auth? → logout? → match route → strip client identity
-//! headers → authenticate → revocation → authorize → forward. Forward auth
-//! ([`forward_auth`]) runs the same phases on the original request a proxy names, and
-//! answers instead of forwarding.
+//! check the head → normalize path → forward auth? → back-channel logout? → logout? →
+//! match route → strip client identity headers → authenticate → revocation → authorize
+//! → forward. Forward auth ([`forward_auth`]) runs the same phases on the original
+//! request a proxy names, and answers instead of forwarding.
+//!
+//! This file holds what a request needs ([`Gateway`], built once per config) and that
+//! pipeline; its phases are in the submodules: [`admission`] (match route to authorize),
+//! [`forward`] (the request to the upstream), [`logout`], [`backchannel`] and
+//! [`forward_auth`].
 
+pub mod admission;
 pub mod backchannel;
+pub mod forward;
 pub mod forward_auth;
 pub mod logout;
 
-use crate::auth::extract;
 use crate::auth::jwks::{Jwks, JwksSettings};
 use crate::auth::providers::ProviderVerifier;
-use crate::auth::verify::{AuthError, VerifiedToken, Verifier};
-use crate::auth::{self, Authenticated};
-use crate::blocklist::{Blocklist, Verdict};
-use crate::config::{AuthMode, Config, OnStoreError, RouteConfig};
+use crate::auth::verify::{VerifiedToken, Verifier};
+use crate::blocklist::Blocklist;
+use crate::config::Config;
 use crate::error::GatewayError;
 use crate::metrics::{Decision, Histogram, Metrics, Outcome, RouteStats};
 use crate::net::{forwarding, head};
@@ -25,9 +30,7 @@ use crate::path;
 use crate::response::{full, Body};
 use crate::upstream::Upstream;
 use http::request::Parts;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body_util::Either;
-use hyper_util::rt::TokioIo;
+use http::{HeaderValue, Request, Response, Uri};
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -314,179 +317,6 @@ impl Gateway {
         let logout = &self.config.logout;
         path == logout.path && logout.methods.contains(method)
     }
-
-    /// Decides whether a request may reach the route its normalized `path` matches:
-    /// route match, client identity headers stripped, then for a route with `auth`
-    /// [`Gateway::admit`]. The edge forwards what this allows; forward auth answers 200.
-    /// One code path for both, so a proxy in front can never get a laxer verdict.
-    pub async fn judge(
-        &self,
-        parts: &mut Parts,
-        path: &str,
-        query: Option<&str>,
-        trace: &mut Trace,
-    ) -> Result<(&RouteConfig, Option<Authenticated>), GatewayError> {
-        let (index, route) = self.match_route(path).ok_or(GatewayError::NoRoute)?;
-        trace.stats = Some(index);
-        forwarding::strip_matching(&mut parts.headers, &self.config.forward.strip_headers);
-        let authenticated = match route.auth {
-            AuthMode::None => None,
-            mode => {
-                let policy = (mode, route.fresh, route.require_claims.as_slice());
-                Some(
-                    self.admit(parts, query, policy, &route.providers, trace)
-                        .await?,
-                )
-            }
-        };
-        Ok((route, authenticated))
-    }
-
-    /// authenticate → revocation → authorize (`fresh`, CSRF for `parts.method`,
-    /// `require_claims`): what a token-bearing route and the logout path ask of a caller.
-    /// `policy` is the route's `(auth, fresh, require_claims)`, `providers` the
-    /// providers whose tokens it accepts (indexes into the config's).
-    pub async fn admit(
-        &self,
-        parts: &Parts,
-        query: Option<&str>,
-        policy: (AuthMode, bool, &[(String, serde_json::Value)]),
-        providers: &[usize],
-        trace: &mut Trace,
-    ) -> Result<Authenticated, GatewayError> {
-        let (mode, fresh, require_claims) = policy;
-        let auth = self
-            .authenticate(&parts.headers, query, mode, providers)
-            .await?;
-        if self.config.server.access_log {
-            trace.token = Some(auth.token.clone());
-        }
-        self.check_revocation(&auth).await?;
-        auth::authorize(&auth, parts, fresh, require_claims, &self.config.jwt)?;
-        Ok(auth)
-    }
-
-    /// Finds and verifies the token for `mode` from one of `providers`; a `kid` the
-    /// matched provider's JWKS does not know yet gets one (rate-limited) refetch of that
-    /// provider's key set, and a second try.
-    pub async fn authenticate(
-        &self,
-        headers: &http::HeaderMap,
-        query: Option<&str>,
-        mode: AuthMode,
-        providers: &[usize],
-    ) -> Result<Authenticated, GatewayError> {
-        let jwt = &self.config.jwt;
-        match auth::authenticate(headers, query, mode, jwt, &self.verifier, providers) {
-            Ok(auth) => Ok(auth),
-            Err(AuthError::UnknownKid(provider)) => {
-                if let Some(jwks) = self.verifier.providers()[provider].jwks() {
-                    jwks.refetch_for_unknown_kid().await;
-                }
-                auth::authenticate(headers, query, mode, jwt, &self.verifier, providers)
-                    .map_err(AuthError::refusal)
-            }
-            Err(AuthError::Refused(e)) => Err(e),
-        }
-    }
-
-    /// First route whose prefix matches `path` on a segment boundary (`/admin` matches
-    /// `/admin` and `/admin/x`, never `/administrator`).
-    pub fn match_route(&self, path: &str) -> Option<(usize, &RouteConfig)> {
-        self.config
-            .routes
-            .iter()
-            .enumerate()
-            .find(|(_, r)| prefix_matches(&r.prefix, path))
-    }
-
-    /// Refuses revoked tokens, from memory; applies `on_store_error` when the store
-    /// cannot be trusted.
-    pub async fn check_revocation(&self, auth: &Authenticated) -> Result<(), GatewayError> {
-        let verdict = match self.blocklist.check(&auth.token).await {
-            Verdict::Allowed if self.blocklist.is_stale() => Verdict::Unknown,
-            v => v,
-        };
-        match verdict {
-            Verdict::Allowed => Ok(()),
-            Verdict::Revoked => Err(GatewayError::RevokedToken),
-            Verdict::Unknown => match self.config.blocklist.on_store_error {
-                OnStoreError::Deny => Err(GatewayError::StoreUnavailable),
-                OnStoreError::Allow => {
-                    let served = self
-                        .metrics
-                        .fail_open
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    // Logged at the first and every 1000th such request, not each one.
-                    if served % 1000 == 0 {
-                        tracing::warn!(served = served + 1, "revocation store unavailable: serving from the local copy (on_store_error: allow)");
-                    }
-                    Ok(())
-                }
-            },
-        }
-    }
-
-    /// Rewrites the request for `route`'s upstream, sends it, and relays the response.
-    pub async fn forward(
-        &self,
-        route: &RouteConfig,
-        mut parts: Parts,
-        body: Body,
-        target: &Target<'_>,
-        auth: Option<&Authenticated>,
-        trace: &mut Trace,
-    ) -> Result<Response<Body>, GatewayError> {
-        let (uri, conn) = (target.uri, target.conn);
-        let upstream = &self.upstreams[route.upstream];
-        let upgrade = forwarding::is_upgrade(&parts.headers) && auth.is_some();
-        let client_upgrade = if upgrade {
-            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
-        } else {
-            None
-        };
-        forwarding::remove_hop_by_hop(&mut parts.headers, upgrade);
-        forwarding::join_cookies(&mut parts.headers);
-        let host = forwarding::set_upstream_host(&mut parts.headers, uri);
-        forwarding::set_forwarded(&mut parts.headers, &conn.client_ip, conn.https, host);
-        let mut target_uri = upstream.target(uri, target.path, target.path_changed)?;
-        if let Some(auth) = auth {
-            for (name, value) in &auth.token.identity {
-                parts.headers.insert(name.clone(), value.clone());
-            }
-            if !self.config.forward.token {
-                target_uri =
-                    extract::remove(&mut parts, auth.source, target_uri, &self.config.jwt)?;
-            }
-        }
-        parts.uri = target_uri;
-        parts.version = Version::HTTP_11;
-        let sent = Instant::now();
-        let result = upstream.send(Request::from_parts(parts, body)).await;
-        let elapsed = sent.elapsed();
-        self.upstream_latency[route.upstream].observe(elapsed);
-        trace.upstream_elapsed = Some(elapsed);
-        let mut response = result?;
-        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if switching {
-            // A 101 nobody asked for would leave the client talking to nothing.
-            let Some(client_upgrade) = client_upgrade else {
-                tracing::warn!(upstream = %upstream.name, "upstream switched protocols unasked");
-                return Err(GatewayError::Upstream);
-            };
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, conn.slot.clone()));
-        }
-        forwarding::remove_hop_by_hop(response.headers_mut(), switching);
-        Ok(response.map(Either::Left))
-    }
-}
-
-/// Whether route `prefix` (no trailing slash, or `/`) covers `path`.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    prefix == "/"
-        || (path.starts_with(prefix)
-            && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
 }
 
 /// Enforces a `max_header_bytes` below hyper's smallest read buffer: sums the request
@@ -502,44 +332,8 @@ fn check_head_size(parts: &Parts, limit: usize) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// Copies bytes both ways between an upgraded client and upstream connection.
-/// `_slot` is the connection's `max_connections` permit, released when the tunnel ends.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    _slot: Arc<tokio::sync::OwnedSemaphorePermit>,
-) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %e, "upgraded connection closed");
-    }
-}
-
 /// Milliseconds to the microsecond (`0.486`), as the access log shows them: more digits
 /// are clock noise.
 fn millis(d: Duration) -> f64 {
     d.as_micros() as f64 / 1e3
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefix_matches;
-
-    #[test]
-    fn prefixes_match_on_segment_boundaries() {
-        assert!(prefix_matches("/", "/anything"));
-        assert!(prefix_matches("/admin", "/admin"));
-        assert!(prefix_matches("/admin", "/admin/"));
-        assert!(prefix_matches("/admin", "/admin/x"));
-        assert!(!prefix_matches("/admin", "/administrator"));
-        assert!(!prefix_matches("/admin", "/adm"));
-    }
 }
