@@ -107,7 +107,7 @@ pub async fn serve<I>(
     let activity = Activity::new();
     let started = tokio::time::Instant::now();
     let sniffed = tokio::select! {
-        sniffed = tokio::time::timeout_at(started + limits.first_request, sniff(&mut io)) => sniffed,
+        sniffed = Box::pin(tokio::time::timeout_at(started + limits.first_request, sniff(&mut io))) => sniffed,
         _ = shutdown.changed() => return,
     };
     let (protocol, prefix) = match sniffed {
@@ -152,7 +152,14 @@ pub async fn serve<I>(
     if protocol == Protocol::Http2 {
         let io = TokioIo::new(Parkable::new(io, prefix, parking));
         let mut connection = Box::pin(builders.http2.serve_connection(io, service));
-        let ended = idle::drive(connection.as_mut(), &activity, limits, None, &mut shutdown).await;
+        let ended = Box::pin(idle::drive(
+            connection.as_mut(),
+            &activity,
+            limits,
+            None,
+            &mut shutdown,
+        ))
+        .await;
         return log_ended(peer, ended);
     }
 
@@ -167,13 +174,15 @@ pub async fn serve<I>(
                 .with_upgrades(),
         );
         let park = Some((PARK_AFTER, &*parking));
-        let ended = idle::drive(
+        // Boxed, like the connection: only while serving. A parked connection's task
+        // keeps the socket and a few handles (about 2 KiB in all, with tokio's own).
+        let ended = Box::pin(idle::drive(
             std::pin::Pin::new(&mut *connection),
             &activity,
             limits,
             park,
             &mut shutdown,
-        )
+        ))
         .await;
         let Ended::Parked(Ok(())) = ended else {
             return log_ended(peer, ended);
