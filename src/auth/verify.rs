@@ -37,6 +37,8 @@ pub struct Verifier {
     /// Whether tokens are matched to providers by `iss` (there are named providers). A
     /// single-provider gateway skips the peek: jsonwebtoken checks `iss` as before.
     matching: bool,
+    /// `providers[0].leeway`, beside the flags the single-provider hit path reads.
+    single_leeway: u64,
     /// What a verified token keeps of its claims.
     reader: ClaimReader,
     cache: TokenCache<Cached>,
@@ -140,6 +142,7 @@ impl Verifier {
         let leeway = providers.iter().map(|p| p.leeway).max().unwrap_or(0);
         let verifier = Verifier {
             matching: providers.len() > 1,
+            single_leeway: providers.first().map_or(0, |p| p.leeway),
             providers,
             reader: ClaimReader {
                 identity_headers,
@@ -202,12 +205,22 @@ impl Verifier {
             self.cleared_for.store(generations, Ordering::Relaxed);
             self.cache.clear();
         }
-        if let Some(hit) = self.cache.get(token) {
-            let provider = match self.matching {
-                true => providers::resolve(&self.providers, hit.owner, route),
-                false => Ok(0),
-            };
-            match provider {
+        if !self.matching {
+            // One provider: a cached verdict is its own, and `generations` is its
+            // generation (the single-provider path stays what it was before providers).
+            if let Some(hit) = self
+                .cache
+                .get(token)
+                .filter(|c| c.generation == generations)
+            {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                if hit.token.exp.saturating_add(self.single_leeway) < now {
+                    return Err(GatewayError::Expired.into());
+                }
+                return Ok(hit.token);
+            }
+        } else if let Some(hit) = self.cache.get(token) {
+            match providers::resolve(&self.providers, hit.owner, route) {
                 Ok(p)
                     if p == hit.token.provider
                         && hit.generation == self.providers[p].generation() =>
