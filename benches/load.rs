@@ -25,37 +25,26 @@
 //! `LOAD_CACHE_MAX_ENTRIES` / `LOAD_BASELINE_CACHE_MAX_ENTRIES` set `cache_max_entries`
 //! of each (default 1 000 000): below the 100 000 revocations, the overflow tier serves.
 
+#[path = "support/process.rs"]
+mod process;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use process::{env_or, free_port, wait_for_port, Proc};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Command, Stdio};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 const TOKENS: usize = 1_000;
 const REVOKED_IN_ROTATION: usize = 10;
 const REVOKED_TOTAL: usize = 100_000;
 const SECRET: &str = "load-bench-secret-0123456789abcdef";
 const ADMIN_TOKEN: &str = "load-bench-admin-token-0123456789";
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn now() -> u64 {
     SystemTime::now()
@@ -88,28 +77,10 @@ fn start_gateway(binary: &str, config: &Path, label: &str) -> Proc {
     gateway
 }
 
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn pinned(cpu: &str, program: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("taskset");
     cmd.arg("-c").arg(cpu).arg(program).args(args);
     cmd
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn haproxy(dir: &Path, name: &str, config: &str, port: u16) -> Proc {
