@@ -1,9 +1,10 @@
 //! How long an edge connection may sit without a request (issue 12, defects 12 and 13).
 //!
 //! hyper bounds a slow HTTP/1.1 head and an HTTP/1.1 keep-alive wait with
-//! `header_read_timeout`, but nothing else: the auto builder's HTTP/1-vs-HTTP/2 sniffing
-//! waits forever for a half-sent preface (`P`, `PRI * HTTP/2.0\r\n`), and an HTTP/2
-//! connection with no stream open is kept for good. Each costs a `max_connections` slot.
+//! `header_read_timeout`, but nothing else: an HTTP/2 connection with no stream open is
+//! kept for good, and so would be one stuck in the protocol sniff on a half-sent preface
+//! (`P`, `PRI * HTTP/2.0\r\n`; the sniff in `server::connection` has the same
+//! first-request limit). Each costs a `max_connections` slot.
 //!
 //! [`drive`] serves one connection under two rules, with one timer per connection (reset,
 //! never reallocated) and two atomics per request:
