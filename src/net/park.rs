@@ -130,6 +130,13 @@ impl Readable for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
+/// A boxed socket (the edge boxes TLS streams, which are large).
+impl<T: Readable + Sync> Readable for Box<T> {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        (**self).readable()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

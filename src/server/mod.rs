@@ -320,30 +320,25 @@ async fn serve_edge(
                 connection::serve(stream, info, state, builders, watcher, peer, limits).await;
                 return;
             };
-            // Boxed: the handshake and the TLS stream are large, and the task of every
-            // plain connection would otherwise be sized for them while it idles.
-            Box::pin(async move {
-                // A client that never finishes its handshake costs one connection for at
-                // most header_read_timeout; a plain-HTTP client, one error line.
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => {
-                        let info = ConnInfo {
-                            client_ip,
-                            peer: peer.ip(),
-                            https: true,
-                            max_header_bytes,
-                            slot,
-                        };
-                        let serve = connection::serve(
-                            tls_stream, info, state, builders, watcher, peer, limits,
-                        );
-                        serve.await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-                }
-            })
-            .await;
+            // The handshake in a box of its own, freed once it is done; the TLS stream is
+            // boxed too, so this task stays the size of a plain connection's and an idle
+            // TLS connection keeps the stream, not the handshake's future.
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+            // A client that never finishes its handshake costs one connection for at most
+            // header_read_timeout; a plain-HTTP client, one error line.
+            let tls_stream = match Box::pin(handshake).await {
+                Ok(Ok(tls_stream)) => Box::new(tls_stream),
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::info!(%peer, "TLS handshake timed out"),
+            };
+            let info = ConnInfo {
+                client_ip,
+                peer: peer.ip(),
+                https: true,
+                max_header_bytes,
+                slot,
+            };
+            connection::serve(tls_stream, info, state, builders, watcher, peer, limits).await;
         });
     }
     drop(listener);
