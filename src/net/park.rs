@@ -14,7 +14,6 @@
 //! * [`Readable`]: waiting for the client's next bytes while parked, with no buffer.
 
 use bytes::{Buf, Bytes};
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,29 +110,31 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Parkable<I> {
     }
 }
 
-/// A socket that can say when the client has sent something, without reading it.
+/// A socket that can say when the client has sent something, without reading it. A poll
+/// method, not an async one: it registers in the socket's own waker slot, so a parked
+/// connection holds no readiness future (152 bytes for `TcpStream::readable`).
 pub trait Readable {
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
 impl Readable for TcpStream {
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        TcpStream::readable(self)
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
     }
 }
 
 /// TLS: the TCP socket's readiness. A parked TLS connection has no plaintext waiting in
 /// rustls: hyper read until the socket had nothing more before it went idle.
 impl Readable for tokio_rustls::server::TlsStream<TcpStream> {
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        self.get_ref().0.readable()
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().0.poll_read_ready(cx)
     }
 }
 
 /// A boxed socket (the edge boxes TLS streams, which are large).
-impl<T: Readable + Sync> Readable for Box<T> {
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        (**self).readable()
+impl<T: Readable> Readable for Box<T> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        (**self).poll_read_ready(cx)
     }
 }
 

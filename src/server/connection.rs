@@ -93,7 +93,12 @@ async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Option<(Prot
 /// Serves HTTP on one connection under the idle rules of `net::idle`: no request begun
 /// within `header_read_timeout` (a silent socket, a half-sent preface) or no request
 /// open for `idle_timeout` after one closes the connection.
-pub async fn serve<I>(
+///
+/// A plain `fn` returning an `async move` block rather than an `async fn`: an async fn
+/// keeps its arguments twice in its state (as arguments, then as the locals they are
+/// moved into), which every parked connection would pay for.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn serve<I>(
     mut io: I,
     info: ConnInfo,
     state: Arc<ArcSwap<Gateway>>,
@@ -101,108 +106,116 @@ pub async fn serve<I>(
     mut shutdown: watch::Receiver<()>,
     peer: SocketAddr,
     limits: IdleLimits,
-) where
-    I: AsyncRead + AsyncWrite + Readable + Unpin + Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send
+where
+    I: AsyncRead + AsyncWrite + Readable + Unpin + Send + Sync + 'static,
 {
-    let activity = Activity::new();
-    let started = tokio::time::Instant::now();
-    let sniffed = tokio::select! {
-        sniffed = Box::pin(tokio::time::timeout_at(started + limits.first_request, sniff(&mut io))) => sniffed,
-        _ = shutdown.changed() => return,
-    };
-    let (protocol, prefix) = match sniffed {
-        Ok(Ok(Some(sniffed))) => sniffed,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "connection closed with an error");
-            return;
-        }
-        Err(_) => {
-            return log_ended::<hyper::Error>(
-                peer,
-                Ended::Dropped {
-                    had_requests: false,
-                },
-            )
-        }
-    };
-    let info = Arc::new(info);
-    let state_metrics = state.load().metrics.clone();
-    let requests = activity.clone();
-    let service = service_fn(move |request: Request<Incoming>| {
-        // One atomic load per request: a reload swaps the gateway for new requests only.
-        let gateway = state.load_full();
-        let info = info.clone();
-        if request.version() < Version::HTTP_11 || asks_to_close(request.headers()) {
-            requests.closes_after_exchange();
-        }
-        // Counts the request as open until its response body is done or dropped.
-        let guard = requests.begin();
-        let requests = requests.clone();
-        async move {
-            let response = gateway.handle(request.map(Either::Left), &info).await;
-            if asks_to_close(response.headers()) {
+    async move {
+        let activity = Activity::new();
+        let started = tokio::time::Instant::now();
+        let sniffed = tokio::select! {
+            sniffed = Box::pin(tokio::time::timeout_at(started + limits.first_request, sniff(&mut io))) => sniffed,
+            _ = shutdown.changed() => return,
+        };
+        let (protocol, prefix) = match sniffed {
+            Ok(Ok(Some(sniffed))) => sniffed,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "connection closed with an error");
+                return;
+            }
+            Err(_) => {
+                return log_ended::<hyper::Error>(
+                    peer,
+                    Ended::Dropped {
+                        had_requests: false,
+                    },
+                )
+            }
+        };
+        let info = Arc::new(info);
+        // For the parked gauge; taken once, the task keeps it while parked.
+        let metrics = state.load().metrics.clone();
+        let requests = activity.clone();
+        let service = service_fn(move |request: Request<Incoming>| {
+            // One atomic load per request: a reload swaps the gateway for new requests only.
+            let gateway = state.load_full();
+            let info = info.clone();
+            if request.version() < Version::HTTP_11 || asks_to_close(request.headers()) {
                 requests.closes_after_exchange();
             }
-            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
-        }
-    });
-    let parking = Arc::new(ParkSignal::default());
+            // Counts the request as open until its response body is done or dropped.
+            let guard = requests.begin();
+            let requests = requests.clone();
+            async move {
+                let response = gateway.handle(request.map(Either::Left), &info).await;
+                if asks_to_close(response.headers()) {
+                    requests.closes_after_exchange();
+                }
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
+            }
+        });
+        let parking = Arc::new(ParkSignal::default());
 
-    if protocol == Protocol::Http2 {
-        let io = TokioIo::new(Parkable::new(io, prefix, parking));
-        let mut connection = Box::pin(builders.http2.serve_connection(io, service));
-        let ended = Box::pin(idle::drive(
-            connection.as_mut(),
-            &activity,
-            limits,
-            None,
-            &mut shutdown,
-        ))
-        .await;
-        return log_ended(peer, ended);
-    }
-
-    let metrics = state_metrics;
-    let mut prefix = prefix;
-    loop {
-        let io_for_hyper = TokioIo::new(Parkable::new(io, prefix, parking.clone()));
-        let mut connection = Box::new(
-            builders
-                .http1
-                .serve_connection(io_for_hyper, service.clone())
-                .with_upgrades(),
-        );
-        let park = Some((PARK_AFTER, &*parking));
-        // Boxed, like the connection: only while serving. A parked connection's task
-        // keeps the socket and a few handles (about 2 KiB in all, with tokio's own).
-        let ended = Box::pin(idle::drive(
-            std::pin::Pin::new(&mut *connection),
-            &activity,
-            limits,
-            park,
-            &mut shutdown,
-        ))
-        .await;
-        let Ended::Parked(Ok(())) = ended else {
+        if protocol == Protocol::Http2 {
+            let io = TokioIo::new(Parkable::new(io, prefix, parking));
+            let mut connection = Box::pin(builders.http2.serve_connection(io, service));
+            let ended = Box::pin(idle::drive(
+                connection.as_mut(),
+                &activity,
+                limits,
+                None,
+                &mut shutdown,
+            ))
+            .await;
             return log_ended(peer, ended);
-        };
-        parking.set(false);
-        // Not upgraded (a tunnel would have taken the socket): hyper hands it back with
-        // what it had read and not parsed, ahead of any replayed bytes it had not read.
-        let Some(parts) = connection.into_parts() else {
-            return;
-        };
-        let (socket, unread) = parts.io.into_inner().into_parts();
-        io = socket;
-        prefix = join(parts.read_buf, unread);
-        if prefix.is_empty() {
-            let _parked = Parked::count(&metrics.parked_connections);
-            let deadline = activity.keep_alive_deadline(limits);
-            tokio::select! {
-                ready = io.readable() => if ready.is_err() { return },
-                () = tokio::time::sleep_until(deadline) => return close(io).await,
-                _ = shutdown.changed() => return close(io).await,
+        }
+
+        let mut prefix = prefix;
+        loop {
+            let io_for_hyper = TokioIo::new(Parkable::new(io, prefix, parking.clone()));
+            let mut connection = Box::new(
+                builders
+                    .http1
+                    .serve_connection(io_for_hyper, service.clone())
+                    .with_upgrades(),
+            );
+            let park = Some((PARK_AFTER, &*parking));
+            // Boxed, like the connection: only while serving. A parked connection's task
+            // keeps the socket and a few handles (about 2 KiB in all, with tokio's own).
+            let ended = Box::pin(idle::drive(
+                std::pin::Pin::new(&mut *connection),
+                &activity,
+                limits,
+                park,
+                &mut shutdown,
+            ))
+            .await;
+            let Ended::Parked(Ok(())) = ended else {
+                return log_ended(peer, ended);
+            };
+            parking.set(false);
+            // Not upgraded (a tunnel would have taken the socket): hyper hands it back with
+            // what it had read and not parsed, ahead of any replayed bytes it had not read.
+            let Some(http1::Parts {
+                io: parked,
+                read_buf,
+                ..
+            }) = connection.into_parts()
+            else {
+                return;
+            };
+            let (socket, unread) = parked.into_inner().into_parts();
+            io = socket;
+            prefix = join(read_buf, unread);
+            if prefix.is_empty() {
+                let _parked = Parked::count(&metrics.parked_connections);
+                let deadline = activity.keep_alive_deadline(limits);
+                tokio::select! {
+                    ready = std::future::poll_fn(|cx| io.poll_read_ready(cx)) => if ready.is_err() { return },
+                    () = tokio::time::sleep_until(deadline) => return close(io).await,
+                    _ = shutdown.changed() => return close(io).await,
+                }
             }
         }
     }
