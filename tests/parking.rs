@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Longer than the gateway's park delay (25-50 ms), so the connection is parked.
+/// Longer than the gateway's park delay (10-20 ms), so the connection is parked.
 const PARKED: Duration = Duration::from_millis(700);
 
 fn config(up: &Upstream) -> Config {
