@@ -150,6 +150,14 @@ impl Activity {
 #[derive(Debug)]
 pub struct RequestGuard(Arc<Activity>);
 
+impl RequestGuard {
+    /// [`Activity::closes_after_exchange`], from the request's own handle (no clone of
+    /// the connection's `Arc` per request).
+    pub fn closes_after_exchange(&self) {
+        self.0.closes_after_exchange();
+    }
+}
+
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         // The clock moves before the count falls (and only forward, whichever request ends

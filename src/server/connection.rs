@@ -148,11 +148,10 @@ where
             }
             // Counts the request as open until its response body is done or dropped.
             let guard = requests.begin();
-            let requests = requests.clone();
             async move {
                 let response = gateway.handle(request.map(Either::Left), &info).await;
                 if asks_to_close(response.headers()) {
-                    requests.closes_after_exchange();
+                    guard.closes_after_exchange();
                 }
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
             }
