@@ -1,0 +1,292 @@
+//! Keep-alive HTTP/1.1 connections to one upstream, on hyper's `client::conn`.
+//!
+//! Why not hyper-util's legacy `Client` (what this replaced): per request it hashed its
+//! pool key (SipHash of scheme and authority) into a map behind a lock shared by every
+//! upstream, and spawned a task that waited for the connection to be ready again before
+//! returning it; a profile of the proxied request put 44% of the gateway's own
+//! instructions in it (issue 19). Here the task that already drives each connection
+//! hands it back to the idle list the moment hyper is ready for another request: no task,
+//! timer or key per request.
+//!
+//! A connection is a [`Slot`] shared by its driving task and, while idle, the idle list.
+//! Its `SendRequest` is taken out of the slot while a request is handed to it and put back
+//! right after (the request is then queued on the connection). Whichever of the two
+//! sides looks last, after the connection became ready, offers it to the idle list; the
+//! list's lock and the slot's `in_pool` flag keep it there at most once.
+
+use super::connect::{ConnectError, Connector, Transport};
+use crate::error::error_chain;
+use crate::response::Body;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Idle connections kept per upstream; one more becoming idle is closed instead.
+const MAX_IDLE: usize = 1024;
+/// How often the idle list is swept for connections idle too long.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
+/// Sweeps an idle connection outlives: it is closed after 75 to 90 s without a request
+/// (hyper-util's pool closed them after 90 s).
+const IDLE_SWEEPS: u32 = 6;
+
+/// Why a request got no response head from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("HTTP/1.1 handshake failed")]
+    Handshake(#[source] hyper::Error),
+    #[error("request failed")]
+    Request(#[source] hyper::Error),
+}
+
+/// The pool of one upstream.
+pub(super) struct Pool {
+    shared: Arc<Shared>,
+    connector: Connector,
+}
+
+/// What connection tasks and the sweeper reach through a `Weak` (so that dropping the
+/// pool, on reload, closes its idle connections and lets busy ones close when done).
+struct Shared {
+    /// Newest at the back: taken from the back (the warmest connection), swept from the
+    /// front.
+    idle: Mutex<VecDeque<Idle>>,
+    /// Advanced by every sweep; an idle entry remembers the one it was parked in, which
+    /// costs a request no clock read.
+    epoch: AtomicU32,
+    sweeper_started: AtomicBool,
+}
+
+struct Idle {
+    slot: Arc<Slot>,
+    epoch: u32,
+}
+
+/// One connection's handle.
+struct Slot {
+    /// `None` while a request is being handed to the connection, and once it is retired.
+    sender: Mutex<Option<SendRequest<Body>>>,
+    /// In the idle list; written with the list's lock held.
+    in_pool: AtomicBool,
+}
+
+impl Pool {
+    pub(super) fn new(connector: Connector) -> Pool {
+        Pool {
+            shared: Arc::new(Shared {
+                idle: Mutex::new(VecDeque::new()),
+                epoch: AtomicU32::new(0),
+                sweeper_started: AtomicBool::new(false),
+            }),
+            connector,
+        }
+    }
+
+    /// Sends `request` on an idle connection, or a new one, and waits for the response
+    /// head. A request an idle connection never wrote (it closed under it) goes to the
+    /// next one; once written, a failure is the caller's (it may not be idempotent).
+    pub(super) async fn send(
+        &self,
+        mut request: Request<Body>,
+    ) -> Result<Response<Incoming>, SendError> {
+        while let Some((slot, mut sender)) = self.shared.checkout() {
+            let sent = sender.try_send_request(request);
+            self.shared.put_back(&slot, sender);
+            match sent.await {
+                Ok(response) => return Ok(response),
+                Err(mut failed) => match failed.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(SendError::Request(failed.into_error())),
+                },
+            }
+        }
+        let (slot, mut sender) = self.open().await?;
+        let sent = sender.send_request(request);
+        self.shared.put_back(&slot, sender);
+        sent.await.map_err(SendError::Request)
+    }
+
+    /// Connects, runs the HTTP/1.1 handshake and spawns the connection's task.
+    async fn open(&self) -> Result<(Arc<Slot>, SendRequest<Body>), SendError> {
+        if !self.shared.sweeper_started.swap(true, Relaxed) {
+            tokio::spawn(sweep(Arc::downgrade(&self.shared)));
+        }
+        match self.connector.connect().await? {
+            Transport::Plain(tcp) => self.handshake(tcp).await,
+            Transport::Tls(tls) => self.handshake(tls).await,
+        }
+    }
+
+    async fn handshake<T>(&self, io: T) -> Result<(Arc<Slot>, SendRequest<Body>), SendError>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(SendError::Handshake)?;
+        let slot = Arc::new(Slot {
+            sender: Mutex::new(None),
+            in_pool: AtomicBool::new(false),
+        });
+        tokio::spawn(drive(
+            connection.with_upgrades(),
+            slot.clone(),
+            Arc::downgrade(&self.shared),
+        ));
+        Ok((slot, sender))
+    }
+
+    #[cfg(test)]
+    pub(super) fn idle_count(&self) -> usize {
+        lock(&self.shared.idle).len()
+    }
+}
+
+impl Shared {
+    /// The newest idle connection ready for a request, its sender taken out of its slot.
+    fn checkout(&self) -> Option<(Arc<Slot>, SendRequest<Body>)> {
+        let mut idle = lock(&self.idle);
+        while let Some(Idle { slot, .. }) = idle.pop_back() {
+            slot.in_pool.store(false, Relaxed);
+            let taken = lock(&slot.sender).take();
+            match taken {
+                Some(sender) if sender.is_ready() => return Some((slot, sender)),
+                // Not ready after all: its task offers it again once it is.
+                Some(sender) if !sender.is_closed() => *lock(&slot.sender) = Some(sender),
+                // Closed by the upstream: its task is ending.
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Returns a sender to its slot after handing it a request. Should the connection
+    /// have become ready meanwhile, its task looked while the sender was out: offer it
+    /// here.
+    fn put_back(&self, slot: &Arc<Slot>, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let ready = sender.is_ready();
+        *lock(&slot.sender) = Some(sender);
+        if ready {
+            self.offer(slot);
+        }
+    }
+
+    /// Parks a ready connection in the idle list (once), or closes it when the list is
+    /// full.
+    fn offer(&self, slot: &Arc<Slot>) {
+        let mut idle = lock(&self.idle);
+        if slot.in_pool.load(Relaxed) {
+            return;
+        }
+        let mut sender = lock(&slot.sender);
+        if !sender.as_ref().is_some_and(SendRequest::is_ready) {
+            return;
+        }
+        if idle.len() >= MAX_IDLE {
+            // Dropping the last sender lets hyper close the idle connection.
+            *sender = None;
+            return;
+        }
+        slot.in_pool.store(true, Relaxed);
+        idle.push_back(Idle {
+            slot: slot.clone(),
+            epoch: self.epoch.load(Relaxed),
+        });
+    }
+
+    /// Removes a connection that ended from the idle list.
+    fn forget(&self, slot: &Arc<Slot>) {
+        let mut idle = lock(&self.idle);
+        if slot.in_pool.swap(false, Relaxed) {
+            idle.retain(|entry| !Arc::ptr_eq(&entry.slot, slot));
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        for entry in lock(&self.idle).drain(..) {
+            entry.slot.retire();
+        }
+    }
+}
+
+impl Slot {
+    fn is_ready(&self) -> bool {
+        lock(&self.sender)
+            .as_ref()
+            .is_some_and(SendRequest::is_ready)
+    }
+
+    /// Drops the sender: hyper closes the connection once it is idle.
+    fn retire(&self) {
+        lock(&self.sender).take();
+    }
+}
+
+/// Drives one connection until it closes (or is upgraded), offering it to the idle list
+/// whenever hyper is ready for another request.
+async fn drive<C>(connection: C, slot: Arc<Slot>, pool: Weak<Shared>)
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    let mut connection = std::pin::pin!(connection);
+    let ended = std::future::poll_fn(|cx| {
+        let polled = connection.as_mut().poll(cx);
+        if polled.is_pending() && !slot.in_pool.load(Relaxed) && slot.is_ready() {
+            match pool.upgrade() {
+                Some(shared) => shared.offer(&slot),
+                None => slot.retire(),
+            }
+        }
+        polled
+    })
+    .await;
+    if let Err(e) = ended {
+        tracing::debug!(error = %error_chain(&e), "upstream connection ended");
+    }
+    slot.retire();
+    if let Some(shared) = pool.upgrade() {
+        shared.forget(&slot);
+    }
+}
+
+/// Closes connections idle for `IDLE_SWEEPS` sweeps; ends with the pool.
+async fn sweep(pool: Weak<Shared>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(shared) = pool.upgrade() else { return };
+        let epoch = shared.epoch.fetch_add(1, Relaxed).wrapping_add(1);
+        let mut idle = lock(&shared.idle);
+        while idle
+            .front()
+            .is_some_and(|entry| epoch.wrapping_sub(entry.epoch) >= IDLE_SWEEPS)
+        {
+            if let Some(entry) = idle.pop_front() {
+                entry.slot.in_pool.store(false, Relaxed);
+                entry.slot.retire();
+            }
+        }
+    }
+}
+
+/// A poisoned lock only means another thread panicked mid-update of a list whose every
+/// state is valid.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,247 @@
+//! The pool against a real TCP upstream that counts its connections and records what it
+//! read: reuse, concurrency, `Connection: close`, an upstream closing idle connections,
+//! an unreachable upstream, and closing everything when the pool goes.
+
+use super::connect::Connector;
+use super::pool::{Pool, SendError};
+use super::Upstream;
+use crate::config::UpstreamConfig;
+use crate::error::error_chain;
+use crate::response::full;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// How the test upstream ends a connection.
+#[derive(Clone, Copy, PartialEq)]
+enum Ending {
+    /// Serves requests until the client closes.
+    KeepAlive,
+    /// Answers with `Connection: close` and closes.
+    Close,
+    /// Answers one request as keep-alive, then closes without a word (an upstream's
+    /// idle timeout).
+    HangUp,
+}
+
+struct TestUpstream {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    /// Request heads, in the order read.
+    heads: Arc<Mutex<Vec<String>>>,
+    /// Connections the gateway closed.
+    closed_by_client: Arc<AtomicUsize>,
+}
+
+impl TestUpstream {
+    async fn start(ending: Ending, delay: Duration) -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let closed_by_client = Arc::new(AtomicUsize::new(0));
+        let (a, h, c) = (accepted.clone(), heads.clone(), closed_by_client.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let (h, c) = (h.clone(), c.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let head = loop {
+                            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                                buf.drain(..end + 4);
+                                break head;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => {
+                                    c.fetch_add(1, Ordering::SeqCst);
+                                    return;
+                                }
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        h.lock().unwrap().push(head);
+                        tokio::time::sleep(delay).await;
+                        let close = if ending == Ending::Close {
+                            "connection: close\r\n"
+                        } else {
+                            ""
+                        };
+                        let reply =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{close}\r\nok");
+                        if stream.write_all(reply.as_bytes()).await.is_err()
+                            || ending != Ending::KeepAlive
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        TestUpstream {
+            addr,
+            accepted,
+            heads,
+            closed_by_client,
+        }
+    }
+
+    fn pool(&self) -> Pool {
+        Pool::new(
+            Connector::new("127.0.0.1", self.addr.port(), Duration::from_secs(1), None).unwrap(),
+        )
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+fn get(path: &str) -> Request<crate::response::Body> {
+    Request::builder()
+        .uri(path)
+        .header("host", "app.test")
+        .body(full(""))
+        .unwrap()
+}
+
+async fn body(response: Response<Incoming>) -> (StatusCode, String) {
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Waits until `done` holds (a connection task runs beside the test).
+async fn eventually(done: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached in 2 s");
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_connection() {
+    let upstream = TestUpstream::start(Ending::KeepAlive, Duration::ZERO).await;
+    let pool = upstream.pool();
+    for i in 0..5 {
+        let response = pool.send(get(&format!("/r{i}"))).await.unwrap();
+        assert_eq!(body(response).await, (StatusCode::OK, "ok".to_owned()));
+        assert_eq!(pool.idle_count(), 1, "ready again once its body was read");
+    }
+    assert_eq!(upstream.accepted(), 1);
+    let heads = upstream.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 5);
+    assert!(heads[4].starts_with("GET /r4 HTTP/1.1\r\n"), "{}", heads[4]);
+}
+
+#[tokio::test]
+async fn concurrent_requests_open_connections_that_are_then_reused() {
+    let upstream = TestUpstream::start(Ending::KeepAlive, Duration::from_millis(50)).await;
+    let pool = upstream.pool();
+    let (a, b, c) = tokio::join!(
+        pool.send(get("/a")),
+        pool.send(get("/b")),
+        pool.send(get("/c"))
+    );
+    for response in [a, b, c] {
+        assert_eq!(body(response.unwrap()).await.1, "ok");
+    }
+    assert_eq!(upstream.accepted(), 3);
+    assert_eq!(pool.idle_count(), 3);
+    for _ in 0..3 {
+        assert_eq!(body(pool.send(get("/again")).await.unwrap()).await.1, "ok");
+    }
+    assert_eq!(
+        upstream.accepted(),
+        3,
+        "no new connection while idle ones exist"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closes_is_not_reused() {
+    let upstream = TestUpstream::start(Ending::Close, Duration::ZERO).await;
+    let pool = upstream.pool();
+    for _ in 0..2 {
+        assert_eq!(body(pool.send(get("/")).await.unwrap()).await.1, "ok");
+    }
+    assert_eq!(upstream.accepted(), 2);
+    assert_eq!(pool.idle_count(), 0);
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_hung_up_on_leaves_the_pool() {
+    let upstream = TestUpstream::start(Ending::HangUp, Duration::ZERO).await;
+    let pool = upstream.pool();
+    assert_eq!(body(pool.send(get("/one")).await.unwrap()).await.1, "ok");
+    eventually(|| pool.idle_count() == 0).await;
+    assert_eq!(body(pool.send(get("/two")).await.unwrap()).await.1, "ok");
+    assert_eq!(upstream.accepted(), 2);
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_says_where_it_tried() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let pool = Pool::new(Connector::new("127.0.0.1", port, Duration::from_secs(1), None).unwrap());
+    let err = pool.send(get("/")).await.unwrap_err();
+    assert!(matches!(err, SendError::Connect(_)), "{err:?}");
+    let text = error_chain(&err);
+    assert!(
+        text.starts_with(&format!("cannot connect to 127.0.0.1:{port}: ")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn dropping_the_pool_closes_its_idle_connections() {
+    let upstream = TestUpstream::start(Ending::KeepAlive, Duration::ZERO).await;
+    let pool = upstream.pool();
+    assert_eq!(body(pool.send(get("/")).await.unwrap()).await.1, "ok");
+    assert_eq!(pool.idle_count(), 1);
+    drop(pool);
+    let closed = upstream.closed_by_client.clone();
+    eventually(|| closed.load(Ordering::SeqCst) == 1).await;
+}
+
+#[tokio::test]
+async fn a_request_without_host_gets_the_upstreams_in_origin_form() {
+    let upstream = TestUpstream::start(Ending::KeepAlive, Duration::ZERO).await;
+    let config = UpstreamConfig {
+        name: "app".to_owned(),
+        url: format!("http://127.0.0.1:{}/base/", upstream.addr.port())
+            .parse()
+            .unwrap(),
+        connect_timeout: Duration::from_secs(1),
+        timeout: Duration::from_secs(2),
+        ca_file: None,
+    };
+    let app = Upstream::new(&config).unwrap();
+    let original: http::Uri = "http://client.test/x?y=1".parse().unwrap();
+    let target = app.target(&original, "/x", false).unwrap();
+    assert_eq!(target.to_string(), "/base/x?y=1");
+    let request = Request::builder().uri(target).body(full("")).unwrap();
+    assert_eq!(body(app.send(request).await.unwrap()).await.1, "ok");
+    let head = upstream.heads.lock().unwrap()[0].clone();
+    let expected = format!(
+        "GET /base/x?y=1 HTTP/1.1\r\nhost: 127.0.0.1:{}",
+        upstream.addr.port()
+    );
+    assert_eq!(head, expected);
+}
