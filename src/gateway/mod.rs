@@ -284,7 +284,9 @@ impl Gateway {
                     uri: &uri,
                     path: normalized,
                 };
-                return forward_auth::handle(self, endpoint, request, conn, trace).await;
+                // Boxed, like the logout branches: the proxied request's future (which every
+                // request's task holds and hyper moves) stays the size of its own path.
+                return Box::pin(forward_auth::handle(self, endpoint, request, conn, trace)).await;
             }
         }
         let path = normalized.map_err(|_| GatewayError::BadRequest)?;
@@ -299,12 +301,12 @@ impl Gateway {
         if parts.method == http::Method::POST && logout.backchannel_path.as_deref() == Some(&*path)
         {
             trace.stats = Some(self.config.routes.len());
-            return Ok(backchannel::handle(self, body).await);
+            return Ok(Box::pin(backchannel::handle(self, body)).await);
         }
         if self.is_logout(&parts.method, &path) {
             forwarding::strip_matching(&mut parts.headers, &self.config.forward.strip_headers);
             trace.stats = Some(self.config.routes.len());
-            return logout::handle(self, parts, body, &target, trace).await;
+            return Box::pin(logout::handle(self, parts, body, &target, trace)).await;
         }
 
         let (route, authenticated) = self.judge(&mut parts, &path, uri.query(), trace).await?;

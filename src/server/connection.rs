@@ -102,7 +102,7 @@ async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Option<(Prot
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 pub fn serve<I>(
     mut io: I,
-    info: ConnInfo,
+    info: Arc<ConnInfo>,
     state: Arc<ArcSwap<Gateway>>,
     builders: Arc<Builders>,
     mut shutdown: watch::Receiver<()>,
@@ -135,7 +135,6 @@ where
                 )
             }
         };
-        let info = Arc::new(info);
         // For the parked gauge; taken once, the task keeps it while parked.
         let metrics = state.load().metrics.clone();
         let requests = activity.clone();

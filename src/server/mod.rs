@@ -308,21 +308,26 @@ async fn serve_edge(
         // Shared with any WebSocket tunnel the connection turns into, so an upgraded
         // connection keeps counting against max_connections until the tunnel closes.
         let slot = Arc::new(permit);
+        let Some(acceptor) = tls else {
+            let info = Arc::new(ConnInfo {
+                client_ip,
+                peer: peer.ip(),
+                https: false,
+                max_header_bytes,
+                slot,
+            });
+            // `serve`'s future is the task itself: a wrapping `async` block would hold
+            // its arguments beside it, in every idle connection's task (tokio rounds a
+            // task up to 128 bytes; benches/idle.rs).
+            tokio::spawn(connection::serve(
+                stream, info, state, builders, watcher, peer, limits,
+            ));
+            continue;
+        };
         tokio::spawn(async move {
-            let Some(acceptor) = tls else {
-                let info = ConnInfo {
-                    client_ip,
-                    peer: peer.ip(),
-                    https: false,
-                    max_header_bytes,
-                    slot,
-                };
-                connection::serve(stream, info, state, builders, watcher, peer, limits).await;
-                return;
-            };
             // The handshake in a box of its own, freed once it is done; the TLS stream is
-            // boxed too, so this task stays the size of a plain connection's and an idle
-            // TLS connection keeps the stream, not the handshake's future.
+            // boxed too, so this task stays small and an idle TLS connection keeps the
+            // stream, not the handshake's future.
             let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
             // A client that never finishes its handshake costs one connection for at most
             // header_read_timeout; a plain-HTTP client, one error line.
@@ -331,13 +336,13 @@ async fn serve_edge(
                 Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => return tracing::info!(%peer, "TLS handshake timed out"),
             };
-            let info = ConnInfo {
+            let info = Arc::new(ConnInfo {
                 client_ip,
                 peer: peer.ip(),
                 https: true,
                 max_header_bytes,
                 slot,
-            };
+            });
             connection::serve(tls_stream, info, state, builders, watcher, peer, limits).await;
         });
     }

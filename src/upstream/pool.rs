@@ -93,25 +93,33 @@ impl Pool {
     /// Sends `request` on an idle connection, or a new one, and waits for the response
     /// head. A request an idle connection never wrote (it closed under it) goes to the
     /// next one; once written, a failure is the caller's (it may not be idempotent).
-    pub(super) async fn send(
+    ///
+    /// A plain `fn` returning an `async move` block that uses `request` in place: an
+    /// `async fn` would hold it twice (as argument, then as local).
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub(super) fn send(
         &self,
         mut request: Request<Body>,
-    ) -> Result<Response<Incoming>, SendError> {
-        while let Some((slot, mut sender)) = self.shared.checkout() {
-            let sent = sender.try_send_request(request);
-            self.shared.put_back(&slot, sender);
-            match sent.await {
-                Ok(response) => return Ok(response),
-                Err(mut failed) => match failed.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(SendError::Request(failed.into_error())),
-                },
+    ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + '_ {
+        async move {
+            while let Some((slot, mut sender)) = self.shared.checkout() {
+                let sent = sender.try_send_request(request);
+                self.shared.put_back(&slot, sender);
+                match sent.await {
+                    Ok(response) => return Ok(response),
+                    Err(mut failed) => match failed.take_message() {
+                        Some(unsent) => request = unsent,
+                        None => return Err(SendError::Request(failed.into_error())),
+                    },
+                }
             }
+            // Boxed: connecting is rare, and its future would otherwise size every
+            // request's.
+            let (slot, mut sender) = Box::pin(self.open()).await?;
+            let sent = sender.send_request(request);
+            self.shared.put_back(&slot, sender);
+            sent.await.map_err(SendError::Request)
         }
-        let (slot, mut sender) = self.open().await?;
-        let sent = sender.send_request(request);
-        self.shared.put_back(&slot, sender);
-        sent.await.map_err(SendError::Request)
     }
 
     /// Connects, runs the HTTP/1.1 handshake and spawns the connection's task.
