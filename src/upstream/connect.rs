@@ -1,6 +1,7 @@
 //! Opening a transport to an upstream: resolve its host, connect over TCP (each address
 //! gets an equal share of `connect_timeout`, as hyper-util's connector did), then TLS for
-//! `https://` upstreams. What the HTTP/1.1 handshake runs on; the pool owns the rest.
+//! `https://` upstreams, all of it within `connect_timeout` (docs/configuration.md).
+//! What the HTTP/1.1 handshake runs on; the pool owns the rest.
 
 use rustls::pki_types::ServerName;
 use std::io;
@@ -28,7 +29,7 @@ pub enum ConnectError {
         #[source]
         source: io::Error,
     },
-    #[error("connecting to {addr} timed out after {after:?}")]
+    #[error("connecting to {addr} (TCP, then TLS for https) timed out after {after:?}")]
     Timeout { addr: SocketAddr, after: Duration },
     #[error("TLS handshake with {addr} failed")]
     Tls {
@@ -87,19 +88,29 @@ impl Connector {
         })
     }
 
-    /// Opens a new transport to the upstream.
+    /// Opens a new transport to the upstream, TCP and TLS within `connect_timeout`.
     pub(super) async fn connect(&self) -> Result<Transport, ConnectError> {
-        let (stream, addr) = self.tcp().await?;
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let (stream, addr) = self.tcp(deadline).await?;
         let Some((connector, name)) = &self.tls else {
             return Ok(Transport::Plain(stream));
         };
-        match connector.connect(name.clone(), stream).await {
-            Ok(tls) => Ok(Transport::Tls(Box::new(tls))),
-            Err(source) => Err(ConnectError::Tls { addr, source }),
+        let handshake = connector.connect(name.clone(), stream);
+        match tokio::time::timeout_at(deadline, handshake).await {
+            Ok(Ok(tls)) => Ok(Transport::Tls(Box::new(tls))),
+            Ok(Err(source)) => Err(ConnectError::Tls { addr, source }),
+            Err(_) => Err(ConnectError::Timeout {
+                addr,
+                after: self.connect_timeout,
+            }),
         }
     }
 
-    async fn tcp(&self) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    /// Tries each address of the host in turn, each with an equal share of the time.
+    async fn tcp(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<(TcpStream, SocketAddr), ConnectError> {
         let addrs: Vec<SocketAddr> = match self.literal {
             Some(ip) => vec![SocketAddr::new(ip, self.port)],
             None => tokio::net::lookup_host((self.host.as_str(), self.port))
@@ -115,7 +126,8 @@ impl Connector {
             host: self.host.clone(),
         };
         for addr in addrs {
-            match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+            let until = deadline.min(tokio::time::Instant::now() + share);
+            match tokio::time::timeout_at(until, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     tune(&stream);
                     return Ok((stream, addr));

@@ -245,3 +245,36 @@ async fn a_request_without_host_gets_the_upstreams_in_origin_form() {
     );
     assert_eq!(head, expected);
 }
+
+#[tokio::test]
+async fn a_tls_handshake_that_never_ends_counts_against_connect_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Accepts TCP, then never says a word of TLS.
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let tls = Arc::new(crate::tls::client_config(None).unwrap());
+    let connector = Connector::new(
+        "127.0.0.1",
+        addr.port(),
+        Duration::from_millis(300),
+        Some(tls),
+    )
+    .unwrap();
+    let pool = Pool::new(connector);
+    let started = std::time::Instant::now();
+    let err = pool.send(get("/")).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        error_chain(&err),
+        format!("connecting to {addr} (TCP, then TLS for https) timed out after 300ms")
+    );
+}
