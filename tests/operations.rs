@@ -761,6 +761,79 @@ async fn slowloris_is_cut_off_after_header_read_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_second_request_head_is_cut_off_after_header_read_timeout() {
+    // One request answered, then the next head trickles in a line at a time: the
+    // keep-alive wait (min(header_read_timeout, idle_timeout)) bounds it, however it is
+    // fed.
+    let up = Upstream::start().await;
+    let mut cfg = Config::new(up.addr);
+    cfg.set("server.header_read_timeout", json!("1s"));
+    let gw = Proc::start(cfg).await;
+
+    let mut stream = TcpStream::connect(gw.edge).await.unwrap();
+    stream
+        .write_all(b"GET /public/first HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&head).contains("\"path\"") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(n > 0, "closed before the answer");
+        head.extend_from_slice(&chunk[..n]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"));
+    let answered_at = Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        let lines: [&[u8]; 6] = [
+            b"GET /public/second HTTP/1.1\r\n",
+            b"Host: x\r\n",
+            b"X-A: 1\r\n",
+            b"X-B: 2\r\n",
+            b"X-C: 3\r\n",
+            b"X-D: 4\r\n",
+        ];
+        for line in lines {
+            if writer.write_all(line).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        // Held open, never finished.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    });
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    let took = answered_at.elapsed();
+    trickle.abort();
+    assert!(closed, "a trickled second head was kept open for {took:?}");
+    assert!(
+        took >= Duration::from_millis(800) && took <= Duration::from_secs(4),
+        "closed after {took:?}, expected about 1 s (header_read_timeout)"
+    );
+    let answer = String::from_utf8_lossy(&rest);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "unexpected answer to a slow second head: {answer:?}"
+    );
+    assert_eq!(up.seen(), vec!["GET /public/first".to_string()]);
+    assert_forwarded(&get(gw.edge, "/public/after", &[]).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_is_cut_off_after_header_read_timeout() {
     // Connects and sends nothing at all: holds a connection slot like a slowloris.
     let up = Upstream::start().await;

@@ -51,8 +51,8 @@ pub struct IdleLimits {
 }
 
 impl IdleLimits {
-    /// How long an HTTP/1.1 connection waits for its next request after one: hyper
-    /// bounds that wait with `header_read_timeout`, and `idle_timeout` applies as well.
+    /// How long an HTTP/1.1 connection waits for its next request after one: the head
+    /// must come within `header_read_timeout`, and `idle_timeout` applies as well.
     pub fn keep_alive(&self) -> Duration {
         self.first_request.min(self.idle)
     }

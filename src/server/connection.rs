@@ -50,9 +50,11 @@ pub struct Builders {
 impl Builders {
     pub fn new(limits: &crate::config::ServerConfig) -> Builders {
         let mut http1 = http1::Builder::new();
+        // No `header_read_timeout` here: `net::idle::drive` already bounds the wait for
+        // every request head (the first within `header_read_timeout` of the connection,
+        // each later one within the keep-alive wait after the previous response), and
+        // hyper's own timer cost a boxed sleep and a timer-wheel entry per request.
         http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes.max(crate::net::head::MIN_HYPER_BUF))
             .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
@@ -171,6 +173,12 @@ where
             return log_ended(peer, ended);
         }
 
+        // Between requests an HTTP/1.1 connection waits for the next head at most
+        // min(header_read_timeout, idle_timeout), whether hyper is serving or parked.
+        let http1_limits = IdleLimits {
+            idle: limits.keep_alive(),
+            ..limits
+        };
         let mut prefix = prefix;
         loop {
             let io_for_hyper = TokioIo::new(Parkable::new(io, prefix, parking.clone()));
@@ -186,7 +194,7 @@ where
             let ended = Box::pin(idle::drive(
                 std::pin::Pin::new(&mut *connection),
                 &activity,
-                limits,
+                http1_limits,
                 park,
                 &mut shutdown,
             ))
@@ -267,7 +275,6 @@ fn asks_to_close(headers: &http::HeaderMap) -> bool {
 
 fn log_ended<E: std::fmt::Display>(peer: SocketAddr, ended: Ended<Result<(), E>>) {
     match ended {
-        // Includes hyper's header_read_timeout cut-offs of slow HTTP/1.1 heads.
         Ended::Done(Err(e)) | Ended::Parked(Err(e)) => {
             tracing::debug!(%peer, error = %e, "connection closed with an error")
         }
