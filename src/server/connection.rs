@@ -56,6 +56,10 @@ impl Builders {
         // hyper's own timer cost a boxed sleep and a timer-wheel entry per request.
         http1
             .max_buf_size(limits.max_header_bytes.max(crate::net::head::MIN_HYPER_BUF))
+            // One flat buffer per write: a response head and a small body go out in one
+            // copy instead of a two-entry writev queue (callgrind: -650 instructions per
+            // proxied request, with the same on the upstream side).
+            .writev(false)
             .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2

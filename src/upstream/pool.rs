@@ -137,7 +137,9 @@ impl Pool {
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        // Flat writes, as on the edge (server/connection.rs).
         let (sender, connection) = http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(io))
             .await
             .map_err(SendError::Handshake)?;
