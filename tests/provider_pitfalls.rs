@@ -434,6 +434,13 @@ async fn a_key_set_without_a_key_for_the_algorithms_keeps_readyz_503() {
         "Invalid Token",
     );
     assert!(idp.fetches() >= 2);
+    // The log reaches the test through a pipe read beside it: give the line a moment.
+    for _ in 0..50 {
+        if fetch_errors(&gw) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         fetch_errors(&gw) >= 2,
         "one error per fetch:\n{}",
