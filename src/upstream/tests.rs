@@ -1,3 +1,4 @@
+// Compiled only as a test module (#[cfg(test)] in the parent): unwrap/expect are fine here.
 //! The pool against a real TCP upstream that counts its connections and records what it
 //! read: reuse, concurrency, `Connection: close`, an upstream closing idle connections,
 //! an unreachable upstream, and closing everything when the pool goes.
