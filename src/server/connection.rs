@@ -57,8 +57,9 @@ impl Builders {
         http1
             .max_buf_size(limits.max_header_bytes.max(crate::net::head::MIN_HYPER_BUF))
             // One flat buffer per write: a response head and a small body go out in one
-            // copy instead of a two-entry writev queue (callgrind: -650 instructions per
-            // proxied request, with the same on the upstream side).
+            // copy instead of a two-entry writev queue (callgrind, with the upstream
+            // side's builder set the same way: 38 298 -> 37 652 instructions per proxied
+            // request).
             .writev(false)
             .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());

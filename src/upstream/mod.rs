@@ -58,8 +58,11 @@ impl Upstream {
         let https = config.url.scheme() == Some(&Scheme::HTTPS);
         let default_port = if https { 443 } else { 80 };
         let port = authority.port_u16().unwrap_or(default_port);
+        // From the host and port alone: never any userinfo the URL may carry.
         let default_host = match authority.port_u16() {
-            Some(port) if port != default_port => HeaderValue::from_str(authority.as_str()),
+            Some(port) if port != default_port => {
+                HeaderValue::from_str(&format!("{}:{port}", authority.host()))
+            }
             _ => HeaderValue::from_str(authority.host()),
         }
         .map_err(|_| no_host())?;

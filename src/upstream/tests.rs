@@ -279,3 +279,21 @@ async fn a_tls_handshake_that_never_ends_counts_against_connect_timeout() {
         format!("connecting to {addr} (TCP, then TLS for https) timed out after 300ms")
     );
 }
+
+#[tokio::test]
+async fn the_default_host_never_carries_the_urls_userinfo() {
+    let upstream = TestUpstream::start(Ending::KeepAlive, Duration::ZERO).await;
+    let port = upstream.addr.port();
+    let config = UpstreamConfig {
+        name: "app".to_owned(),
+        url: format!("http://user:secret@127.0.0.1:{port}/").parse().unwrap(),
+        connect_timeout: Duration::from_secs(1),
+        timeout: Duration::from_secs(2),
+        ca_file: None,
+    };
+    let app = Upstream::new(&config).unwrap();
+    let request = Request::builder().uri("/").body(full("")).unwrap();
+    assert_eq!(body(app.send(request).await.unwrap()).await.1, "ok");
+    let head = upstream.heads.lock().unwrap()[0].clone();
+    assert_eq!(head, format!("GET / HTTP/1.1\r\nhost: 127.0.0.1:{port}"));
+}
