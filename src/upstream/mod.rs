@@ -49,7 +49,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Builds the upstream's client; fails for what this build cannot do yet.
+    /// Builds the upstream's pool; fails when its URL or CA file cannot be used.
     pub fn new(config: &UpstreamConfig) -> Result<Upstream, UpstreamError> {
         let no_host = || UpstreamError::NoHost {
             name: config.name.clone(),
