@@ -286,7 +286,9 @@ async fn the_default_host_never_carries_the_urls_userinfo() {
     let port = upstream.addr.port();
     let config = UpstreamConfig {
         name: "app".to_owned(),
-        url: format!("http://user:secret@127.0.0.1:{port}/").parse().unwrap(),
+        url: format!("http://user:secret@127.0.0.1:{port}/")
+            .parse()
+            .unwrap(),
         connect_timeout: Duration::from_secs(1),
         timeout: Duration::from_secs(2),
         ca_file: None,
