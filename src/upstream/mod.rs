@@ -2,6 +2,7 @@
 //! `connect`), request URI rewriting, and the mapping of upstream failures to 502/504.
 
 mod connect;
+mod deadline;
 mod pool;
 #[cfg(test)]
 mod tests;
@@ -16,7 +17,6 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Why an upstream's client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +45,6 @@ pub struct Upstream {
     /// Path of the upstream URL without its trailing slash ("" for `/`), prepended to
     /// every forwarded path.
     base_path: String,
-    timeout: Duration,
 }
 
 impl Upstream {
@@ -88,10 +87,9 @@ impl Upstream {
             )?;
         Ok(Upstream {
             name: config.name.clone(),
-            pool: pool::Pool::new(connector),
+            pool: pool::Pool::new(connector, config.timeout),
             default_host,
             base_path: config.url.path().trim_end_matches('/').to_owned(),
-            timeout: config.timeout,
         })
     }
 
@@ -134,15 +132,15 @@ impl Upstream {
                 .headers_mut()
                 .insert(header::HOST, self.default_host.clone());
         }
-        match tokio::time::timeout(self.timeout, self.pool.send(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => {
+        match self.pool.send(request).await {
+            Ok(response) => Ok(response),
+            Err(SendError::Timeout(timeout)) => {
+                tracing::warn!(upstream = %self.name, ?timeout, "upstream timed out");
+                Err(GatewayError::UpstreamTimeout)
+            }
+            Err(e) => {
                 tracing::warn!(upstream = %self.name, error = %error_chain(&e), "upstream request failed");
                 Err(GatewayError::Upstream)
-            }
-            Err(_) => {
-                tracing::warn!(upstream = %self.name, timeout = ?self.timeout, "upstream timed out");
-                Err(GatewayError::UpstreamTimeout)
             }
         }
     }

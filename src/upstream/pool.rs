@@ -15,6 +15,7 @@
 //! list's lock and the slot's `in_pool` flag keep it there at most once.
 
 use super::connect::{ConnectError, Connector, Transport};
+use super::deadline::{HeadDeadline, Watchdog};
 use crate::error::error_chain;
 use crate::response::Body;
 use http::{Request, Response};
@@ -45,12 +46,16 @@ pub enum SendError {
     Handshake(#[source] hyper::Error),
     #[error("request failed")]
     Request(#[source] hyper::Error),
+    #[error("no response head within {0:?}")]
+    Timeout(Duration),
 }
 
 /// The pool of one upstream.
 pub(super) struct Pool {
     shared: Arc<Shared>,
     connector: Connector,
+    /// The upstream's `timeout`: from handing a request to the pool to its response head.
+    timeout: Duration,
 }
 
 /// What connection tasks and the sweeper reach through a `Weak` (so that dropping the
@@ -76,10 +81,12 @@ struct Slot {
     sender: Mutex<Option<SendRequest<Body>>>,
     /// In the idle list; written with the list's lock held.
     in_pool: AtomicBool,
+    /// The response-head deadline of the request in flight.
+    deadline: HeadDeadline,
 }
 
 impl Pool {
-    pub(super) fn new(connector: Connector) -> Pool {
+    pub(super) fn new(connector: Connector, timeout: Duration) -> Pool {
         Pool {
             shared: Arc::new(Shared {
                 idle: Mutex::new(VecDeque::new()),
@@ -87,6 +94,7 @@ impl Pool {
                 sweeper_started: AtomicBool::new(false),
             }),
             connector,
+            timeout,
         }
     }
 
@@ -102,23 +110,35 @@ impl Pool {
         mut request: Request<Body>,
     ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + '_ {
         async move {
+            let deadline = tokio::time::Instant::now() + self.timeout;
             while let Some((slot, mut sender)) = self.shared.checkout() {
+                slot.deadline.start(deadline);
                 let sent = sender.try_send_request(request);
                 self.shared.put_back(&slot, sender);
-                match sent.await {
-                    Ok(response) => return Ok(response),
-                    Err(mut failed) => match failed.take_message() {
+                let answer = slot.deadline.wait(sent).await;
+                slot.deadline.stop();
+                match answer {
+                    None => return Err(SendError::Timeout(self.timeout)),
+                    Some(Ok(response)) => return Ok(response),
+                    Some(Err(mut failed)) => match failed.take_message() {
                         Some(unsent) => request = unsent,
                         None => return Err(SendError::Request(failed.into_error())),
                     },
                 }
             }
             // Boxed: connecting is rare, and its future would otherwise size every
-            // request's.
-            let (slot, mut sender) = Box::pin(self.open()).await?;
+            // request's. Its own timer: the connection's task has none yet.
+            let opened = tokio::time::timeout_at(deadline, Box::pin(self.open())).await;
+            let (slot, mut sender) = opened.map_err(|_| SendError::Timeout(self.timeout))??;
+            slot.deadline.start(deadline);
             let sent = sender.send_request(request);
             self.shared.put_back(&slot, sender);
-            sent.await.map_err(SendError::Request)
+            let answer = slot.deadline.wait(sent).await;
+            slot.deadline.stop();
+            match answer {
+                None => Err(SendError::Timeout(self.timeout)),
+                Some(response) => response.map_err(SendError::Request),
+            }
         }
     }
 
@@ -146,6 +166,7 @@ impl Pool {
         let slot = Arc::new(Slot {
             sender: Mutex::new(None),
             in_pool: AtomicBool::new(false),
+            deadline: HeadDeadline::new(),
         });
         tokio::spawn(drive(
             connection.with_upgrades(),
@@ -247,15 +268,21 @@ impl Slot {
 }
 
 /// Drives one connection until it closes (or is upgraded), offering it to the idle list
-/// whenever hyper is ready for another request.
+/// whenever hyper is ready for another request, and keeping the deadline of the request
+/// in flight (`deadline`).
 async fn drive<C>(connection: C, slot: Arc<Slot>, pool: Weak<Shared>)
 where
     C: Future<Output = hyper::Result<()>>,
 {
     let mut connection = std::pin::pin!(connection);
+    let mut watchdog = Watchdog::default();
     let ended = std::future::poll_fn(|cx| {
         let polled = connection.as_mut().poll(cx);
-        if polled.is_pending() && !slot.in_pool.load(Relaxed) && slot.is_ready() {
+        if polled.is_ready() {
+            return polled;
+        }
+        watchdog.check(&slot.deadline, cx);
+        if !slot.in_pool.load(Relaxed) && slot.is_ready() {
             match pool.upgrade() {
                 Some(shared) => shared.offer(&slot),
                 None => slot.retire(),

@@ -100,9 +100,13 @@ impl TestUpstream {
     }
 
     fn pool(&self) -> Pool {
-        Pool::new(
-            Connector::new("127.0.0.1", self.addr.port(), Duration::from_secs(1), None).unwrap(),
-        )
+        self.pool_with_timeout(Duration::from_secs(5))
+    }
+
+    fn pool_with_timeout(&self, timeout: Duration) -> Pool {
+        let connector =
+            Connector::new("127.0.0.1", self.addr.port(), Duration::from_secs(1), None).unwrap();
+        Pool::new(connector, timeout)
     }
 
     fn accepted(&self) -> usize {
@@ -200,7 +204,8 @@ async fn an_unreachable_upstream_says_where_it_tried() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
-    let pool = Pool::new(Connector::new("127.0.0.1", port, Duration::from_secs(1), None).unwrap());
+    let connector = Connector::new("127.0.0.1", port, Duration::from_secs(1), None).unwrap();
+    let pool = Pool::new(connector, Duration::from_secs(5));
     let err = pool.send(get("/")).await.unwrap_err();
     assert!(matches!(err, SendError::Connect(_)), "{err:?}");
     let text = error_chain(&err);
@@ -266,7 +271,7 @@ async fn a_tls_handshake_that_never_ends_counts_against_connect_timeout() {
         Some(tls),
     )
     .unwrap();
-    let pool = Pool::new(connector);
+    let pool = Pool::new(connector, Duration::from_secs(5));
     let started = std::time::Instant::now();
     let err = pool.send(get("/")).await.unwrap_err();
     assert!(
@@ -298,4 +303,43 @@ async fn the_default_host_never_carries_the_urls_userinfo() {
     assert_eq!(body(app.send(request).await.unwrap()).await.1, "ok");
     let head = upstream.heads.lock().unwrap()[0].clone();
     assert_eq!(head, format!("GET / HTTP/1.1\r\nhost: 127.0.0.1:{port}"));
+}
+
+#[tokio::test]
+async fn a_head_later_than_the_timeout_is_a_timeout_and_its_connection_is_closed() {
+    let upstream = TestUpstream::start(Ending::KeepAlive, Duration::from_secs(3)).await;
+    let pool = upstream.pool_with_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let err = pool.send(get("/slow")).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(err, SendError::Timeout(t) if t == Duration::from_millis(300)),
+        "{err:?}"
+    );
+    assert_eq!(error_chain(&err), "no response head within 300ms");
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    // Abandoned mid-request, the connection cannot be reused (hyper closes it): the next
+    // request opens another.
+    assert_eq!(pool.idle_count(), 0);
+    assert!(matches!(
+        pool.send(get("/again")).await,
+        Err(SendError::Timeout(_))
+    ));
+    assert_eq!(upstream.accepted(), 2);
+}
+
+#[tokio::test]
+async fn requests_in_a_row_on_one_connection_each_get_the_whole_timeout() {
+    // 8 requests of 60 ms each on one connection take 480 ms, past the 200 ms timeout
+    // that the connection's timer was first armed for: none of them times out.
+    let upstream = TestUpstream::start(Ending::KeepAlive, Duration::from_millis(60)).await;
+    let pool = upstream.pool_with_timeout(Duration::from_millis(200));
+    for i in 0..8 {
+        let response = pool.send(get(&format!("/r{i}"))).await.unwrap();
+        assert_eq!(body(response).await, (StatusCode::OK, "ok".to_owned()));
+    }
+    assert_eq!(upstream.accepted(), 1);
 }
