@@ -128,6 +128,18 @@ async fn body(response: Response<Incoming>) -> (StatusCode, String) {
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// An upstream named `app` at `url`, as the config would build it.
+fn app_at(url: &str) -> Upstream {
+    Upstream::new(&UpstreamConfig {
+        name: "app".to_owned(),
+        url: url.parse().unwrap(),
+        connect_timeout: Duration::from_secs(1),
+        timeout: Duration::from_secs(2),
+        ca_file: None,
+    })
+    .unwrap()
+}
+
 /// Waits until `done` holds (a connection task runs beside the test).
 async fn eventually(done: impl Fn() -> bool) {
     for _ in 0..200 {
@@ -229,16 +241,7 @@ async fn dropping_the_pool_closes_its_idle_connections() {
 #[tokio::test]
 async fn a_request_without_host_gets_the_upstreams_in_origin_form() {
     let upstream = TestUpstream::start(Ending::KeepAlive, Duration::ZERO).await;
-    let config = UpstreamConfig {
-        name: "app".to_owned(),
-        url: format!("http://127.0.0.1:{}/base/", upstream.addr.port())
-            .parse()
-            .unwrap(),
-        connect_timeout: Duration::from_secs(1),
-        timeout: Duration::from_secs(2),
-        ca_file: None,
-    };
-    let app = Upstream::new(&config).unwrap();
+    let app = app_at(&format!("http://127.0.0.1:{}/base/", upstream.addr.port()));
     let original: http::Uri = "http://client.test/x?y=1".parse().unwrap();
     let target = app.target(&original, "/x", false).unwrap();
     assert_eq!(target.to_string(), "/base/x?y=1");
@@ -289,16 +292,7 @@ async fn a_tls_handshake_that_never_ends_counts_against_connect_timeout() {
 async fn the_default_host_never_carries_the_urls_userinfo() {
     let upstream = TestUpstream::start(Ending::KeepAlive, Duration::ZERO).await;
     let port = upstream.addr.port();
-    let config = UpstreamConfig {
-        name: "app".to_owned(),
-        url: format!("http://user:secret@127.0.0.1:{port}/")
-            .parse()
-            .unwrap(),
-        connect_timeout: Duration::from_secs(1),
-        timeout: Duration::from_secs(2),
-        ca_file: None,
-    };
-    let app = Upstream::new(&config).unwrap();
+    let app = app_at(&format!("http://user:secret@127.0.0.1:{port}/"));
     let request = Request::builder().uri("/").body(full("")).unwrap();
     assert_eq!(body(app.send(request).await.unwrap()).await.1, "ok");
     let head = upstream.heads.lock().unwrap()[0].clone();
