@@ -112,11 +112,11 @@ impl Pool {
         async move {
             let deadline = tokio::time::Instant::now() + self.timeout;
             while let Some((slot, mut sender)) = self.shared.checkout() {
-                slot.deadline.start(deadline);
+                let ticket = slot.deadline.start(deadline);
                 let sent = sender.try_send_request(request);
                 self.shared.put_back(&slot, sender);
-                let answer = slot.deadline.wait(sent).await;
-                slot.deadline.stop();
+                let answer = slot.deadline.wait(ticket, sent).await;
+                slot.deadline.stop(ticket);
                 match answer {
                     None => return Err(SendError::Timeout(self.timeout)),
                     Some(Ok(response)) => return Ok(response),
@@ -130,11 +130,11 @@ impl Pool {
             // request's. Its own timer: the connection's task has none yet.
             let opened = tokio::time::timeout_at(deadline, Box::pin(self.open())).await;
             let (slot, mut sender) = opened.map_err(|_| SendError::Timeout(self.timeout))??;
-            slot.deadline.start(deadline);
+            let ticket = slot.deadline.start(deadline);
             let sent = sender.send_request(request);
             self.shared.put_back(&slot, sender);
-            let answer = slot.deadline.wait(sent).await;
-            slot.deadline.stop();
+            let answer = slot.deadline.wait(ticket, sent).await;
+            slot.deadline.stop(ticket);
             match answer {
                 None => Err(SendError::Timeout(self.timeout)),
                 Some(response) => response.map_err(SendError::Request),
