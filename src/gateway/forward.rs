@@ -12,7 +12,6 @@ use crate::net::forwarding;
 use crate::response::Body;
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::Either;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Instant;
@@ -69,7 +68,7 @@ impl Gateway {
             tokio::spawn(tunnel(client_upgrade, upstream_upgrade, conn.slot.clone()));
         }
         forwarding::remove_hop_by_hop(response.headers_mut(), switching);
-        Ok(response.map(Either::Left))
+        Ok(response)
     }
 }
 

@@ -117,13 +117,19 @@ async fn find_refresh_token(
     if !is_json {
         return (None, body);
     }
+    let body = match body {
+        Body::Stream(incoming) => Either::Left(incoming),
+        Body::Held(held) => Either::Right(held),
+        // Never a request's body.
+        upstream @ Body::Upstream(_) => return (None, upstream),
+    };
     let start = read_start(body, MAX_LOGOUT_BODY, LOGOUT_BODY_WAIT).await;
     let token = start
         .complete
         .then(|| serde_json::from_slice::<serde_json::Value>(start.body.bytes()).ok())
         .flatten()
         .and_then(|v| v.get("refresh_token")?.as_str().map(str::to_owned));
-    (token, Either::Right(start.body))
+    (token, Body::Held(start.body))
 }
 
 /// The refresh token's revocation, if it is a valid refresh token of the same subject

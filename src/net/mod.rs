@@ -4,6 +4,8 @@ pub mod body;
 pub mod body_limit;
 pub mod cidr;
 pub mod forwarding;
+pub mod h1body;
+pub mod h1client;
 pub mod head;
 pub mod header_pattern;
 pub mod idle;

@@ -16,7 +16,6 @@ use crate::net::park::{ParkSignal, Parkable, Readable};
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use http::{header, Request, Version};
-use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -155,7 +154,9 @@ where
             // Counts the request as open until its response body is done or dropped.
             let guard = requests.begin();
             async move {
-                let response = gateway.handle(request.map(Either::Left), &info).await;
+                let response = gateway
+                    .handle(request.map(crate::response::Body::Stream), &info)
+                    .await;
                 if asks_to_close(response.headers()) {
                     guard.closes_after_exchange();
                 }

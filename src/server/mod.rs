@@ -14,7 +14,6 @@ use connection::Builders;
 
 pub mod connection;
 use http::{HeaderValue, Request};
-use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -391,7 +390,13 @@ async fn serve_admin(
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(request.map(Either::Left)).await) }
+                async move {
+                    Ok::<_, Infallible>(
+                        admin
+                            .handle(request.map(crate::response::Body::Stream))
+                            .await,
+                    )
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -3,13 +3,13 @@
 //! `https://` upstreams, all of it within `connect_timeout` (docs/configuration.md).
 //! What the HTTP/1.1 handshake runs on; the pool owns the rest.
 
+pub(super) use crate::net::h1client::Transport;
 use rustls::pki_types::ServerName;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 /// Why no transport to the upstream could be opened.
@@ -49,13 +49,6 @@ pub(super) struct Connector {
     connect_timeout: Duration,
     /// For `https://` upstreams: the client config and the name the certificate must hold.
     tls: Option<(TlsConnector, ServerName<'static>)>,
-}
-
-/// An open transport, plain or TLS (boxed: a rustls session is ~1 KiB, and the plain
-/// case should not carry its size).
-pub(super) enum Transport {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl Connector {

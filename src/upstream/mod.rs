@@ -3,6 +3,9 @@
 
 mod connect;
 mod deadline;
+mod fast;
+#[cfg(test)]
+mod fast_tests;
 mod pool;
 #[cfg(test)]
 mod tests;
@@ -15,7 +18,6 @@ use crate::error::{error_chain, GatewayError};
 use crate::response::Body;
 use http::uri::{PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri};
-use hyper::body::Incoming;
 use std::sync::Arc;
 
 /// Why an upstream's client could not be built.
@@ -123,10 +125,7 @@ impl Upstream {
 
     /// Sends `request` and waits for the response head within the upstream's `timeout`.
     /// A request without `Host` gets the upstream's.
-    pub async fn send(
-        &self,
-        mut request: Request<Body>,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    pub async fn send(&self, mut request: Request<Body>) -> Result<Response<Body>, GatewayError> {
         if !request.headers().contains_key(header::HOST) {
             request
                 .headers_mut()

@@ -16,10 +16,10 @@
 
 use super::connect::{ConnectError, Connector, Transport};
 use super::deadline::{HeadDeadline, Watchdog};
+use super::fast::{self, IdleConn};
 use crate::error::error_chain;
 use crate::response::Body;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::collections::VecDeque;
@@ -29,13 +29,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Idle connections kept per upstream; one more becoming idle is closed instead.
-const MAX_IDLE: usize = 1024;
+/// Idle connections kept per upstream (in each of the two lists); one more becoming
+/// idle is closed instead.
+pub(super) const MAX_IDLE: usize = 1024;
 /// How often the idle list is swept for connections idle too long.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
 /// Sweeps an idle connection outlives: it is closed after 75 to 90 s without a request
 /// (hyper-util's pool closed them after 90 s).
-const IDLE_SWEEPS: u32 = 6;
+pub(super) const IDLE_SWEEPS: u32 = 6;
 
 /// Why a request got no response head from the upstream.
 #[derive(Debug, thiserror::Error)]
@@ -46,27 +47,31 @@ pub enum SendError {
     Handshake(#[source] hyper::Error),
     #[error("request failed")]
     Request(#[source] hyper::Error),
+    #[error(transparent)]
+    Exchange(#[from] crate::net::h1client::ExchangeError),
     #[error("no response head within {0:?}")]
     Timeout(Duration),
 }
 
 /// The pool of one upstream.
 pub(super) struct Pool {
-    shared: Arc<Shared>,
-    connector: Connector,
+    pub(super) shared: Arc<Shared>,
+    pub(super) connector: Connector,
     /// The upstream's `timeout`: from handing a request to the pool to its response head.
-    timeout: Duration,
+    pub(super) timeout: Duration,
 }
 
 /// What connection tasks and the sweeper reach through a `Weak` (so that dropping the
 /// pool, on reload, closes its idle connections and lets busy ones close when done).
-struct Shared {
+pub(super) struct Shared {
     /// Newest at the back: taken from the back (the warmest connection), swept from the
     /// front.
     idle: Mutex<VecDeque<Idle>>,
+    /// The fast path's idle connections (`fast`), in the same order.
+    pub(super) fast_idle: Mutex<VecDeque<IdleConn>>,
     /// Advanced by every sweep; an idle entry remembers the one it was parked in, which
     /// costs a request no clock read.
-    epoch: AtomicU32,
+    pub(super) epoch: AtomicU32,
     sweeper_started: AtomicBool,
 }
 
@@ -90,6 +95,7 @@ impl Pool {
         Pool {
             shared: Arc::new(Shared {
                 idle: Mutex::new(VecDeque::new()),
+                fast_idle: Mutex::new(VecDeque::new()),
                 epoch: AtomicU32::new(0),
                 sweeper_started: AtomicBool::new(false),
             }),
@@ -108,9 +114,12 @@ impl Pool {
     pub(super) fn send(
         &self,
         mut request: Request<Body>,
-    ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + '_ {
+    ) -> impl Future<Output = Result<Response<Body>, SendError>> + Send + '_ {
         async move {
             let deadline = tokio::time::Instant::now() + self.timeout;
+            if fast::is_fast(&request) {
+                return self.send_fast(request.into_parts().0, deadline).await;
+            }
             while let Some((slot, mut sender)) = self.shared.checkout() {
                 let ticket = slot.deadline.start(deadline);
                 let sent = sender.try_send_request(request);
@@ -119,7 +128,7 @@ impl Pool {
                 slot.deadline.stop(ticket);
                 match answer {
                     None => return Err(SendError::Timeout(self.timeout)),
-                    Some(Ok(response)) => return Ok(response),
+                    Some(Ok(response)) => return Ok(response.map(Body::Stream)),
                     Some(Err(mut failed)) => match failed.take_message() {
                         Some(unsent) => request = unsent,
                         None => return Err(SendError::Request(failed.into_error())),
@@ -137,16 +146,16 @@ impl Pool {
             slot.deadline.stop(ticket);
             match answer {
                 None => Err(SendError::Timeout(self.timeout)),
-                Some(response) => response.map_err(SendError::Request),
+                Some(response) => response
+                    .map(|r| r.map(Body::Stream))
+                    .map_err(SendError::Request),
             }
         }
     }
 
     /// Connects, runs the HTTP/1.1 handshake and spawns the connection's task.
     async fn open(&self) -> Result<(Arc<Slot>, SendRequest<Body>), SendError> {
-        if !self.shared.sweeper_started.swap(true, Relaxed) {
-            tokio::spawn(sweep(Arc::downgrade(&self.shared)));
-        }
+        self.start_sweeper();
         match self.connector.connect().await? {
             Transport::Plain(tcp) => self.handshake(tcp).await,
             Transport::Tls(tls) => self.handshake(tls).await,
@@ -176,9 +185,17 @@ impl Pool {
         Ok((slot, sender))
     }
 
+    /// Starts the upstream's sweeper with its first connection.
+    pub(super) fn start_sweeper(&self) {
+        if !self.shared.sweeper_started.swap(true, Relaxed) {
+            tokio::spawn(sweep(Arc::downgrade(&self.shared)));
+        }
+    }
+
+    /// Idle connections, hyper's and the fast path's.
     #[cfg(test)]
     pub(super) fn idle_count(&self) -> usize {
-        lock(&self.shared.idle).len()
+        lock(&self.shared.idle).len() + lock(&self.shared.fast_idle).len()
     }
 }
 
@@ -251,6 +268,7 @@ impl Drop for Shared {
         for entry in lock(&self.idle).drain(..) {
             entry.slot.retire();
         }
+        lock(&self.fast_idle).clear();
     }
 }
 
@@ -309,6 +327,7 @@ async fn sweep(pool: Weak<Shared>) {
         tick.tick().await;
         let Some(shared) = pool.upgrade() else { return };
         let epoch = shared.epoch.fetch_add(1, Relaxed).wrapping_add(1);
+        shared.sweep_fast(epoch);
         let mut idle = lock(&shared.idle);
         while idle
             .front()
@@ -324,6 +343,6 @@ async fn sweep(pool: Weak<Shared>) {
 
 /// A poisoned lock only means another thread panicked mid-update of a list whose every
 /// state is valid.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
