@@ -37,6 +37,11 @@ impl Gateway {
         };
         forwarding::remove_hop_by_hop(&mut parts.headers, upgrade);
         forwarding::join_cookies(&mut parts.headers);
+        // Room for the X-Forwarded-* and identity headers at once: hyper sized the map
+        // for the client's headers only, and growing it one insert at a time rehashed
+        // it up to three times per request (callgrind: 4 100 instructions).
+        let added = 3 + auth.map_or(0, |auth| auth.token.identity.len());
+        parts.headers.reserve(added);
         let host = forwarding::set_upstream_host(&mut parts.headers, uri);
         forwarding::set_forwarded(&mut parts.headers, &conn.client_ip, conn.https, host);
         let mut target_uri = upstream.target(uri, target.path, target.path_changed)?;
