@@ -5,7 +5,7 @@
 //! connection: the rest of the body is still on it.
 
 use super::h1client::{poll_fill, Conn, Framing, Home, MAX_HEADERS, MAX_HEAD_BYTES};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -98,12 +98,7 @@ impl UpstreamBody {
                     if conn.read.is_empty() && ready!(fill(conn, cx))? == 0 {
                         return Poll::Ready(Some(Err(BodyError::Incomplete)));
                     }
-                    let take = conn
-                        .read
-                        .len()
-                        .min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let data = conn.read.split_to(take).freeze();
-                    let left = left - take as u64;
+                    let (data, left) = take_up_to(&mut conn.read, left);
                     if left == 0 {
                         self.finish();
                     } else {
@@ -160,12 +155,7 @@ impl UpstreamBody {
                 if conn.read.is_empty() {
                     ready!(more(conn, cx))?;
                 }
-                let take = conn
-                    .read
-                    .len()
-                    .min(usize::try_from(left).unwrap_or(usize::MAX));
-                let data = conn.read.split_to(take).freeze();
-                let left = left - take as u64;
+                let (data, left) = take_up_to(&mut conn.read, left);
                 self.state = State::Chunked(if left == 0 {
                     Chunk::DataEnd
                 } else {
@@ -205,6 +195,12 @@ impl UpstreamBody {
         }
         Poll::Ready(Ok(None))
     }
+}
+
+/// The buffered bytes of the `left` still due, and what is then left.
+fn take_up_to(read: &mut BytesMut, left: u64) -> (Bytes, u64) {
+    let take = read.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+    (read.split_to(take).freeze(), left - take as u64)
 }
 
 /// Reads more into the connection's buffer; the end of the stream is an error here (a
