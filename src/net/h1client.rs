@@ -13,7 +13,7 @@
 
 use bytes::BytesMut;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{request, response, HeaderMap, Method, StatusCode, Version};
+use http::{response, HeaderMap, Method, Request, StatusCode, Version};
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
@@ -175,9 +175,9 @@ impl Conn {
 
     /// Writes the request head (the request has no body) and reads the response head,
     /// skipping interim 1xx answers, until `deadline`.
-    pub async fn exchange(
+    pub async fn exchange<B>(
         &mut self,
-        head: &request::Parts,
+        request: &Request<B>,
         deadline: Instant,
         timeout: Duration,
     ) -> Result<Head, ExchangeError> {
@@ -187,8 +187,8 @@ impl Conn {
             write,
             timer,
         } = self;
-        encode_head(head, write);
-        let is_head = head.method == Method::HEAD;
+        encode_head(request, write);
+        let is_head = request.method() == Method::HEAD;
         let work = async {
             io.write_all(write).await.map_err(ExchangeError::Write)?;
             io.flush().await.map_err(ExchangeError::Write)?;
@@ -259,14 +259,14 @@ pub(super) fn poll_fill(
 
 /// `METHOD target HTTP/1.1`, the headers as they are, the blank line. A bodiless
 /// request carries no `Transfer-Encoding` (hyper's client drops it too).
-fn encode_head(head: &request::Parts, out: &mut Vec<u8>) {
+fn encode_head<B>(request: &Request<B>, out: &mut Vec<u8>) {
     out.clear();
-    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.extend_from_slice(request.method().as_str().as_bytes());
     out.push(b' ');
-    let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &head.headers {
+    for (name, value) in request.headers() {
         if name == header::TRANSFER_ENCODING {
             continue;
         }

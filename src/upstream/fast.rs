@@ -8,7 +8,7 @@ use super::pool::{lock, Pool, SendError, Shared, IDLE_SWEEPS, MAX_IDLE};
 use crate::net::h1body::UpstreamBody;
 use crate::net::h1client::{Conn, ExchangeError, Home};
 use crate::response::Body;
-use http::{header, request, Method, Request, Response};
+use http::{header, Method, Request, Response};
 use http_body::Body as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
@@ -35,10 +35,10 @@ impl Pool {
     /// when the request is safe to repeat (RFC 9110 §9.2.2).
     pub(super) async fn send_fast(
         &self,
-        parts: request::Parts,
+        request: &Request<Body>,
         deadline: Instant,
     ) -> Result<Response<Body>, SendError> {
-        let repeatable = parts.method.is_idempotent();
+        let repeatable = request.method().is_idempotent();
         loop {
             let (mut conn, reused) = match self.shared.checkout_fast() {
                 Some(conn) => (conn, true),
@@ -46,7 +46,7 @@ impl Pool {
                 // request's.
                 None => (Box::pin(self.connect_fast(deadline)).await?, false),
             };
-            match conn.exchange(&parts, deadline, self.timeout).await {
+            match conn.exchange(request, deadline, self.timeout).await {
                 Ok(head) => {
                     let home: Weak<dyn Home> = Arc::downgrade(&self.shared) as Weak<dyn Home>;
                     let body = UpstreamBody::new(conn, head.framing, head.keep_alive, home);

@@ -18,6 +18,7 @@ use crate::error::{error_chain, GatewayError};
 use crate::response::Body;
 use http::uri::{PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri};
+use std::future::Future;
 use std::sync::Arc;
 
 /// Why an upstream's client could not be built.
@@ -125,21 +126,31 @@ impl Upstream {
 
     /// Sends `request` and waits for the response head within the upstream's `timeout`.
     /// A request without `Host` gets the upstream's.
-    pub async fn send(&self, mut request: Request<Body>) -> Result<Response<Body>, GatewayError> {
+    ///
+    /// The header is set before the future is made, and failures are mapped inside the
+    /// pool's future, so that the future every request carries is the pool's alone.
+    pub fn send(
+        &self,
+        mut request: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Body>, GatewayError>> + Send + '_ {
         if !request.headers().contains_key(header::HOST) {
             request
                 .headers_mut()
                 .insert(header::HOST, self.default_host.clone());
         }
-        match self.pool.send(request).await {
-            Ok(response) => Ok(response),
-            Err(SendError::Timeout(timeout)) => {
+        self.pool.send_with(request, move |e| self.failed(e))
+    }
+
+    /// Logs why a request got no response head, and answers 504 or 502.
+    fn failed(&self, e: SendError) -> GatewayError {
+        match e {
+            SendError::Timeout(timeout) => {
                 tracing::warn!(upstream = %self.name, ?timeout, "upstream timed out");
-                Err(GatewayError::UpstreamTimeout)
+                GatewayError::UpstreamTimeout
             }
-            Err(e) => {
+            e => {
                 tracing::warn!(upstream = %self.name, error = %error_chain(&e), "upstream request failed");
-                Err(GatewayError::Upstream)
+                GatewayError::Upstream
             }
         }
     }

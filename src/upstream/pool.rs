@@ -104,52 +104,79 @@ impl Pool {
         }
     }
 
-    /// Sends `request` on an idle connection, or a new one, and waits for the response
-    /// head. A request an idle connection never wrote (it closed under it) goes to the
-    /// next one; once written, a failure is the caller's (it may not be idempotent).
+    /// Sends `request` and waits for the response head within the upstream's `timeout`:
+    /// on the fast path (`fast`) when it has no body to stream and is no upgrade, else
+    /// on hyper's client; a failure goes through `on_error` (the caller's logging and
+    /// mapping, inside this one future).
     ///
     /// A plain `fn` returning an `async move` block that uses `request` in place: an
-    /// `async fn` would hold it twice (as argument, then as local).
+    /// `async fn` would hold it twice (as argument, then as local). The fast path only
+    /// borrows it, and hyper's path is boxed, so the future every request carries (and
+    /// hyper moves) is the fast path's size.
     #[allow(clippy::manual_async_fn)] // on purpose: see above
-    pub(super) fn send(
-        &self,
-        mut request: Request<Body>,
-    ) -> impl Future<Output = Result<Response<Body>, SendError>> + Send + '_ {
+    pub(super) fn send_with<'a, E>(
+        &'a self,
+        request: Request<Body>,
+        on_error: impl FnOnce(SendError) -> E + Send + 'a,
+    ) -> impl Future<Output = Result<Response<Body>, E>> + Send + 'a {
         async move {
             let deadline = tokio::time::Instant::now() + self.timeout;
-            if fast::is_fast(&request) {
-                return self.send_fast(request.into_parts().0, deadline).await;
-            }
-            while let Some((slot, mut sender)) = self.shared.checkout() {
-                let ticket = slot.deadline.start(deadline);
-                let sent = sender.try_send_request(request);
-                self.shared.put_back(&slot, sender);
-                let answer = slot.deadline.wait(ticket, sent).await;
-                slot.deadline.stop(ticket);
-                match answer {
-                    None => return Err(SendError::Timeout(self.timeout)),
-                    Some(Ok(response)) => return Ok(response.map(Body::Stream)),
-                    Some(Err(mut failed)) => match failed.take_message() {
-                        Some(unsent) => request = unsent,
-                        None => return Err(SendError::Request(failed.into_error())),
-                    },
-                }
-            }
-            // Boxed: connecting is rare, and its future would otherwise size every
-            // request's. Its own timer: the connection's task has none yet.
-            let opened = tokio::time::timeout_at(deadline, Box::pin(self.open())).await;
-            let (slot, mut sender) = opened.map_err(|_| SendError::Timeout(self.timeout))??;
+            let sent = if fast::is_fast(&request) {
+                self.send_fast(&request, deadline).await
+            } else {
+                Box::pin(self.send_hyper(request, deadline)).await
+            };
+            sent.map_err(on_error)
+        }
+    }
+
+    /// [`Pool::send_with`], failures as they are.
+    #[cfg(test)]
+    pub(super) fn send(
+        &self,
+        request: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Body>, SendError>> + Send + '_ {
+        self.send_with(request, std::convert::identity)
+    }
+
+    /// Sends `request` on an idle hyper connection, or a new one, and waits for the
+    /// response head. A request an idle connection never wrote (it closed under it) goes
+    /// to the next one; once written, a failure is the caller's (it may not be
+    /// idempotent).
+    async fn send_hyper(
+        &self,
+        mut request: Request<Body>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<Body>, SendError> {
+        while let Some((slot, mut sender)) = self.shared.checkout() {
             let ticket = slot.deadline.start(deadline);
-            let sent = sender.send_request(request);
+            let sent = sender.try_send_request(request);
             self.shared.put_back(&slot, sender);
             let answer = slot.deadline.wait(ticket, sent).await;
             slot.deadline.stop(ticket);
             match answer {
-                None => Err(SendError::Timeout(self.timeout)),
-                Some(response) => response
-                    .map(|r| r.map(Body::Stream))
-                    .map_err(SendError::Request),
+                None => return Err(SendError::Timeout(self.timeout)),
+                Some(Ok(response)) => return Ok(response.map(Body::Stream)),
+                Some(Err(mut failed)) => match failed.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(SendError::Request(failed.into_error())),
+                },
             }
+        }
+        // Boxed: connecting is rare, and its future would otherwise size every
+        // request's. Its own timer: the connection's task has none yet.
+        let opened = tokio::time::timeout_at(deadline, Box::pin(self.open())).await;
+        let (slot, mut sender) = opened.map_err(|_| SendError::Timeout(self.timeout))??;
+        let ticket = slot.deadline.start(deadline);
+        let sent = sender.send_request(request);
+        self.shared.put_back(&slot, sender);
+        let answer = slot.deadline.wait(ticket, sent).await;
+        slot.deadline.stop(ticket);
+        match answer {
+            None => Err(SendError::Timeout(self.timeout)),
+            Some(response) => response
+                .map(|r| r.map(Body::Stream))
+                .map_err(SendError::Request),
         }
     }
 
