@@ -337,6 +337,7 @@ fn parse_head(read: &mut BytesMut, is_head: bool) -> Result<Option<Head>, Exchan
         let mut headers = HeaderMap::with_capacity(count);
         let mut keep_alive = version == Version::HTTP_11;
         let mut saw_close = false;
+        let mut seen = FramingHeaders::default();
         for [n0, n1, v0, v1] in spans.iter().take(count) {
             let name = HeaderName::from_bytes(&head[*n0 as usize..*n1 as usize])
                 .map_err(|_| ExchangeError::Invalid("header name"))?;
@@ -351,10 +352,12 @@ fn parse_head(read: &mut BytesMut, is_head: bool) -> Result<Option<Head>, Exchan
                 } else if !keep_alive {
                     keep_alive = has_token(&value, "keep-alive");
                 }
+            } else {
+                seen.note(&name, &value);
             }
             headers.append(name, value);
         }
-        let (framing, reusable) = framing(status, version, is_head, &mut headers)?;
+        let (framing, reusable) = framing(status, version, is_head, seen, &mut headers)?;
         let mut parts = response::Response::new(()).into_parts().0;
         parts.status = status;
         parts.version = version;
@@ -370,12 +373,45 @@ fn parse_head(read: &mut BytesMut, is_head: bool) -> Result<Option<Head>, Exchan
     }
 }
 
+/// What the header lines say about the body's framing, noted as they are read (no
+/// lookups in the finished map).
+#[derive(Default)]
+struct FramingHeaders {
+    /// Whether the last `Transfer-Encoding` line ends in `chunked`; `None` without one.
+    chunked: Option<bool>,
+    /// `Content-Length`: `None` without one, `Some(None)` when a value is invalid or
+    /// the values disagree.
+    length: Option<Option<u64>>,
+}
+
+impl FramingHeaders {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if name == header::TRANSFER_ENCODING {
+            self.chunked = Some(
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|s| s.rsplit(',').next())
+                    .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked")),
+            );
+        } else if name == header::CONTENT_LENGTH {
+            let agreed = match (self.length, content_length(value)) {
+                (Some(None), _) | (_, None) => None,
+                (None, Some(n)) => Some(n),
+                (Some(Some(before)), Some(n)) => (before == n).then_some(n),
+            };
+            self.length = Some(agreed);
+        }
+    }
+}
+
 /// RFC 9112 §6.3, as hyper's client applies it; the `bool` is false when the framing
 /// leaves the connection unusable afterwards.
 fn framing(
     status: StatusCode,
     version: Version,
     is_head: bool,
+    seen: FramingHeaders,
     headers: &mut HeaderMap,
 ) -> Result<(Framing, bool), ExchangeError> {
     match status.as_u16() {
@@ -385,17 +421,7 @@ fn framing(
         _ if is_head => return Ok((Framing::Empty, true)),
         _ => {}
     }
-    let chunked = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .map(|last| {
-            last.to_str()
-                .ok()
-                .and_then(|s| s.rsplit(',').next())
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
-        });
-    if let Some(chunked) = chunked {
+    if let Some(chunked) = seen.chunked {
         if version == Version::HTTP_10 {
             return Err(ExchangeError::Invalid(
                 "Transfer-Encoding in an HTTP/1.0 response",
@@ -404,38 +430,37 @@ fn framing(
         // Transfer-Encoding overrides Content-Length, which must not be passed on
         // (RFC 9112 §6.3); a response that sent both is not trusted with another
         // request.
-        let both = headers.remove(header::CONTENT_LENGTH).is_some();
+        let both = seen.length.is_some();
+        if both {
+            headers.remove(header::CONTENT_LENGTH);
+        }
         return Ok(if chunked {
             (Framing::Chunked, !both)
         } else {
             (Framing::Close, false)
         });
     }
-    if headers.contains_key(header::CONTENT_LENGTH) {
-        return match content_length(headers) {
-            Some(0) => Ok((Framing::Empty, true)),
-            Some(n) => Ok((Framing::Length(n), true)),
-            None => Err(ExchangeError::Invalid("Content-Length")),
-        };
+    match seen.length {
+        Some(Some(0)) => Ok((Framing::Empty, true)),
+        Some(Some(n)) => Ok((Framing::Length(n), true)),
+        Some(None) => Err(ExchangeError::Invalid("Content-Length")),
+        None => Ok((Framing::Close, false)),
     }
-    Ok((Framing::Close, false))
 }
 
-/// Every `Content-Length` value, agreeing, as one number.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+/// One `Content-Length` line as one number (a list's values must agree).
+fn content_length(value: &HeaderValue) -> Option<u64> {
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.to_str().ok()?.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let n: u64 = part.parse().ok()?;
-            if length.is_some_and(|l| l != n) {
-                return None;
-            }
-            length = Some(n);
+    for part in value.to_str().ok()?.split(',') {
+        let part = part.trim();
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
         }
+        let n: u64 = part.parse().ok()?;
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
     }
     length
 }
