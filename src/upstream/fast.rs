@@ -35,7 +35,7 @@ impl Pool {
     /// when the request is safe to repeat (RFC 9110 §9.2.2).
     pub(super) async fn send_fast(
         &self,
-        request: &Request<Body>,
+        request: &mut Request<Body>,
         deadline: Instant,
     ) -> Result<Response<Body>, SendError> {
         let repeatable = request.method().is_idempotent();

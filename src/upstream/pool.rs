@@ -116,13 +116,13 @@ impl Pool {
     #[allow(clippy::manual_async_fn)] // on purpose: see above
     pub(super) fn send_with<'a, E>(
         &'a self,
-        request: Request<Body>,
+        mut request: Request<Body>,
         on_error: impl FnOnce(SendError) -> E + Send + 'a,
     ) -> impl Future<Output = Result<Response<Body>, E>> + Send + 'a {
         async move {
             let deadline = tokio::time::Instant::now() + self.timeout;
             let sent = if fast::is_fast(&request) {
-                self.send_fast(&request, deadline).await
+                self.send_fast(&mut request, deadline).await
             } else {
                 Box::pin(self.send_hyper(request, deadline)).await
             };
