@@ -18,7 +18,8 @@ pub struct Held {
     head: Option<Bytes>,
     /// What followed the held bytes when they were read: the trailers, or the error the
     /// stream broke with (passed on so that the upstream request fails too).
-    trailers: Option<HeaderMap>,
+    /// Boxed: rare, and a map would size every body.
+    trailers: Option<Box<HeaderMap>>,
     error: Option<hyper::Error>,
     rest: Option<Incoming>,
 }
@@ -91,7 +92,7 @@ pub async fn read_start(body: Either<Incoming, Held>, limit: usize, wait: Durati
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => held.extend_from_slice(&data),
                     Err(frame) => {
-                        trailers = frame.into_trailers().ok();
+                        trailers = frame.into_trailers().ok().map(Box::new);
                         ended = true;
                     }
                 },
@@ -132,7 +133,7 @@ impl Body for Held {
             return Poll::Ready(Some(Err(error)));
         }
         if let Some(trailers) = this.trailers.take() {
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            return Poll::Ready(Some(Ok(Frame::trailers(*trailers))));
         }
         match &mut this.rest {
             Some(rest) => Pin::new(rest).poll_frame(cx),

@@ -45,7 +45,8 @@ enum State {
 
 /// A response body streamed from an upstream connection.
 pub struct UpstreamBody {
-    conn: Option<Conn>,
+    /// Boxed (once per connection): it moves between the pool and each response.
+    conn: Option<Box<Conn>>,
     state: State,
     keep_alive: bool,
     home: Option<Weak<dyn Home>>,
@@ -54,7 +55,7 @@ pub struct UpstreamBody {
 impl UpstreamBody {
     /// The body framed by `framing` on `conn`; `keep_alive` (from the head) says whether
     /// the connection may go back to `home` once the body has been read.
-    pub fn new(conn: Conn, framing: Framing, keep_alive: bool, home: Weak<dyn Home>) -> Self {
+    pub fn new(conn: Box<Conn>, framing: Framing, keep_alive: bool, home: Weak<dyn Home>) -> Self {
         let state = match framing {
             Framing::Empty => State::Done,
             Framing::Length(n) => State::Length(n),

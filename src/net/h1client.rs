@@ -493,5 +493,5 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 
 /// Where a connection goes back once its response body has been read whole.
 pub trait Home: Send + Sync {
-    fn give_back(&self, conn: Conn);
+    fn give_back(&self, conn: Box<Conn>);
 }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 /// A connection parked between requests, with the sweep it was parked in.
 pub(super) struct IdleConn {
-    conn: Conn,
+    conn: Box<Conn>,
     epoch: u32,
 }
 
@@ -61,10 +61,10 @@ impl Pool {
         }
     }
 
-    async fn connect_fast(&self, deadline: Instant) -> Result<Conn, SendError> {
+    async fn connect_fast(&self, deadline: Instant) -> Result<Box<Conn>, SendError> {
         self.start_sweeper();
         match tokio::time::timeout_at(deadline, self.connector.connect()).await {
-            Ok(transport) => Ok(Conn::new(transport?)),
+            Ok(transport) => Ok(Box::new(Conn::new(transport?))),
             Err(_) => Err(SendError::Timeout(self.timeout)),
         }
     }
@@ -73,7 +73,7 @@ impl Pool {
 impl Shared {
     /// The newest idle fast-path connection that is still quiet (one that has news
     /// while idle was closed by the upstream, or is out of step: it is dropped).
-    fn checkout_fast(&self) -> Option<Conn> {
+    fn checkout_fast(&self) -> Option<Box<Conn>> {
         let mut idle = lock(&self.fast_idle);
         while let Some(IdleConn { conn, .. }) = idle.pop_back() {
             if !conn.has_news() {
@@ -96,7 +96,7 @@ impl Shared {
 }
 
 impl Home for Shared {
-    fn give_back(&self, conn: Conn) {
+    fn give_back(&self, conn: Box<Conn>) {
         let mut idle = lock(&self.fast_idle);
         // A full list closes the connection instead (dropped here).
         if idle.len() < MAX_IDLE {
