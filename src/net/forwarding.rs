@@ -44,6 +44,15 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// Whether a comma-separated header value (`Connection`, for one) lists `token`, in any
+/// case. Compares bytes: a value with bytes outside ASCII still yields its ASCII tokens.
+pub fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
 /// Removes hop-by-hop headers and every header named in `Connection`. With `upgrade`,
 /// `Upgrade` is kept and `Connection: upgrade` restored so the upstream sees the request
 /// to switch protocols.
@@ -196,6 +205,15 @@ pub fn set_forwarded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_whole_list_items_in_any_case() {
+        let value = |v: &[u8]| HeaderValue::from_bytes(v).unwrap();
+        assert!(has_token(&value(b"keep-alive , Close"), "close"));
+        assert!(has_token(&value(b"close, \xff"), "close"));
+        assert!(!has_token(&value(b"closed, keep-alive"), "close"));
+        assert!(!has_token(&value(b""), "close"));
+    }
 
     #[test]
     fn drops_hop_by_hop_and_connection_named() {

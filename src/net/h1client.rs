@@ -11,6 +11,7 @@
 //! (issue 19). The framing rules below are hyper's client rules (RFC 9112 §6.3), the
 //! parsing is httparse, as in hyper.
 
+use super::forwarding::has_token;
 use bytes::BytesMut;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{response, HeaderMap, Method, Request, StatusCode, Version};
@@ -305,7 +306,7 @@ fn parse_head(
         // Offsets into the head of each header's name and value, so that the values can
         // share the head's bytes (as hyper does) once it is split off.
         let mut spans = [[0u32; 4]; MAX_HEADERS];
-        let (len, code, reason, version, count) = {
+        let (len, status, reason, version, count) = {
             let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
             let mut response = httparse::Response::new(&mut []);
             let bytes: &[u8] = read;
@@ -326,21 +327,24 @@ fn parse_head(
                     (value + h.value.len()) as u32,
                 ];
             }
+            let status = StatusCode::from_u16(response.code.unwrap_or_default())
+                .map_err(|_| ExchangeError::Invalid("status code"))?;
+            // Passed on only when it is not the status's own (as hyper's client does).
             let reason = response.reason.unwrap_or_default();
-            let code = response.code.unwrap_or_default();
-            let reason = (Some(reason)
-                != StatusCode::from_u16(code)
-                    .ok()
-                    .and_then(|s| s.canonical_reason()))
-            .then(|| hyper::ext::ReasonPhrase::try_from(reason.as_bytes()).ok())
-            .flatten();
-            (len, code, reason, response.version, response.headers.len())
+            let reason = (Some(reason) != status.canonical_reason())
+                .then(|| hyper::ext::ReasonPhrase::try_from(reason.as_bytes()).ok())
+                .flatten();
+            (
+                len,
+                status,
+                reason,
+                response.version,
+                response.headers.len(),
+            )
         };
         if len > MAX_HEAD_BYTES {
             return Err(ExchangeError::TooLarge);
         }
-        let status =
-            StatusCode::from_u16(code).map_err(|_| ExchangeError::Invalid("status code"))?;
         let head = read.split_to(len).freeze();
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             if read.is_empty() {
@@ -483,12 +487,6 @@ fn content_length(value: &HeaderValue) -> Option<u64> {
         length = Some(n);
     }
     length
-}
-
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 /// Where a connection goes back once its response body has been read whole.

@@ -11,6 +11,7 @@
 //! rules (first request, idle limit, graceful close on shutdown).
 
 use crate::gateway::{ConnInfo, Gateway};
+use crate::net::forwarding;
 use crate::net::idle::{self, Activity, Ended, IdleLimits, Tracked};
 use crate::net::park::{ParkSignal, Parkable, Readable};
 use arc_swap::ArcSwap;
@@ -277,12 +278,10 @@ fn join(read: Bytes, unread: Bytes) -> Bytes {
 
 /// Whether a `Connection` header asks to close after this exchange.
 fn asks_to_close(headers: &http::HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|value| forwarding::has_token(value, "close"))
 }
 
 fn log_ended<E: std::fmt::Display>(peer: SocketAddr, ended: Ended<Result<(), E>>) {
