@@ -43,6 +43,7 @@ pub fn token(key: String) -> VerifiedToken {
         revocation_key: key,
         namespaced: None,
         identity: Vec::new(),
+        revocation_memo: Default::default(),
     }
 }
 

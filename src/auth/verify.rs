@@ -11,7 +11,7 @@
 
 pub mod token;
 
-pub use token::{token_digest_key, TokenType, VerifiedToken};
+pub use token::{token_digest_key, RevocationMemo, TokenType, VerifiedToken};
 
 use crate::auth::cache::{TokenCache, Weighted};
 use crate::auth::jwks::Jwks;

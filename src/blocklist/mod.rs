@@ -73,6 +73,16 @@ pub struct Blocklist {
     last_sync: AtomicU64,
     /// Where the change feed stands, so a restarted feed task resumes there.
     cursor: Mutex<String>,
+    /// Grows by one after each revocation taken into memory: a token found unrevoked
+    /// at the current generation needs no lookup (see [`crate::auth::verify::RevocationMemo`]).
+    generation: AtomicU64,
+}
+
+/// Each blocklist's generations start at its own multiple of 2^40 (a trillion
+/// revocations each), so no two blocklists of one process share a generation.
+fn first_generation() -> u64 {
+    static BLOCKLISTS: AtomicU64 = AtomicU64::new(1);
+    BLOCKLISTS.fetch_add(1, Ordering::Relaxed) << 40
 }
 
 impl Blocklist {
@@ -93,6 +103,7 @@ impl Blocklist {
             store_errors: AtomicU64::new(0),
             last_sync: AtomicU64::new(now_millis()),
             cursor: Mutex::new(String::new()),
+            generation: AtomicU64::new(first_generation()),
         })
     }
 
@@ -140,6 +151,8 @@ impl Blocklist {
                 let entry = subjects.entry(sub.clone()).or_insert(*at);
                 *entry = (*entry).max(*at);
                 self.has_subjects.store(true, Ordering::Relaxed);
+                drop(subjects);
+                self.next_generation();
                 return;
             }
         };
@@ -157,6 +170,15 @@ impl Blocklist {
             return;
         }
         set.insert(key, exp, cutoff);
+        self.next_generation();
+    }
+
+    /// Ends the generation in which tokens were found unrevoked: called after each
+    /// change that can revoke one. The release pairs with the acquire in
+    /// [`Blocklist::is_revoked_in_memory`]: whoever reads the new generation sees the
+    /// change, and whoever looked before the change holds an older generation.
+    fn next_generation(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Whether `token` is revoked, from memory. Only when the cache has overflowed does
@@ -171,8 +193,22 @@ impl Blocklist {
         self.check_store(token).await
     }
 
-    /// The request-path check: memory only, no await, no allocation.
+    /// The request-path check: memory only, no await, no allocation. A token found
+    /// unrevoked before is not looked up again until something is revoked.
     pub fn is_revoked_in_memory(&self, token: &VerifiedToken) -> bool {
+        let generation = self.generation.load(Ordering::Acquire);
+        if token.revocation_memo.holds_at(generation) {
+            return false;
+        }
+        let revoked = self.looks_revoked(token);
+        if !revoked {
+            token.revocation_memo.note(generation);
+        }
+        revoked
+    }
+
+    /// The lookups: the token's key, its session's cut-off, its subject's.
+    fn looks_revoked(&self, token: &VerifiedToken) -> bool {
         let now = now_unix();
         if self.tokens.cutoff(&token.revocation_key, now).is_some() {
             return true;
@@ -330,6 +366,7 @@ mod tests {
             revocation_key: jti.into(),
             namespaced: None,
             identity: Vec::new(),
+            revocation_memo: Default::default(),
         }
     }
 
@@ -366,5 +403,78 @@ mod tests {
             );
         }
         assert_eq!(blocklist.check(&token("fresh")).await, Verdict::Allowed);
+    }
+
+    /// The memo of a token found unrevoked never outlives a revocation that concerns
+    /// it: of its key, of its session (a first or a later cut-off), of its subject.
+    #[tokio::test]
+    async fn a_token_found_unrevoked_is_looked_up_again_after_any_revocation() {
+        let blocklist = Blocklist::new(Arc::new(memory::MemoryStore::default()), 1000);
+        let mut session_token = token("t1");
+        session_token.sid = Some("s1".into());
+        session_token.iat = Some(now_unix() - 100);
+        let cases: Vec<(VerifiedToken, Revocation)> = vec![
+            (token("t0"), revoke("t0")),
+            (
+                session_token,
+                Revocation::Session {
+                    sid: "s1".into(),
+                    at: now_unix() - 200,
+                    exp: now_unix() + 600,
+                },
+            ),
+        ];
+        for (victim, revocation) in &cases {
+            for _ in 0..2 {
+                // Found unrevoked, then answered from the memo.
+                assert_eq!(blocklist.check(victim).await, Verdict::Allowed);
+            }
+            blocklist.revoke(vec![revocation.clone()]).await.unwrap();
+        }
+        // The session's cut-off predates the token's `iat`: still allowed, memo set.
+        let (session_token, _) = &cases[1];
+        assert_eq!(blocklist.check(session_token).await, Verdict::Allowed);
+        assert_eq!(blocklist.check(&cases[0].0).await, Verdict::Revoked);
+        // A later cut-off of the same session revokes it.
+        let later = Revocation::Session {
+            sid: "s1".into(),
+            at: now_unix(),
+            exp: now_unix() + 600,
+        };
+        blocklist.revoke(vec![later]).await.unwrap();
+        assert_eq!(blocklist.check(session_token).await, Verdict::Revoked);
+        // A subject revocation after the memo was set.
+        let alice = token("t2");
+        assert_eq!(blocklist.check(&alice).await, Verdict::Allowed);
+        assert_eq!(blocklist.check(&alice).await, Verdict::Allowed);
+        let subject = Revocation::Subject {
+            sub: "alice".into(),
+            at: now_unix() + 1,
+        };
+        blocklist.revoke(vec![subject]).await.unwrap();
+        assert_eq!(blocklist.check(&alice).await, Verdict::Revoked);
+        // Unrelated revocations change the generation but not the verdict.
+        let bob = token("t3");
+        assert_eq!(blocklist.check(&bob).await, Verdict::Revoked, "alice's sub");
+        let mut carol = token("t4");
+        carol.sub = Some("carol".into());
+        assert_eq!(blocklist.check(&carol).await, Verdict::Allowed);
+        blocklist.revoke(vec![revoke("other")]).await.unwrap();
+        assert_eq!(blocklist.check(&carol).await, Verdict::Allowed);
+    }
+
+    /// A memo written by one blocklist means nothing to another, whatever each holds.
+    #[tokio::test]
+    async fn a_memo_is_only_read_back_by_its_own_blocklist() {
+        let first = Blocklist::new(Arc::new(memory::MemoryStore::default()), 1000);
+        let second = Blocklist::new(Arc::new(memory::MemoryStore::default()), 1000);
+        // One revocation each: the same generation, were they counted from one start.
+        first.revoke(vec![revoke("y")]).await.unwrap();
+        second.revoke(vec![revoke("x")]).await.unwrap();
+        let shared = token("x");
+        assert_eq!(first.check(&shared).await, Verdict::Allowed);
+        assert_eq!(second.check(&shared).await, Verdict::Revoked);
+        assert_eq!(first.check(&shared).await, Verdict::Allowed);
+        assert_eq!(second.check(&shared).await, Verdict::Revoked);
     }
 }

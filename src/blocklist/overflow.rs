@@ -196,6 +196,7 @@ mod tests {
             revocation_key: jti.into(),
             namespaced: None,
             identity: Vec::new(),
+            revocation_memo: Default::default(),
         }
     }
 

@@ -12,6 +12,7 @@ use crate::config::DEFAULT_PROVIDER;
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// `type` claim of a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,33 @@ pub struct VerifiedToken {
     pub namespaced: Option<Box<(Option<String>, Option<String>)>>,
     /// Identity headers to set upstream, rendered once.
     pub identity: Vec<(HeaderName, HeaderValue)>,
+    /// The blocklist generation at which this token was last found unrevoked: lets the
+    /// blocklist skip its lookups while nothing was revoked since (see
+    /// [`RevocationMemo`]).
+    pub revocation_memo: RevocationMemo,
+}
+
+/// The last blocklist generation at which a token was found unrevoked; 0 for never.
+///
+/// A blocklist's generation grows by one after each revocation it takes into memory, so
+/// a token found unrevoked at generation `g` is still unrevoked while the generation is
+/// `g`: revocations only expire, never appear, without a new generation. Generations of
+/// different blocklists never coincide (each starts in its own range), so a memo can
+/// only be read back by the blocklist that wrote it. The value is a hint that can only
+/// skip work, never decide: a stale or racing memo just means one more lookup.
+#[derive(Debug, Default)]
+pub struct RevocationMemo(AtomicU64);
+
+impl RevocationMemo {
+    /// Whether the token was found unrevoked at `generation`.
+    pub fn holds_at(&self, generation: u64) -> bool {
+        self.0.load(Ordering::Relaxed) == generation
+    }
+
+    /// Notes that the token was found unrevoked at `generation`.
+    pub fn note(&self, generation: u64) {
+        self.0.store(generation, Ordering::Relaxed);
+    }
 }
 
 impl VerifiedToken {
@@ -198,6 +226,7 @@ impl ClaimReader {
             revocation_key,
             namespaced,
             identity,
+            revocation_memo: RevocationMemo::default(),
             claims: self
                 .kept_claims
                 .iter()
