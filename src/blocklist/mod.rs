@@ -1,7 +1,9 @@
 //! The revocation blocklist: an in-memory copy of every live revocation, in front of a
 //! durable store.
 //!
-//! The request path ([`Blocklist::check`]) reads memory only. Writes
+//! The request path ([`Blocklist::check`]) reads memory only, and skips even that for a
+//! token it found unrevoked while nothing was revoked since (a generation count, noted
+//! in the cached token: see [`crate::auth::verify::RevocationMemo`]). Writes
 //! ([`Blocklist::revoke`]) go to the store first and reach the cache only once the store
 //! has acknowledged them, so nothing is claimed that a restart would forget. A
 //! background task polls the store's change feed, so revocations written by another
