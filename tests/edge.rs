@@ -369,6 +369,38 @@ async fn upstream_over_timeout_is_504() {
     gw.assert_still_serving(&hs256()).await;
 }
 
+/// A client may half-close after sending its request (RFC 9112 §9.6 lets either side
+/// close its half): the gateway still forwards the request and sends the answer, as
+/// HAProxy does by default, rather than taking the FIN for an abort.
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, gw) = start_with(|cfg| {
+        cfg.set("upstreams.app.timeout", json!("10s"));
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(gw.edge)
+        .await
+        .expect("connect");
+    let head = format!(
+        "GET /slow HTTP/1.1\r\nHost: portcullis.test\r\nAuthorization: Bearer {}\r\n\r\n",
+        token(&access("alice"))
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    // The request is in; the upstream answers /slow after 5 s.
+    stream.shutdown().await.expect("half-close");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+        .await
+        .expect("answered within 20 s")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("\"path\":\"/slow\""), "{answer}");
+    assert_eq!(up.seen(), vec!["GET /slow".to_string()]);
+    gw.assert_still_serving(&hs256()).await;
+}
+
 // ---------------------------------------------------------------------------
 // Algorithms
 // ---------------------------------------------------------------------------
