@@ -369,9 +369,9 @@ async fn upstream_over_timeout_is_504() {
     gw.assert_still_serving(&hs256()).await;
 }
 
-/// A client may half-close after sending its request (RFC 9112 §9.6 lets either side
-/// close its half): the gateway still forwards the request and sends the answer, as
-/// HAProxy does by default, rather than taking the FIN for an abort.
+/// A client may half-close its TCP connection after sending its request: the gateway
+/// still forwards the request and sends the answer, as HAProxy does by default, rather
+/// than taking the FIN for an abort.
 #[tokio::test]
 async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
