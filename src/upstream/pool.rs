@@ -148,12 +148,10 @@ impl Pool {
         mut request: Request<Body>,
         deadline: tokio::time::Instant,
     ) -> Result<Response<Body>, SendError> {
-        while let Some((slot, mut sender)) = self.shared.checkout() {
-            let ticket = slot.deadline.start(deadline);
-            let sent = sender.try_send_request(request);
-            self.shared.put_back(&slot, sender);
-            let answer = slot.deadline.wait(ticket, sent).await;
-            slot.deadline.stop(ticket);
+        while let Some((slot, sender)) = self.shared.checkout() {
+            let answer = self
+                .hand_over(&slot, sender, deadline, |s| s.try_send_request(request))
+                .await;
             match answer {
                 None => return Err(SendError::Timeout(self.timeout)),
                 Some(Ok(response)) => return Ok(response.map(Body::Stream)),
@@ -166,18 +164,34 @@ impl Pool {
         // Boxed: connecting is rare, and its future would otherwise size every
         // request's. Its own timer: the connection's task has none yet.
         let opened = tokio::time::timeout_at(deadline, Box::pin(self.open())).await;
-        let (slot, mut sender) = opened.map_err(|_| SendError::Timeout(self.timeout))??;
-        let ticket = slot.deadline.start(deadline);
-        let sent = sender.send_request(request);
-        self.shared.put_back(&slot, sender);
-        let answer = slot.deadline.wait(ticket, sent).await;
-        slot.deadline.stop(ticket);
+        let (slot, sender) = opened.map_err(|_| SendError::Timeout(self.timeout))??;
+        let answer = self
+            .hand_over(&slot, sender, deadline, |s| s.send_request(request))
+            .await;
         match answer {
             None => Err(SendError::Timeout(self.timeout)),
             Some(response) => response
                 .map(|r| r.map(Body::Stream))
                 .map_err(SendError::Request),
         }
+    }
+
+    /// Hands one request to `sender` (through `send`), puts the sender back in its slot
+    /// for the next request, and waits for the answer under the slot's timer until
+    /// `deadline`: `None` when it passed first.
+    async fn hand_over<F: Future>(
+        &self,
+        slot: &Arc<Slot>,
+        mut sender: SendRequest<Body>,
+        deadline: tokio::time::Instant,
+        send: impl FnOnce(&mut SendRequest<Body>) -> F,
+    ) -> Option<F::Output> {
+        let ticket = slot.deadline.start(deadline);
+        let sent = send(&mut sender);
+        self.shared.put_back(slot, sender);
+        let answer = slot.deadline.wait(ticket, sent).await;
+        slot.deadline.stop(ticket);
+        answer
     }
 
     /// Connects, runs the HTTP/1.1 handshake and spawns the connection's task.
