@@ -1228,6 +1228,49 @@ async fn revocation_api_needs_the_admin_token_and_revokes_nothing_without_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_past_its_exp_is_not_found_before_the_purge_runs() {
+    let up = Upstream::start().await;
+    let gw = Proc::start(config_with_admin(&up)).await;
+    let admin = admin_bearer();
+    let not_found =
+        json!({"message": "No revocation for this jti", "error_type": "NotFoundError"});
+    let listed = |reply: &Reply, jti: &str| reply.2.contains(&format!("\"jti\":\"{jti}\""));
+
+    // Expired when it was posted: accepted (a logout of an expired token is harmless)
+    // and never found.
+    let reply = revoke(&gw, Some(&admin), r#"{"jti": "long-gone", "exp": 1000}"#).await;
+    assert_eq!(reply.0, 201, "{}", reply.2);
+    assert_json(
+        &admin_get(&gw, "/revocations/long-gone", Some(&admin)).await,
+        404,
+        not_found.clone(),
+    );
+
+    // Live, then expired: found until its `exp` second has passed, then not, in the
+    // lookup and the listing alike (the purge runs only once a minute).
+    let exp = now() + 1;
+    let body = json!({"jti": "short-lived", "exp": exp}).to_string();
+    assert_eq!(revoke(&gw, Some(&admin), &body).await.0, 201);
+    assert_json(
+        &admin_get(&gw, "/revocations/short-lived", Some(&admin)).await,
+        200,
+        json!({"jti": "short-lived", "exp": exp}),
+    );
+    assert!(listed(&admin_get(&gw, "/revocations", Some(&admin)).await, "short-lived"));
+    while now() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_json(
+        &admin_get(&gw, "/revocations/short-lived", Some(&admin)).await,
+        404,
+        not_found,
+    );
+    let list = admin_get(&gw, "/revocations", Some(&admin)).await;
+    assert_eq!(list.0, 200, "{}", list.2);
+    assert!(!listed(&list, "short-lived") && !listed(&list, "long-gone"), "{}", list.2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_revocation_kind_via_the_api_is_refused_at_the_edge() {
     let up = Upstream::start().await;
     let gw = Proc::start(config_with_admin(&up)).await;

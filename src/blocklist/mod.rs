@@ -327,9 +327,13 @@ impl Blocklist {
         self.store.ping().await
     }
 
-    /// Looks a revocation up in the store (admin API).
+    /// Looks a live revocation up in the store (admin API). An expired record the purge
+    /// has not reached yet is not one: `GET /revocations` leaves it out, so the lookup
+    /// answers as if it were gone (`exp >= now` is live, as everywhere else).
     pub async fn lookup(&self, kind: Kind, key: &str) -> Result<Option<Revocation>, StoreError> {
-        self.store.lookup(kind, key).await
+        let found = self.store.lookup(kind, key).await?;
+        let now = crate::clock::now_unix();
+        Ok(found.filter(|revocation| revocation.is_live(now)))
     }
 
     /// Live revocations held in memory (expired ones count until the next purge).
