@@ -115,6 +115,37 @@ async fn expired_token_is_401() {
 }
 
 #[tokio::test]
+async fn a_token_is_expired_from_its_exp_second_on_cached_or_not() {
+    // RFC 7519 §4.1.4: the current time must be before `exp` (leeway 0 here). A token
+    // whose `exp` is the current second is refused when first seen...
+    let (_up, gw) = start().await;
+    let now_exp = token(&access("alice").with(json!({ "iat": now() - 60, "exp": now() })));
+    assert_token_refused(
+        &gw,
+        &hs256(),
+        &now_exp,
+        "TokenExpiredError",
+        "Token has expired",
+    )
+    .await;
+    // ...and one accepted (so cached) before its `exp` is refused from that second on.
+    let exp = now() + 2;
+    let soon = token(&access("alice").with(json!({ "iat": now() - 60, "exp": exp })));
+    assert_forwarded(&get_with_token(&gw, "/x", &soon).await);
+    while now() < exp {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_token_refused(
+        &gw,
+        &hs256(),
+        &soon,
+        "TokenExpiredError",
+        "Token has expired",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn token_without_exp_is_401() {
     // CONTRACT §3: `exp` is required.
     let (_up, gw) = start().await;

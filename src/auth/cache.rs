@@ -28,7 +28,7 @@ type Hasher = foldhash::quality::RandomState;
 
 /// What the cache needs to know about a value.
 pub trait Weighted {
-    /// Unix second of the token's `exp`: the entry lives through `exp + leeway`.
+    /// Unix second of the token's `exp`: the entry lives until `exp + leeway`.
     fn expires_at(&self) -> u64;
     /// Bytes the value keeps alive on the heap (strings, header values, claims), on top
     /// of the fixed per-entry cost the cache adds itself.
@@ -54,14 +54,9 @@ struct UntilExp {
 
 impl<V: Weighted> Expiry<Box<str>, V> for UntilExp {
     fn expire_after_create(&self, _: &Box<str>, value: &V, _: Instant) -> Option<Duration> {
-        // jsonwebtoken accepts a token while `now - leeway <= exp` in whole seconds, so
-        // it is good until the instant `exp + leeway + 1`.
-        let until = Duration::from_secs(
-            value
-                .expires_at()
-                .saturating_add(self.leeway)
-                .saturating_add(1),
-        );
+        // A token is accepted while the Unix second is below `exp + leeway` (see
+        // `verify::is_expired`), so it is good until the instant `exp + leeway`.
+        let until = Duration::from_secs(value.expires_at().saturating_add(self.leeway));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();

@@ -214,7 +214,7 @@ impl Verifier {
                 .filter(|c| c.generation == generations)
             {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                if hit.token.exp.saturating_add(self.single_leeway) < now {
+                if is_expired(hit.token.exp, self.single_leeway, now) {
                     return Err(GatewayError::Expired.into());
                 }
                 return Ok(hit.token);
@@ -226,7 +226,7 @@ impl Verifier {
                         && hit.generation == self.providers[p].generation() =>
                 {
                     self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                    if hit.token.exp.saturating_add(self.providers[p].leeway) < now {
+                    if is_expired(hit.token.exp, self.providers[p].leeway, now) {
                         return Err(GatewayError::Expired.into());
                     }
                     return Ok(hit.token);
@@ -339,6 +339,10 @@ impl Verifier {
             .get("exp")
             .and_then(numeric_date)
             .ok_or(GatewayError::Decode)?;
+        // jsonwebtoken still accepts a token in its `exp` second; RFC 7519 does not.
+        if is_expired(exp, p.leeway, now) {
+            return Err(GatewayError::Expired.into());
+        }
         Ok(self
             .reader
             .read(&claims, token, provider, &p.name, iat, exp))
@@ -350,6 +354,14 @@ impl Verifier {
         self.cache.sync();
         (self.cache.len(), self.cache.weighted_size())
     }
+}
+
+/// Whether a token of expiry `exp` is past it at Unix second `now`, `leeway` seconds of
+/// clock skew allowed. RFC 7519 §4.1.4: the current time must be *before* `exp`; a clock
+/// reading of second `now` means a time in `[now, now + 1)`, which is before `exp +
+/// leeway` only while `now < exp + leeway` (PyJWT, under AuthX, draws the same line).
+pub(crate) fn is_expired(exp: u64, leeway: u64, now: u64) -> bool {
+    exp.saturating_add(leeway) <= now
 }
 
 /// A JWT NumericDate as whole seconds (fractions are allowed by RFC 7519).
