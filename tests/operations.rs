@@ -1232,8 +1232,7 @@ async fn a_revocation_past_its_exp_is_not_found_before_the_purge_runs() {
     let up = Upstream::start().await;
     let gw = Proc::start(config_with_admin(&up)).await;
     let admin = admin_bearer();
-    let not_found =
-        json!({"message": "No revocation for this jti", "error_type": "NotFoundError"});
+    let not_found = json!({"message": "No revocation for this jti", "error_type": "NotFoundError"});
     let listed = |reply: &Reply, jti: &str| reply.2.contains(&format!("\"jti\":\"{jti}\""));
 
     // Expired when it was posted: accepted (a logout of an expired token is harmless)
@@ -1256,7 +1255,10 @@ async fn a_revocation_past_its_exp_is_not_found_before_the_purge_runs() {
         200,
         json!({"jti": "short-lived", "exp": exp}),
     );
-    assert!(listed(&admin_get(&gw, "/revocations", Some(&admin)).await, "short-lived"));
+    assert!(listed(
+        &admin_get(&gw, "/revocations", Some(&admin)).await,
+        "short-lived"
+    ));
     while now() <= exp {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -1267,7 +1269,11 @@ async fn a_revocation_past_its_exp_is_not_found_before_the_purge_runs() {
     );
     let list = admin_get(&gw, "/revocations", Some(&admin)).await;
     assert_eq!(list.0, 200, "{}", list.2);
-    assert!(!listed(&list, "short-lived") && !listed(&list, "long-gone"), "{}", list.2);
+    assert!(
+        !listed(&list, "short-lived") && !listed(&list, "long-gone"),
+        "{}",
+        list.2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -262,6 +262,20 @@ async fn a_logout_token_revokes_at_the_provider_its_iss_names() {
         &backchannel(&p, &other_rsa.logout(&unique_jti(), json!({ "sid": "S1" }))).await,
         "logout token signature does not verify",
     );
+    // A kid the issuer's JWKS does not have, even after the refetch: no key of the
+    // issuer signed it, which is what the answer says.
+    let unknown_kid = Issuer {
+        kid: Some("no-such-kid"),
+        ..Issuer::default_idp()
+    };
+    assert_invalid(
+        &backchannel(
+            &p,
+            &unknown_kid.logout(&unique_jti(), json!({ "sid": "S1" })),
+        )
+        .await,
+        "logout token signature does not verify",
+    );
     assert_forwarded(&call(&p, &d_s1).await, "alice");
 
     // And the other way round: the default provider's logout revokes there only.

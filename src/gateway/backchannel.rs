@@ -175,9 +175,10 @@ async fn validate(gw: &Gateway, token: &str) -> Result<(Map<String, Value>, usiz
     };
     let claims = decoded.map_err(|e| match e {
         DecodeError::Refused(e) => e,
-        DecodeError::UnknownKid => crate::GatewayError::Decode,
+        DecodeError::UnknownKid => crate::GatewayError::BadSignature,
     });
     let claims = claims.map_err(|e| match e {
+        // An unknown `kid` (after one refetch) means no key of the issuer signed it.
         crate::GatewayError::BadSignature => "logout token signature does not verify".into(),
         crate::GatewayError::Expired => "logout token has expired".into(),
         crate::GatewayError::BadIssuer => "logout token issuer is wrong".into(),
