@@ -226,6 +226,25 @@ async fn token_type_must_match_the_route() {
     assert_forwarded(&get_with_token(&gw, "/refresh", &token(&refresh("alice"))).await);
     // A token without `type` counts as an access token.
     assert_forwarded(&get_with_token(&gw, "/x", &token(&access("alice").without("type"))).await);
+    // A `type` that is not the string `access` or `refresh` is neither, whatever its
+    // JSON type: refused on both kinds of route.
+    for other in [json!("id"), json!(1), json!(true), json!(["access"]), json!({})] {
+        let t = token(&access("alice").with(json!({ "type": other })));
+        let reply = get_with_token(&gw, "/x", &t).await;
+        assert_refused(
+            &reply,
+            401,
+            "AccessTokenRequiredError",
+            "Access token required",
+        );
+        let reply = get_with_token(&gw, "/refresh", &t).await;
+        assert_refused(
+            &reply,
+            401,
+            "RefreshTokenRequiredError",
+            "Refresh token required",
+        );
+    }
 }
 
 #[tokio::test]

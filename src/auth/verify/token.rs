@@ -162,9 +162,12 @@ impl ClaimReader {
         iat: Option<u64>,
         exp: u64,
     ) -> VerifiedToken {
-        let token_type = match claims.get("type").and_then(Value::as_str) {
-            None | Some("access") => TokenType::Access,
-            Some("refresh") => TokenType::Refresh,
+        // Absent (or null) counts as access; a number, list or object is no kind of
+        // token, like an unknown string.
+        let token_type = match claims.get("type") {
+            None | Some(Value::Null) => TokenType::Access,
+            Some(Value::String(kind)) if kind == "access" => TokenType::Access,
+            Some(Value::String(kind)) if kind == "refresh" => TokenType::Refresh,
             Some(_) => TokenType::Other,
         };
         // Keys and identity headers read a claim one way: `claim_text`.
