@@ -228,7 +228,13 @@ async fn token_type_must_match_the_route() {
     assert_forwarded(&get_with_token(&gw, "/x", &token(&access("alice").without("type"))).await);
     // A `type` that is not the string `access` or `refresh` is neither, whatever its
     // JSON type: refused on both kinds of route.
-    for other in [json!("id"), json!(1), json!(true), json!(["access"]), json!({})] {
+    for other in [
+        json!("id"),
+        json!(1),
+        json!(true),
+        json!(["access"]),
+        json!({}),
+    ] {
         let t = token(&access("alice").with(json!({ "type": other })));
         let reply = get_with_token(&gw, "/x", &t).await;
         assert_refused(
@@ -448,6 +454,38 @@ async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.contains("\"path\":\"/slow\""), "{answer}");
     assert_eq!(up.seen(), vec!["GET /slow".to_string()]);
+    gw.assert_still_serving(&hs256()).await;
+}
+
+#[tokio::test]
+async fn a_malformed_request_body_is_the_clients_fault_not_the_upstreams() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_up, gw) = start().await;
+    let mut stream = tokio::net::TcpStream::connect(gw.edge)
+        .await
+        .expect("connect");
+    // One good chunk, then a chunk size that overflows: hyper fails the body stream
+    // while it is being forwarded.
+    let request = format!(
+        "POST /x HTTP/1.1\r\nHost: portcullis.test\r\nAuthorization: Bearer {}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nFFFFFFFFFFFFFFFFFF\r\n",
+        token(&access("alice"))
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("answered within 10 s")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with(r#"{"message":"Bad request","error_type":"BadRequestError"}"#),
+        "{answer}"
+    );
     gw.assert_still_serving(&hs256()).await;
 }
 

@@ -141,12 +141,19 @@ impl Upstream {
         self.pool.send_with(request, move |e| self.failed(e))
     }
 
-    /// Logs why a request got no response head, and answers 504 or 502.
+    /// Logs why a request got no response head, and answers 504 or 502 (400 when it
+    /// was the client's request body that broke, not the upstream).
     fn failed(&self, e: SendError) -> GatewayError {
         match e {
             SendError::Timeout(timeout) => {
                 tracing::warn!(upstream = %self.name, ?timeout, "upstream timed out");
                 GatewayError::UpstreamTimeout
+            }
+            // hyper's "error from user's Body stream": the body it was sending, which is
+            // the client's (a malformed chunk, a client gone mid-body).
+            SendError::Request(e) if e.is_user() => {
+                tracing::debug!(upstream = %self.name, error = %error_chain(&e), "the client's request body failed");
+                GatewayError::BadRequest
             }
             e => {
                 tracing::warn!(upstream = %self.name, error = %error_chain(&e), "upstream request failed");
