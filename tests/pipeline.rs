@@ -9,8 +9,8 @@ mod common;
 
 use common::inproc::Pipeline;
 use common::{
-    access, assert_logged_out, assert_refused, assert_revoked, bearer, echoed, refresh, token,
-    ClaimsExt, Signer,
+    access, assert_forwarded, assert_logged_out, assert_refused, assert_revoked, bearer, echoed,
+    refresh, token, ClaimsExt, Signer,
 };
 use http::Method;
 use jsonwebtoken::Algorithm;
@@ -423,6 +423,35 @@ async fn logout_revokes_the_refresh_token_from_a_json_body() {
         .await;
     assert_logged_out(&reply);
     assert_revoked(&p.get_with("/refresh", &r).await);
+    assert!(p.seen().is_empty(), "logout is answered by the gateway");
+}
+
+#[tokio::test]
+async fn logout_reads_a_json_body_whatever_its_content_type_says() {
+    // `curl -d '{...}'` labels its JSON as a form; none at all, or text, happen too.
+    let p = Pipeline::new().await;
+    for content_type in [
+        Some("application/x-www-form-urlencoded"),
+        Some("text/plain"),
+        None,
+    ] {
+        let r = token(&refresh("alice"));
+        let body = json!({ "refresh_token": r }).to_string();
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|ct| ("content-type", ct))
+            .into_iter()
+            .collect();
+        let reply = p.logout(&token(&access("alice")), &headers, &body).await;
+        assert_logged_out(&reply);
+        assert_revoked(&p.get_with("/refresh", &r).await);
+    }
+    // A body that is not JSON holds no refresh token, and the logout goes on.
+    let r = token(&refresh("alice"));
+    let form = format!("refresh_token={r}");
+    let form_type = [("content-type", "application/x-www-form-urlencoded")];
+    assert_logged_out(&p.logout(&token(&access("alice")), &form_type, &form).await);
+    assert_forwarded(&p.get_with("/refresh", &r).await);
+    assert_eq!(p.seen(), vec!["GET /refresh".to_string()]);
 }
 
 #[tokio::test]

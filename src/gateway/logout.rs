@@ -109,14 +109,9 @@ async fn find_refresh_token(
         let t = t.strip_prefix("Bearer ").unwrap_or(t);
         return (Some(t.to_owned()), body);
     }
-    let is_json = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.to_ascii_lowercase().contains("json"));
-    if !is_json {
-        return (None, body);
-    }
+    // Whatever the `Content-Type` says: `curl -d '{...}'` labels JSON as a form, and a
+    // logout that answers 200 while the refresh token it was given stays valid would
+    // be the worse mistake.
     let body = match body {
         Body::Stream(incoming) => Either::Left(incoming),
         Body::Held(held) => Either::Right(held),
