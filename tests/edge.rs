@@ -146,6 +146,25 @@ async fn a_token_is_expired_from_its_exp_second_on_cached_or_not() {
 }
 
 #[tokio::test]
+async fn a_sub_or_sid_without_a_text_is_malformed() {
+    // Subject and session revocations find tokens by these claims' text: a token whose
+    // `sub` or `sid` is an object, a list or a boolean could never be cut off.
+    let (_up, gw) = start().await;
+    for (claim, value) in [
+        ("sub", json!({ "id": "alice" })),
+        ("sub", json!(["alice"])),
+        ("sid", json!({ "a": 1 })),
+        ("sid", json!(true)),
+    ] {
+        let t = token(&access("alice").with(json!({ claim: value })));
+        assert_token_refused(&gw, &hs256(), &t, "JWTDecodeError", "Invalid Token").await;
+    }
+    // Numbers have a text (`42`), as identity headers and revocations read them.
+    let numeric = token(&access("alice").with(json!({ "sid": 42 })));
+    assert_forwarded(&get_with_token(&gw, "/x", &numeric).await);
+}
+
+#[tokio::test]
 async fn token_without_exp_is_401() {
     // CONTRACT §3: `exp` is required.
     let (_up, gw) = start().await;

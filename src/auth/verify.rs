@@ -331,6 +331,17 @@ impl Verifier {
         let claims = p
             .decode_claims(token, &header, validation)
             .map_err(|e| auth_error(e, provider))?;
+        // Revocations find a token by the text of its `sub` and `sid`: a token whose
+        // `sub` or `sid` has none (an object, a list, a boolean) could never be cut off
+        // with its subject or session, so it is malformed (RFC 7519 §4.1.2: `sub` is a
+        // string; OIDC: so is `sid`).
+        if ["sub", "sid"].iter().any(|name| {
+            claims
+                .get(*name)
+                .is_some_and(|v| !v.is_null() && super::claim_text(v).is_none())
+        }) {
+            return Err(GatewayError::Decode.into());
+        }
         let iat = claims.get("iat").and_then(numeric_date);
         if matches!(iat, Some(iat) if iat > now.saturating_add(p.leeway)) {
             return Err(GatewayError::Decode.into());
