@@ -297,14 +297,24 @@ impl Admin {
             Ok(r) => r,
             Err(message) => return bad_request(&message),
         };
-        let record = revocation_json(&revocation);
-        match gateway.blocklist.revoke(vec![revocation]).await {
-            Ok(()) => {
-                self.metrics.revocations_api.fetch_add(1, Ordering::Relaxed);
-                json_reply(StatusCode::CREATED, json!({"revoked": record}))
-            }
-            Err(_) => store_unavailable(),
+        let cut_off = match &revocation {
+            Revocation::Subject { sub, .. } => Some((Kind::Subject, sub.clone())),
+            Revocation::Session { sid, .. } => Some((Kind::Session, sid.clone())),
+            Revocation::Token { .. } => None,
+        };
+        let mut record = revocation_json(&revocation);
+        if gateway.blocklist.revoke(vec![revocation]).await.is_err() {
+            return store_unavailable();
         }
+        self.metrics.revocations_api.fetch_add(1, Ordering::Relaxed);
+        // A cut-off keeps the later of two: an older `revoked_at` posted after a newer
+        // one changes nothing, and the answer says what is in force.
+        if let Some((kind, key)) = cut_off {
+            if let Ok(Some(stored)) = gateway.blocklist.lookup(kind, &key).await {
+                record = revocation_json(&stored);
+            }
+        }
+        json_reply(StatusCode::CREATED, json!({"revoked": record}))
     }
 }
 

@@ -1277,6 +1277,54 @@ async fn a_revocation_past_its_exp_is_not_found_before_the_purge_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_is_answered_as_it_was_recorded() {
+    let up = Upstream::start().await;
+    let gw = Proc::start(config_with_admin(&up)).await;
+    let admin = admin_bearer();
+    let created = |reply: Reply| {
+        assert_eq!(reply.0, 201, "{}", reply.2);
+        serde_json::from_str::<Value>(&reply.2).unwrap()
+    };
+
+    // A subject keeps the later cut-off: an older `revoked_at` posted afterwards (an
+    // old export re-imported) changes nothing, and the answer shows the one in force.
+    let newer = now() - 10;
+    let older = now() - 1000;
+    let body = json!({"sub": "ivan", "revoked_at": newer}).to_string();
+    let got = created(revoke(&gw, Some(&admin), &body).await);
+    assert_eq!(
+        got,
+        json!({"revoked": {"sub": "ivan", "revoked_at": newer}})
+    );
+    let body = json!({"sub": "ivan", "revoked_at": older}).to_string();
+    let got = created(revoke(&gw, Some(&admin), &body).await);
+    assert_eq!(
+        got,
+        json!({"revoked": {"sub": "ivan", "revoked_at": newer}})
+    );
+    // In force indeed: a token issued between the two cut-offs is refused.
+    let between = token(&access("ivan").with(json!({ "iat": newer - 100 })));
+    assert_refused(
+        &get(gw.edge, "/x", &[("Authorization", &bearer(&between))]).await,
+        401,
+        "RevokedTokenError",
+        "Invalid token",
+    );
+
+    // An `exp` past what a store keeps (signed 64-bit seconds) is recorded as the
+    // largest it keeps, and answered so, as the lookup shows it.
+    let body = json!({"jti": "forever", "exp": u64::MAX}).to_string();
+    let got = created(revoke(&gw, Some(&admin), &body).await);
+    assert_eq!(got, json!({"revoked": {"jti": "forever", "exp": i64::MAX}}));
+    assert_json(
+        &admin_get(&gw, "/revocations/forever", Some(&admin)).await,
+        200,
+        json!({"jti": "forever", "exp": i64::MAX}),
+    );
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_revocation_kind_via_the_api_is_refused_at_the_edge() {
     let up = Upstream::start().await;
     let gw = Proc::start(config_with_admin(&up)).await;

@@ -122,7 +122,10 @@ fn parse_shape(object: &Map<String, Value>, now: u64) -> Result<Revocation, Stri
                 .ok_or_else(|| format!("{key} must be a whole number of Unix seconds")),
         }
     };
-    let exp = number("exp")?;
+    // Stores keep Unix seconds as signed 64-bit numbers (SQLite's INTEGER): a larger
+    // `exp` (any is past the year 292 billion) is that largest one, here already, so
+    // that the answer shows what is recorded.
+    let exp = number("exp")?.map(|exp| exp.min(i64::MAX as u64));
     let revoked_at = number("revoked_at")?;
     let no_revoked_at = |kind: &str| match revoked_at {
         Some(_) => Err(format!("revoked_at applies to sid and sub, not {kind}")),
