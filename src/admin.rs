@@ -115,6 +115,19 @@ fn error_reply(status: StatusCode, error_type: &str, message: &str) -> Response<
     response
 }
 
+/// 405 for a path the admin listener serves, with the methods it takes there.
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = error_reply(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowedError",
+        "Method not allowed",
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
 /// The JSON form of a revocation record.
 pub fn revocation_json(r: &Revocation) -> Value {
     // The claim text, and the provider when it is not `default` (see `auth::providers`).
@@ -137,7 +150,12 @@ impl Admin {
     pub async fn handle(&self, request: Request<Body>) -> Response<Body> {
         let gateway = self.gateway.load_full();
         let path = request.uri().path().to_owned();
-        match (request.method(), path.as_str()) {
+        // HEAD is GET without the body (hyper drops it), for probes that send HEAD.
+        let method = match request.method() {
+            &Method::HEAD => &Method::GET,
+            method => method,
+        };
+        match (method, path.as_str()) {
             (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok"),
             (&Method::GET, "/readyz") => self.ready(&gateway).await,
             (&Method::GET, "/metrics") => self.metrics(&gateway),
@@ -189,6 +207,9 @@ impl Admin {
                     Err(_) => store_unavailable(),
                 }
             }
+            (_, "/healthz" | "/readyz" | "/metrics") => method_not_allowed("GET, HEAD"),
+            (_, "/revocations") => method_not_allowed("GET, HEAD, POST"),
+            (_, p) if p.starts_with("/revocations/") => method_not_allowed("GET, HEAD"),
             _ => error_reply(StatusCode::NOT_FOUND, "NoRouteError", "Not found"),
         }
     }

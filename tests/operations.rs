@@ -1277,6 +1277,56 @@ async fn a_revocation_past_its_exp_is_not_found_before_the_purge_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_paths_take_head_as_get_and_answer_405_to_other_methods() {
+    let up = Upstream::start().await;
+    let gw = Proc::start(config_with_admin(&up)).await;
+    let admin = admin_bearer();
+    // HEAD: the GET's status and headers, no body (probes that send HEAD).
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let reply = request(gw.admin(), "HEAD", path, &[], "").await;
+        assert_eq!((reply.0, reply.2.as_str()), (200, ""), "HEAD {path}");
+        assert!(
+            reply.1.contains_key("content-type"),
+            "HEAD {path}: {:?}",
+            reply.1
+        );
+    }
+    let reply = request(
+        gw.admin(),
+        "HEAD",
+        "/revocations",
+        &[("Authorization", &admin)],
+        "",
+    )
+    .await;
+    assert_eq!((reply.0, reply.2.as_str()), (200, ""));
+    // A path the listener serves, with a method it does not take there: 405 and the
+    // methods it takes, before any token is looked at.
+    for (method, path, allow) in [
+        ("PUT", "/healthz", "GET, HEAD"),
+        ("POST", "/metrics", "GET, HEAD"),
+        ("DELETE", "/revocations", "GET, HEAD, POST"),
+        ("PATCH", "/revocations", "GET, HEAD, POST"),
+        ("DELETE", "/revocations/some-jti", "GET, HEAD"),
+    ] {
+        let reply = request(gw.admin(), method, path, &[("Authorization", &admin)], "").await;
+        assert_json(
+            &reply,
+            405,
+            json!({"message": "Method not allowed", "error_type": "MethodNotAllowedError"}),
+        );
+        assert_eq!(reply.1["allow"], allow, "{method} {path}");
+    }
+    let reply = request(gw.admin(), "PUT", "/elsewhere", &[], "").await;
+    assert_json(
+        &reply,
+        404,
+        json!({"message": "Not found", "error_type": "NoRouteError"}),
+    );
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_is_answered_as_it_was_recorded() {
     let up = Upstream::start().await;
     let gw = Proc::start(config_with_admin(&up)).await;
