@@ -489,6 +489,12 @@ async fn missing_duplicate_or_userinfo_host_is_refused() {
     // HTTP/1.0 needs no Host; a clean HTTP/1.1 request passes on a fresh connection.
     let echo = assert_forwarded(&raw_reply(gw.edge, "GET /public/x HTTP/1.0\r\n\r\n").await);
     assert_eq!(echo["path"], "/public/x");
+    // X-Forwarded-Host is set all the same: to the address the client reached.
+    let listener = gw.edge.to_string();
+    assert_eq!(
+        echoed_header(&echo, "x-forwarded-host"),
+        Some(listener.as_str())
+    );
     let echo = assert_forwarded(
         &raw_reply(
             gw.edge,

@@ -660,6 +660,7 @@ async fn headers_that_name_two_requests_are_400() {
         client_ip: http::HeaderValue::from_static("127.0.0.1"),
         peer: IpAddr::from([127, 0, 0, 1]),
         https: false,
+        local_host: http::HeaderValue::from_static("127.0.0.1:8080"),
         max_header_bytes: 16 * 1024,
         slot: Arc::new(slot),
     };

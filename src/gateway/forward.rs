@@ -42,7 +42,8 @@ impl Gateway {
         // it up to three times per request (callgrind: 4 100 instructions).
         let added = 3 + auth.map_or(0, |auth| auth.token.identity.len());
         parts.headers.reserve(added);
-        let host = forwarding::set_upstream_host(&mut parts.headers, uri);
+        let host = forwarding::set_upstream_host(&mut parts.headers, uri)
+            .unwrap_or_else(|| conn.local_host.clone());
         forwarding::set_forwarded(&mut parts.headers, &conn.client_ip, conn.https, host);
         let mut target_uri = upstream.target(uri, target.path, target.path_changed)?;
         if let Some(auth) = auth {

@@ -96,6 +96,10 @@ pub struct ConnInfo {
     pub peer: IpAddr,
     /// Whether the edge connection is TLS.
     pub https: bool,
+    /// The listener's address (`ip:port`): `X-Forwarded-Host` for a request that named
+    /// no host (HTTP/1.0 without `Host`), as nginx's `$host` falls back to the server.
+    /// One shared value per listener, cloned by reference count.
+    pub local_host: HeaderValue,
     /// `server.max_header_bytes` of the config this connection was accepted under:
     /// its read buffer was sized for it, so a reload never mixes the two.
     pub max_header_bytes: usize,

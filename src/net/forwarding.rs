@@ -159,12 +159,12 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// Sets `X-Forwarded-For` (appending `client_ip` to any value the client sent),
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` (`host`: the Host or `:authority` the
-/// client used).
+/// client used, else the listener's address).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     client_ip: &HeaderValue,
     https: bool,
-    host: Option<HeaderValue>,
+    host: HeaderValue,
 ) {
     let existing: Option<Vec<u8>> = {
         let mut values = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
@@ -192,14 +192,7 @@ pub fn set_forwarded(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if https { "https" } else { "http" }),
     );
-    match host {
-        Some(host) => {
-            headers.insert(X_FORWARDED_HOST.clone(), host);
-        }
-        None => {
-            headers.remove(&X_FORWARDED_HOST);
-        }
-    }
+    headers.insert(X_FORWARDED_HOST.clone(), host);
 }
 
 #[cfg(test)]
@@ -297,8 +290,15 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.append("x-forwarded-for", HeaderValue::from_static("5.6.7.8"));
-        set_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), false, None);
+        h.append(
+            "x-forwarded-host",
+            HeaderValue::from_static("spoofed.example"),
+        );
+        let host = HeaderValue::from_static("a.example");
+        set_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), false, host);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "a.example");
+        assert_eq!(h.get_all("x-forwarded-host").iter().count(), 1);
     }
 }

@@ -268,6 +268,11 @@ async fn serve_edge(
     // (noticed by the config's address), so new connections get the new limits.
     let mut built_for = state.load().config.clone();
     let mut builders = Arc::new(Builders::new(&built_for.server));
+    let local_host = listener
+        .local_addr()
+        .ok()
+        .and_then(|addr| HeaderValue::from_str(&addr.to_string()).ok())
+        .unwrap_or_else(|| HeaderValue::from_static("unknown"));
     // Tells every connection to finish gracefully; each holds a receiver until it is done,
     // so `closed()` is when the last one is gone (hyper-util's GracefulShutdown, inlined:
     // its watcher cannot be combined with the idle rules of `net::idle`).
@@ -301,6 +306,7 @@ async fn serve_edge(
         let max_header_bytes = built_for.server.max_header_bytes;
         let tls = current.tls.clone();
         drop(current);
+        let local_host = local_host.clone();
         let state = state.clone();
         let builders = builders.clone();
         let watcher = drain.subscribe();
@@ -312,6 +318,7 @@ async fn serve_edge(
                 client_ip,
                 peer: peer.ip(),
                 https: false,
+                local_host,
                 max_header_bytes,
                 slot,
             });
@@ -339,6 +346,7 @@ async fn serve_edge(
                 client_ip,
                 peer: peer.ip(),
                 https: true,
+                local_host,
                 max_header_bytes,
                 slot,
             });

@@ -88,6 +88,7 @@ impl Pipeline {
             client_ip: http::HeaderValue::from_str(&self.peer.to_string()).expect("ip"),
             peer: self.peer,
             https: false,
+            local_host: http::HeaderValue::from_static("127.0.0.1:8080"),
             max_header_bytes: 16 * 1024,
             slot: Arc::new(slot),
         };
