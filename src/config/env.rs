@@ -1,4 +1,5 @@
-//! `${NAME}` and `${NAME:-default}` expansion in string values.
+//! `${NAME}` and `${NAME:-default}` (unset or empty: the default) expansion in string
+//! values.
 
 /// Replaces every `${NAME}` / `${NAME:-default}` in `input` using `lookup`.
 ///
@@ -38,7 +39,10 @@ pub fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<St
                 "`${{{reference}}}` is not a valid variable reference"
             ));
         }
+        // `:-` as in the shell and Compose: the default stands in for an unset *or
+        // empty* variable (`GRACE= portcullis` means "not given", not "empty duration").
         match (lookup(name), default) {
+            (Some(value), Some(default)) if value.is_empty() => out.push_str(default),
             (Some(value), _) => out.push_str(&value),
             (None, Some(default)) => out.push_str(default),
             (None, None) => {
@@ -73,6 +77,7 @@ mod tests {
         assert_eq!(expand("${UNSET:-dflt}", env).unwrap(), "dflt");
         assert_eq!(expand("${SET:-dflt}", env).unwrap(), "value");
         assert_eq!(expand("${EMPTY}", env).unwrap(), "");
+        assert_eq!(expand("${EMPTY:-dflt}", env).unwrap(), "dflt");
         assert_eq!(expand("$$HOME and $5", env).unwrap(), "$HOME and $5");
         assert!(expand("${UNSET}", env).unwrap_err().contains("UNSET"));
         assert!(expand("${SET", env).is_err());
