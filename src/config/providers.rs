@@ -10,6 +10,9 @@ use serde_yaml::Value;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// The largest `leeway` a provider may allow.
+const MAX_LEEWAY: Duration = Duration::from_secs(24 * 60 * 60);
+
 impl Checker {
     /// `providers:`: the named issuers besides `default`, in file order. `default` is the
     /// already validated `jwt` provider (its algorithms are the others' default, and no
@@ -209,9 +212,25 @@ impl Checker {
                 .audience
                 .map(file::OneOrMany::into_vec)
                 .unwrap_or_default(),
-            leeway: self.duration(f.leeway.as_deref(), &key("leeway"), Duration::ZERO),
+            leeway: self.leeway(f.leeway.as_deref(), &key("leeway")),
             required_typ,
         }
+    }
+
+    /// `{prefix}.leeway`: clock skew, at most [`MAX_LEEWAY`]. Beyond it `exp` would mean
+    /// little; and past the current Unix time jsonwebtoken's `now - leeway` wraps
+    /// around and every token reads as expired.
+    fn leeway(&mut self, raw: Option<&str>, path: &str) -> Duration {
+        let leeway = self.duration(raw, path, Duration::ZERO);
+        if leeway > MAX_LEEWAY {
+            let raw = raw.unwrap_or_default();
+            self.error(
+                path,
+                format!("{raw:?} is more clock skew than a leeway may allow (1d)"),
+            );
+            return Duration::ZERO;
+        }
+        leeway
     }
 
     /// `{prefix}.algorithms`: each a known algorithm, never `none`, at least one.

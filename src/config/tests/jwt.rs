@@ -170,6 +170,12 @@ pub(super) const ROWS: &[Row] = &[
         "\"a bit\" is not a duration",
     ),
     (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  leeway: 21000d\n",
+        "jwt.leeway",
+        Some(3),
+        "\"21000d\" is more clock skew than a leeway may allow (1d)",
+    ),
+    (
         "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  token_cache_max_bytes: 64MB\n",
         "jwt.token_cache_max_bytes",
         Some(3),
