@@ -20,13 +20,24 @@ impl Checker {
         for (key, value) in map {
             let name = key_name(key);
             let path = format!("upstreams.{name}");
+            // An upstream with errors is still defined: routes naming it are not told it
+            // is missing, and its other keys are still checked. The placeholder URL never
+            // serves: a config with errors does not load.
+            let placeholder = || Uri::from_static("http://invalid.invalid");
             let Some(f) = self.typed::<file::UpstreamFile>(value, &path) else {
+                out.push(UpstreamConfig {
+                    name,
+                    url: placeholder(),
+                    connect_timeout: Duration::from_secs(2),
+                    timeout: Duration::from_secs(30),
+                    ca_file: None,
+                });
                 continue;
             };
             let url = match f.url.as_deref() {
                 None => {
                     self.error(&format!("{path}.url"), "required");
-                    continue;
+                    placeholder()
                 }
                 Some(raw) => match raw.parse::<Uri>() {
                     Ok(uri)
@@ -40,7 +51,7 @@ impl Checker {
                             &format!("{path}.url"),
                             format!("{raw:?} is not an http:// or https:// URL"),
                         );
-                        continue;
+                        placeholder()
                     }
                 },
             };

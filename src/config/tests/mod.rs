@@ -153,3 +153,29 @@ fn an_error_displays_its_key_path_and_line() {
         "{errors}"
     );
 }
+
+#[test]
+fn a_broken_upstream_has_every_error_reported_and_is_still_defined() {
+    // A bad `url` used to hide the upstream's other errors and make routes naming it
+    // report it missing.
+    let errors = load(
+        "upstreams:\n  app:\n    url: ftp://127.0.0.1:9\n    connect_timeout: 2\n    timeout: forever\n    ca_file: nope.pem\n  b:\n    url: 5\n    timeout: y\n\
+         routes:\n  - prefix: /\n    upstream: app\n  - prefix: /b\n    upstream: b\n",
+    )
+    .err()
+    .expect("refused");
+    let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+    for path in [
+        "upstreams.app.url",
+        "upstreams.app.connect_timeout",
+        "upstreams.app.timeout",
+        "upstreams.app.ca_file",
+        "upstreams.b.url",
+    ] {
+        assert!(paths.contains(&path), "{path} not in {errors}");
+    }
+    assert!(
+        !paths.iter().any(|p| p.starts_with("routes")),
+        "routes name defined upstreams: {errors}"
+    );
+}
