@@ -270,4 +270,15 @@ fn revoke_says_what_it_revoked_in_words() {
             "error: --token is not a JWT (expected three base64url parts)"
         )
     );
+    // Empty names are refused, as the admin API and --file refuse them.
+    for (flag, args) in [
+        ("jti", &["--jti", "", "--exp", "1796119200"][..]),
+        ("sub", &["--sub", ""][..]),
+    ] {
+        let (code, stdout, stderr) = with(args);
+        assert_eq!(
+            (code, stdout.as_str(), stderr.trim()),
+            (1, "", format!("error: --{flag} must not be empty").as_str())
+        );
+    }
 }

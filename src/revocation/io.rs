@@ -56,7 +56,17 @@ pub fn token_revocation(token: &str) -> Result<Revocation, String> {
         .and_then(claim_text)
         .filter(|jti| !jti.is_empty())
         .map_or_else(|| token_digest_key(token), Cow::into_owned);
-    Ok(Revocation::Token { key, exp })
+    Ok(Revocation::Token {
+        key,
+        exp: storable_seconds(exp),
+    })
+}
+
+/// Stores keep Unix seconds as signed 64-bit numbers (SQLite's INTEGER): a larger one
+/// (any is past the year 292 billion) is recorded as the largest they keep, and taken
+/// as that here already, so that every answer shows what is recorded.
+pub fn storable_seconds(unix: u64) -> u64 {
+    unix.min(i64::MAX as u64)
 }
 
 /// The provider a revocation object names (`default` when it names none), if it is one
@@ -122,10 +132,7 @@ fn parse_shape(object: &Map<String, Value>, now: u64) -> Result<Revocation, Stri
                 .ok_or_else(|| format!("{key} must be a whole number of Unix seconds")),
         }
     };
-    // Stores keep Unix seconds as signed 64-bit numbers (SQLite's INTEGER): a larger
-    // `exp` (any is past the year 292 billion) is that largest one, here already, so
-    // that the answer shows what is recorded.
-    let exp = number("exp")?.map(|exp| exp.min(i64::MAX as u64));
+    let exp = number("exp")?.map(storable_seconds);
     let revoked_at = number("revoked_at")?;
     let no_revoked_at = |kind: &str| match revoked_at {
         Some(_) => Err(format!("revoked_at applies to sid and sub, not {kind}")),

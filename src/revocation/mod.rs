@@ -62,9 +62,19 @@ pub enum RevokeTarget {
 
 /// The revocation `target` stands for. A whole token is decoded without checking its
 /// signature: revoking can only ever refuse more.
+///
+/// An empty `jti` or subject is refused, as the admin API and `--file` refuse it: no
+/// token carries one, and the export could not be imported again.
 pub fn revocation_for(target: RevokeTarget) -> Result<Revocation, String> {
     Ok(match target {
-        RevokeTarget::Jti { jti, exp } => Revocation::Token { key: jti, exp },
+        RevokeTarget::Jti { jti, .. } if jti.is_empty() => {
+            return Err("jti must not be empty".into())
+        }
+        RevokeTarget::Subject(sub) if sub.is_empty() => return Err("sub must not be empty".into()),
+        RevokeTarget::Jti { jti, exp } => Revocation::Token {
+            key: jti,
+            exp: io::storable_seconds(exp),
+        },
         RevokeTarget::Subject(sub) => Revocation::Subject {
             sub,
             at: now_unix(),
