@@ -3,7 +3,7 @@
 //! A key is only ever used with its own algorithm family: [`KeySet::candidates`] filters
 //! by family, so an HS256 token can never be checked against an RSA public key's bytes.
 
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header, Validation};
 use std::path::Path;
 
 /// Verification keys in the order they are tried: current first, then previous (rotation).
@@ -90,14 +90,19 @@ impl SigningKey {
             ),
             None => None,
         };
-        let key_for = |algorithm: Algorithm| match (algorithm.family(), &private_pem) {
-            (AlgorithmFamily::Hmac, _) => secret
-                .filter(|s| !s.is_empty())
-                .map(|s| EncodingKey::from_secret(s.as_bytes())),
-            (AlgorithmFamily::Rsa, Some(pem)) => EncodingKey::from_rsa_pem(pem).ok(),
-            (AlgorithmFamily::Ec, Some(pem)) => EncodingKey::from_ec_pem(pem).ok(),
-            (AlgorithmFamily::Ed, Some(pem)) => EncodingKey::from_ed_pem(pem).ok(),
-            _ => None,
+        let key_for = |algorithm: Algorithm| {
+            let key = match (algorithm.family(), &private_pem) {
+                (AlgorithmFamily::Hmac, _) => secret
+                    .filter(|s| !s.is_empty())
+                    .map(|s| EncodingKey::from_secret(s.as_bytes())),
+                (AlgorithmFamily::Rsa, Some(pem)) => EncodingKey::from_rsa_pem(pem).ok(),
+                (AlgorithmFamily::Ec, Some(pem)) => EncodingKey::from_ec_pem(pem).ok(),
+                (AlgorithmFamily::Ed, Some(pem)) => EncodingKey::from_ed_pem(pem).ok(),
+                _ => None,
+            }?;
+            // Reading a key does not tell its curve: a P-256 key reads as an ES384 key
+            // too, and fails only when it signs. So it signs once here.
+            sign_probe(algorithm, &key).is_some().then_some(key)
         };
         // A private key file that fits none of the algorithms is a mistake worth
         // reporting, even when an HMAC secret would do for signing.
@@ -107,11 +112,34 @@ impl SigningKey {
                 .any(|a| a.family() != AlgorithmFamily::Hmac && key_for(*a).is_some())
         {
             return Err(
-                "holds no private key (PKCS#8 PEM) for any algorithm in jwt.algorithms".to_owned(),
+                "holds no private key (PKCS#8 PEM) that signs any algorithm in jwt.algorithms (an EC key signs only the ES* of its curve: ES256 P-256, ES384 P-384)".to_owned(),
             );
         }
         Ok(algorithms
             .iter()
             .find_map(|&algorithm| key_for(algorithm).map(|key| SigningKey { algorithm, key })))
     }
+
+    /// Whether `keys` verifies what this key signs: `None` when `keys` has no key of its
+    /// family to ask (HMAC, whose secret is both; or public keys from a JWKS only).
+    pub fn verified_by(&self, keys: &KeySet) -> Option<bool> {
+        if self.algorithm.family() == AlgorithmFamily::Hmac || !keys.has_family(&self.algorithm) {
+            return None;
+        }
+        let token = sign_probe(self.algorithm, &self.key)?;
+        let mut validation = Validation::new(self.algorithm);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        Some(
+            keys.candidates(self.algorithm).any(|key| {
+                jsonwebtoken::decode::<serde_json::Value>(&token, key, &validation).is_ok()
+            }),
+        )
+    }
+}
+
+/// A token of no claims signed with `key` as `algorithm`, or `None` if it cannot sign.
+fn sign_probe(algorithm: Algorithm, key: &EncodingKey) -> Option<String> {
+    jsonwebtoken::encode(&Header::new(algorithm), &serde_json::json!({}), key).ok()
 }

@@ -282,3 +282,57 @@ fn revoke_says_what_it_revoked_in_words() {
         );
     }
 }
+
+#[test]
+fn check_signs_once_with_the_private_key_to_catch_a_wrong_curve_or_pair() {
+    // Reading a PEM does not tell an EC key's curve, nor whether the private and public
+    // files belong together: `check` passed both, and every token `portcullis token`
+    // then printed failed (InvalidEcdsaKey, or 401 at the gateway).
+    let keys = keys();
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, pem) in [
+        ("p256.key", &keys.p256.private),
+        ("p256.pub", &keys.p256.public),
+        ("p384.key", &keys.p384.private),
+        ("p384.pub", &keys.p384.public),
+    ] {
+        std::fs::write(dir.path().join(name), pem).expect("write key");
+    }
+    let config = |algorithms: &str, private: &str, public: &str| {
+        minimal("").replace(
+            &format!("  algorithms: [HS256]\n  secret: {SECRET_ENV}\n"),
+            &format!(
+                "  algorithms: [{algorithms}]\n  private_key_file: {private}\n  public_key_file: {public}\n"
+            ),
+        )
+    };
+    let check = |yaml: String| {
+        std::fs::write(dir.path().join("g.yaml"), yaml).expect("write config");
+        portcullis(&["check", "--config", "g.yaml"], dir.path())
+    };
+
+    let (code, _, stderr) = check(config("ES384", "p256.key", "p256.pub"));
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        error_lines(&stderr),
+        ["error: jwt.private_key_file (line 5): holds no private key (PKCS#8 PEM) that signs any algorithm in jwt.algorithms (an EC key signs only the ES* of its curve: ES256 P-256, ES384 P-384)"]
+    );
+
+    let (code, _, stderr) = check(config("ES256", "p256.key", "p384.pub"));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        error_lines(&stderr).contains(&"error: jwt.private_key_file (line 5): is not the private half of jwt.public_key_file: tokens `portcullis token` signs would be refused"),
+        "{stderr}"
+    );
+
+    // The right pair passes, with either curve listed first.
+    for algorithms in ["ES256", "ES384, ES256"] {
+        let (code, stdout, stderr) = check(config(algorithms, "p256.key", "p256.pub"));
+        assert_eq!(code, 0, "{algorithms}: {stderr}");
+        assert!(stdout.contains("is valid"), "{stdout}");
+        let (code, token, stderr) =
+            portcullis(&["token", "--config", "g.yaml", "--sub", "a"], dir.path());
+        assert_eq!(code, 0, "{algorithms}: {stderr}");
+        assert_eq!(token.trim().split('.').count(), 3, "{token}");
+    }
+}

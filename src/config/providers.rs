@@ -194,6 +194,12 @@ impl Checker {
                 None
             }
         };
+        if signing.as_ref().and_then(|s| s.verified_by(&keys)) == Some(false) {
+            self.error(
+                &key("private_key_file"),
+                format!("is not the private half of {}: tokens `portcullis token` signs would be refused", key("public_key_file")),
+            );
+        }
         ProviderConfig {
             name,
             issuer: f.issuer,

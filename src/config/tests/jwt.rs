@@ -125,7 +125,7 @@ pub(super) const ROWS: &[Row] = &[
         "jwt:\n  algorithms: [HS256, RS256]\n  secret: 0123456789abcdef0123456789abcdef\n  private_key_file: Cargo.toml\n",
         "jwt.private_key_file",
         Some(4),
-        "holds no private key (PKCS#8 PEM) for any algorithm",
+        "holds no private key (PKCS#8 PEM) that signs any algorithm",
     ),
     (
         "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  token_location: [headers, body]\n",
