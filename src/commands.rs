@@ -27,7 +27,7 @@ pub enum CommandError {
     ClaimSyntax(String),
     #[error("--claim {0:?}: the subject is set by --sub")]
     ClaimSub(String),
-    #[error("--ttl must be longer than 0s")]
+    #[error("--ttl must be at least 1s (a token's exp is in whole seconds)")]
     ZeroTtl,
     #[error("signing failed: {0}")]
     Signing(#[source] jsonwebtoken::errors::Error),

@@ -219,11 +219,16 @@ fn token_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
 #[test]
 fn token_refuses_a_zero_ttl_and_a_second_subject() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (code, _, stderr) = token_in(dir.path(), &["--sub", "alice", "--ttl", "0s"]);
-    assert_eq!(
-        (code, stderr.trim()),
-        (1, "error: --ttl must be longer than 0s")
-    );
+    for ttl in ["0s", "500ms"] {
+        let (code, _, stderr) = token_in(dir.path(), &["--sub", "alice", "--ttl", ttl]);
+        assert_eq!(
+            (code, stderr.trim()),
+            (
+                1,
+                "error: --ttl must be at least 1s (a token's exp is in whole seconds)"
+            )
+        );
+    }
     let (code, _, stderr) = token_in(dir.path(), &["--sub", "alice", "--ttl", "-5m"]);
     assert_eq!(code, 2, "a negative ttl is a usage error: {stderr}");
     let (code, _, stderr) = token_in(dir.path(), &["--sub", "alice", "--claim", "sub=bob"]);
@@ -335,4 +340,26 @@ fn check_signs_once_with_the_private_key_to_catch_a_wrong_curve_or_pair() {
         assert_eq!(code, 0, "{algorithms}: {stderr}");
         assert_eq!(token.trim().split('.').count(), 3, "{token}");
     }
+}
+
+#[test]
+fn an_empty_portcullis_config_is_unset() {
+    // `PORTCULLIS_CONFIG=` (a compose file's empty default) means gateway.yaml, not a
+    // file named "".
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("gateway.yaml"), minimal("")).expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("check")
+        .current_dir(dir.path())
+        .env("PORTCULLIS_CONFIG", "")
+        .output()
+        .expect("run portcullis");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("gateway.yaml"), "{stdout}");
 }

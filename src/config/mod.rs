@@ -53,8 +53,13 @@ use std::path::{Path, PathBuf};
 
 /// Resolves the config path: the flag, else `$PORTCULLIS_CONFIG`, else `gateway.yaml`.
 pub fn resolve_path(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("PORTCULLIS_CONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("gateway.yaml"))
+    // An empty `PORTCULLIS_CONFIG=` is unset, as `${NAME:-default}` reads it.
+    flag.or_else(|| {
+        std::env::var_os("PORTCULLIS_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+    .unwrap_or_else(|| PathBuf::from("gateway.yaml"))
 }
 
 /// Reads, expands and validates the config file at `path`.
