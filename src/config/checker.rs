@@ -78,7 +78,7 @@ impl Checker {
                 inner if inner.starts_with('[') => format!("{path}{inner}"),
                 inner => format!("{path}.{inner}"),
             };
-            self.error(&full, error.into_inner().to_string());
+            self.error(&full, in_yaml_words(&error.into_inner().to_string()));
             if !remove_at(&mut value, &segments) {
                 return None;
             }
@@ -266,4 +266,23 @@ pub(super) fn parse_size(raw: &str) -> Option<u64> {
         _ => return None,
     };
     number.checked_mul(1 << shift)
+}
+
+/// serde's message with Rust's number types said in the config's words.
+fn in_yaml_words(message: &str) -> String {
+    let mut message = message.to_owned();
+    for (rust, yaml) in [
+        ("expected u64", "expected a whole number (0 or more)"),
+        ("expected u32", "expected a whole number (0 or more)"),
+        ("expected u16", "expected a whole number (0 to 65535)"),
+        ("expected usize", "expected a whole number (0 or more)"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+    ] {
+        if message.ends_with(rust) {
+            message.truncate(message.len() - rust.len());
+            message.push_str(yaml);
+        }
+    }
+    message
 }

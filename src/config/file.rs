@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 /// `server:`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping of keys")]
 pub struct ServerFile {
     pub listen: Option<String>,
     pub tls: Option<TlsFile>,
@@ -28,7 +28,7 @@ pub struct ServerFile {
 
 /// `server.tls:`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping of keys")]
 pub struct TlsFile {
     pub cert_file: Option<String>,
     pub key_file: Option<String>,
@@ -36,7 +36,7 @@ pub struct TlsFile {
 
 /// `admin:`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping of keys")]
 pub struct AdminFile {
     pub listen: Option<String>,
     pub token: Option<String>,
@@ -44,7 +44,7 @@ pub struct AdminFile {
 
 /// A YAML value that may be one string or a list of strings (`audience: my-api`).
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a string or a list of strings")]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
@@ -61,7 +61,7 @@ impl OneOrMany {
 
 /// `jwt:`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping of keys")]
 pub struct JwtFile {
     pub algorithms: Option<OneOrMany>,
     pub secret: Option<String>,
@@ -93,7 +93,7 @@ pub struct JwtFile {
 /// `providers.<name>:`: another token issuer, with the key and claim settings of `jwt`
 /// (token locations, cookies and CSRF stay `jwt`'s for every provider).
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping of keys")]
 pub struct ProviderFile {
     pub issuer: Option<String>,
     pub algorithms: Option<OneOrMany>,
@@ -115,7 +115,7 @@ pub struct ProviderFile {
 
 /// `jwt.csrf:`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping of keys")]
 pub struct CsrfFile {
     pub enabled: Option<bool>,
     pub header_name: Option<String>,
@@ -124,7 +124,7 @@ pub struct CsrfFile {
 
 /// `blocklist:`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping of keys")]
 pub struct BlocklistFile {
     pub store: Option<String>,
     pub sqlite_path: Option<String>,
@@ -138,7 +138,7 @@ pub struct BlocklistFile {
 
 /// `blocklist.redis_sentinel:`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping of keys")]
 pub struct RedisSentinelFile {
     pub master_name: Option<String>,
     pub addresses: Option<Vec<String>>,
@@ -146,7 +146,7 @@ pub struct RedisSentinelFile {
 
 /// `logout:`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping of keys")]
 pub struct LogoutFile {
     pub path: Option<String>,
     pub methods: Option<OneOrMany>,
@@ -159,7 +159,7 @@ pub struct LogoutFile {
 
 /// `upstreams.<name>:`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping of keys")]
 pub struct UpstreamFile {
     pub url: Option<String>,
     #[serde(default, deserialize_with = "duration_text")]
@@ -171,7 +171,7 @@ pub struct UpstreamFile {
 
 /// `routes[i]:`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping of keys")]
 pub struct RouteFile {
     pub prefix: Option<String>,
     pub upstream: Option<String>,
@@ -183,7 +183,7 @@ pub struct RouteFile {
 
 /// `forward:`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping of keys")]
 pub struct ForwardFile {
     pub token: Option<bool>,
     pub identity_headers: Option<BTreeMap<String, String>>,
@@ -192,7 +192,7 @@ pub struct ForwardFile {
 
 /// `forward_auth:`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping of keys")]
 pub struct ForwardAuthFile {
     pub path: Option<String>,
     pub trusted_proxies: Option<OneOrMany>,

@@ -47,7 +47,19 @@ pub(super) const ROWS: &[Row] = &[
         "environment variable UPSTREAM is not set",
     ),
     // Checker::typed: serde errors, with the inner path appended
-    ("server: 5\n", "server", Some(1), "expected struct ServerFile"),
+    ("server: 5\n", "server", Some(1), "expected a mapping of keys"),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  audience: {a: 1}\n",
+        "jwt.audience",
+        Some(3),
+        "a string or a list of strings",
+    ),
+    (
+        "blocklist:\n  store: memory\n  cache_max_entries: -1\n",
+        "blocklist.cache_max_entries",
+        Some(3),
+        "invalid value: integer `-1`, expected a whole number (0 or more)",
+    ),
     (
         "server:\n  max_connections: many\n",
         "server.max_connections",
