@@ -186,7 +186,12 @@ impl Checker {
 
     pub(super) fn file_exists(&mut self, raw: &str, path: &str) -> PathBuf {
         let resolved = self.path_of(raw);
-        if !resolved.is_file() {
+        if resolved.is_dir() {
+            self.error(
+                path,
+                format!("{} is a directory, not a file", resolved.display()),
+            );
+        } else if !resolved.is_file() {
             self.error(path, format!("file {} does not exist", resolved.display()));
         }
         resolved

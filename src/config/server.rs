@@ -9,17 +9,16 @@ impl Checker {
         let f = f.unwrap_or_default();
         let listen = self.socket_addr(f.listen.as_deref(), "server.listen", "0.0.0.0:8000");
         let tls = f.tls.map(|t| {
-            let cert = t.cert_file.unwrap_or_default();
-            let key = t.key_file.unwrap_or_default();
-            if cert.is_empty() {
-                self.error("server.tls.cert_file", "required when server.tls is set");
-            }
-            if key.is_empty() {
-                self.error("server.tls.key_file", "required when server.tls is set");
-            }
+            let mut required = |raw: Option<String>, key: &str| match raw {
+                Some(raw) if !raw.is_empty() => self.file_exists(&raw, key),
+                _ => {
+                    self.error(key, "required when server.tls is set");
+                    std::path::PathBuf::new()
+                }
+            };
             let files = TlsFiles {
-                cert_file: self.file_exists(&cert, "server.tls.cert_file"),
-                key_file: self.file_exists(&key, "server.tls.key_file"),
+                cert_file: required(t.cert_file, "server.tls.cert_file"),
+                key_file: required(t.key_file, "server.tls.key_file"),
             };
             if files.cert_file.is_file() && files.key_file.is_file() {
                 if let Err(e) = crate::tls::server_config(&files.cert_file, &files.key_file) {

@@ -179,3 +179,18 @@ fn a_broken_upstream_has_every_error_reported_and_is_still_defined() {
         "routes name defined upstreams: {errors}"
     );
 }
+
+#[test]
+fn a_missing_tls_file_is_reported_once() {
+    // Only "required": not also "file  does not exist" for the empty name.
+    let errors = load("server:\n  tls:\n    key_file: Cargo.toml\n")
+        .err()
+        .expect("refused");
+    let at_cert: Vec<_> = errors
+        .0
+        .iter()
+        .filter(|e| e.path == "server.tls.cert_file")
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(at_cert, ["required when server.tls is set"], "{errors}");
+}

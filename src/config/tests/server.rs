@@ -34,6 +34,12 @@ pub(super) const ROWS: &[Row] = &[
         Some(4),
         "missing-key.pem does not exist",
     ),
+    (
+        "server:\n  tls:\n    cert_file: src\n    key_file: Cargo.toml\n",
+        "server.tls.cert_file",
+        Some(3),
+        "src is a directory, not a file",
+    ),
     // Both files exist, neither is PEM: crate::tls says why, under the section.
     (
         "server:\n  tls:\n    cert_file: Cargo.toml\n    key_file: Cargo.toml\n",
