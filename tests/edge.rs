@@ -353,6 +353,18 @@ async fn cookie_token_needs_csrf_on_unsafe_methods() {
     .await;
     assert_eq!(assert_forwarded(&reply)["method"], "POST");
 
+    // Methods are compared in any case: an app that upper-cases the method (Django
+    // does) would otherwise take an unchecked `post` for a POST.
+    for method in ["post", "Delete", "patch"] {
+        let reply = request(gw.edge, method, "/x", &[("Cookie", &cookie)], "{}").await;
+        assert_refused(
+            &reply,
+            401,
+            "CSRFError",
+            "CSRF double submit does not match",
+        );
+    }
+
     // GET is not in csrf.methods.
     assert_forwarded(&get(gw.edge, "/x", &[("Cookie", &cookie)]).await);
     // A token from the Authorization header needs no CSRF header.

@@ -106,7 +106,9 @@ pub fn authorize(
 }
 
 /// Double submit: a cookie token on an unsafe method needs the CSRF header to equal its
-/// `csrf` claim (a cross-site page can send the cookie but cannot read it).
+/// `csrf` claim (a cross-site page can send the cookie but cannot read it). Methods are
+/// matched in any case: HTTP's are case-sensitive, but an app that upper-cases them
+/// (Django does) would take an unchecked `post` for a POST.
 pub fn check_csrf(
     auth: &Authenticated,
     parts: &Parts,
@@ -114,7 +116,11 @@ pub fn check_csrf(
 ) -> Result<(), GatewayError> {
     if auth.source != TokenSource::Cookie
         || !jwt.csrf.enabled
-        || !jwt.csrf.methods.contains(&parts.method)
+        || !jwt
+            .csrf
+            .methods
+            .iter()
+            .any(|m| m.as_str().eq_ignore_ascii_case(parts.method.as_str()))
     {
         return Ok(());
     }
