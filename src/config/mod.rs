@@ -23,6 +23,7 @@ mod admin;
 mod blocklist;
 mod checker;
 mod document;
+mod flow_colons;
 mod forward;
 mod forward_auth;
 mod jwt;
@@ -92,7 +93,13 @@ pub fn parse(
     }
     let base_dir = source.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut cx = Checker::new(text, base_dir);
-    let mut root: Value = match serde_yaml::from_str(text) {
+    // YAML 1.2's `[127.0.0.1/32, ::1/128]` (see `flow_colons`) is read on a second try.
+    let parsed = serde_yaml::from_str(text).or_else(|e| {
+        flow_colons::quote_flow_colons(text)
+            .and_then(|quoted| serde_yaml::from_str(&quoted).ok())
+            .ok_or(e)
+    });
+    let mut root: Value = match parsed {
         Ok(Value::Null) => Value::Mapping(Default::default()),
         Ok(v) => v,
         Err(e) => {

@@ -194,3 +194,26 @@ fn a_missing_tls_file_is_reported_once() {
         .collect();
     assert_eq!(at_cert, ["required when server.tls is set"], "{errors}");
 }
+
+#[test]
+fn the_contracts_forward_auth_example_loads_as_written() {
+    // `[127.0.0.1/32, ::1/128]` is YAML 1.2; libyaml alone refuses it.
+    let config = load(
+        "forward_auth:                     # optional\n  path: /_portcullis/auth\n  trusted_proxies: [127.0.0.1/32, ::1/128]   # only these peers may call it (CIDRs)\n",
+    )
+    .expect("loads");
+    let fa = config.forward_auth.expect("forward_auth");
+    let cidrs: Vec<String> = fa
+        .trusted_proxies
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect();
+    assert_eq!(cidrs.len(), 2, "{cidrs:?}");
+    assert!(cidrs[1].contains("::1"), "{cidrs:?}");
+    // A file that is broken elsewhere still reports its own error and line.
+    let errors =
+        load("forward_auth:\n  path: /_portcullis/auth\n  trusted_proxies: [::1/128]\nserver: [\n")
+            .err()
+            .expect("refused");
+    assert!(errors.to_string().contains("not valid YAML"), "{errors}");
+}
