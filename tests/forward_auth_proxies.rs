@@ -289,8 +289,7 @@ async fn common_cases(proxy: &Proxy, gw: &Gateway, app: &Upstream) {
     assert_eq!(echo["query"], "y=1", "{echo}");
     assert_eq!(echo["headers"]["x-auth-subject"], "alice", "{echo}");
     assert_eq!(
-        echo["headers"]["x-auth-token-id"],
-        alice_claims["jti"],
+        echo["headers"]["x-auth-token-id"], alice_claims["jti"],
         "{echo}"
     );
     assert_eq!(echo["headers"].get("x_auth_subject"), None, "{echo}");

@@ -761,3 +761,118 @@ async fn sentinel_failover_finds_the_new_master_and_keeps_every_revocation() {
         "the replica was promoted"
     );
 }
+
+#[tokio::test]
+async fn a_manual_sentinel_failover_moves_every_replica_within_a_second() {
+    // `SENTINEL FAILOVER` promotes the replica while the old master stays up, and
+    // writable, until Sentinel demotes it some ten seconds later: no connection error
+    // tells the gateways to move. They ask the Sentinels themselves.
+    let Some(master) = RedisServer::start().await else {
+        return;
+    };
+    let options = RedisServerOptions {
+        replica_of: Some(master.port),
+        ..RedisServerOptions::default()
+    };
+    let Some(replica) = RedisServer::start_with(options).await else {
+        return;
+    };
+    let mut sentinels = Vec::new();
+    for _ in 0..3 {
+        sentinels.push(RedisServer::sentinel(&master).await);
+    }
+    sentinels_settled(&sentinels).await;
+    let up = Upstream::start().await;
+    let sentinel_config = |up: &Upstream| {
+        let mut cfg = redis_config(up, "redis://sentinel-master/0");
+        cfg.set(
+            "blocklist.redis_sentinel",
+            json!({
+                "master_name": "mymaster",
+                "addresses": sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect::<Vec<_>>(),
+            }),
+        );
+        cfg
+    };
+    let a = Gateway::start(sentinel_config(&up)).await;
+    let b = Gateway::start(sentinel_config(&up)).await;
+    let before = token(&access("before-switch"));
+    assert_logged_out(&logout(&a, &before).await);
+    refused_within(&b, &before, Instant::now(), ENFORCED_WITHIN).await;
+    // The replica has every write before it is promoted.
+    let mut conn = master.client().await;
+    let synced = Instant::now();
+    loop {
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(200)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if acked == 1 {
+            break;
+        }
+        assert!(
+            synced.elapsed() < Duration::from_secs(15),
+            "the replica did not acknowledge the writes"
+        );
+    }
+
+    let mut sentinel = sentinels[0].client().await;
+    let _: () = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg("mymaster")
+        .query_async(&mut sentinel)
+        .await
+        .expect("SENTINEL FAILOVER");
+    // Until every Sentinel names the replica (they learn it from each other).
+    let switched = Instant::now();
+    for s in &sentinels {
+        let mut conn = s.client().await;
+        loop {
+            let named: Option<(String, String)> = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg("mymaster")
+                .query_async(&mut conn)
+                .await
+                .expect("get-master-addr-by-name");
+            if named.is_some_and(|(_, port)| port == replica.port.to_string()) {
+                break;
+            }
+            assert!(
+                switched.elapsed() < Duration::from_secs(15),
+                "the Sentinels did not switch to the replica"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    eprintln!(
+        "every Sentinel named the new master after {:?}",
+        switched.elapsed()
+    );
+    // A gateway started now writes to the new master; A and B, connected to the old
+    // one (still up, still a master), must see its logout within the bound, and a
+    // logout at A must land on the new master, not on the one about to be demoted.
+    let c = Gateway::start(sentinel_config(&up)).await;
+    let at_c = token(&access("logged-out-at-c"));
+    assert_logged_out(&logout(&c, &at_c).await);
+    let since = Instant::now();
+    for gw in [&a, &b] {
+        let took = refused_within(gw, &at_c, since, ENFORCED_WITHIN).await;
+        eprintln!("refused {took:?} after the logout at the new master");
+    }
+    let at_a_claims = access("logged-out-at-a");
+    let at_a = token(&at_a_claims);
+    assert_logged_out(&logout(&a, &at_a).await);
+    let jti = at_a_claims["jti"].as_str().expect("jti");
+    let mut new_master = replica.client().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{jti}*"))
+        .query_async(&mut new_master)
+        .await
+        .expect("KEYS");
+    assert_eq!(keys.len(), 1, "A's logout is on the new master: {keys:?}");
+    refused_within(&b, &at_a, Instant::now(), ENFORCED_WITHIN).await;
+    assert_revoked(&get_with_token(&c, "/x", &before).await);
+    drop(master);
+}

@@ -94,9 +94,55 @@ fn install_crypto_provider() {
 }
 
 /// Where connections go: one Redis, or whichever master the Sentinels name.
+// One per store, behind an `Arc`: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Target {
     Direct(redis::Client),
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    Sentinel(Sentinels),
+}
+
+/// A server's `host` and `port`, as Sentinel names a master.
+pub type Endpoint = (String, u16);
+
+/// The Sentinels of `blocklist.redis_sentinel`.
+pub struct Sentinels {
+    client: tokio::sync::Mutex<SentinelClient>,
+    master_name: String,
+    /// A connection to one of the Sentinels, kept for asking which server is master.
+    asking: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+}
+
+impl Sentinels {
+    /// The master the Sentinels name now (`None`: they know none by that name).
+    async fn named_master(&self) -> Result<Option<Endpoint>, RedisError> {
+        let mut asking = self.asking.lock().await;
+        let mut conn = match asking.as_ref() {
+            Some(conn) => conn.clone(),
+            None => {
+                let client = self.client.lock().await.async_get_sentinel_client().await?;
+                let conn = client
+                    .get_multiplexed_async_connection_with_config(&connection_config())
+                    .await?;
+                asking.insert(conn).clone()
+            }
+        };
+        let reply: Result<Option<(String, String)>, RedisError> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.master_name)
+            .query_async(&mut conn)
+            .await;
+        let reply = reply.inspect_err(|_| *asking = None)?;
+        Ok(reply.and_then(|(host, port)| Some((host, port.parse().ok()?))))
+    }
+}
+
+/// Connections are made within the [`super::COMMAND_TIMEOUT`]; each command's time is
+/// its caller's (see `Link::run`): a blocking XREAD must not be cut short by a
+/// connection-wide response timeout.
+fn connection_config() -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(super::COMMAND_TIMEOUT))
+        .set_response_timeout(None)
 }
 
 impl Target {
@@ -168,23 +214,42 @@ impl Target {
             }
         }
         let client = builder.build().map_err(sentinel_error)?;
-        Ok(Target::Sentinel(tokio::sync::Mutex::new(client)))
+        Ok(Target::Sentinel(Sentinels {
+            client: tokio::sync::Mutex::new(client),
+            master_name: sentinel.master_name.clone(),
+            asking: tokio::sync::Mutex::new(None),
+        }))
     }
 
-    /// A new connection to the (current) master.
-    async fn connect(&self) -> Result<MultiplexedConnection, RedisError> {
-        // Timeouts are the caller's (per command, see `Link::run`); a blocking XREAD
-        // must not be cut short by a connection-wide response timeout.
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(super::COMMAND_TIMEOUT))
-            .set_response_timeout(None);
+    /// Whether connections go through Sentinel.
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self, Target::Sentinel(_))
+    }
+
+    /// The master the Sentinels name now; `Ok(None)` without Sentinel.
+    pub async fn named_master(&self) -> Result<Option<Endpoint>, RedisError> {
+        match self {
+            Target::Direct(_) => Ok(None),
+            Target::Sentinel(sentinels) => sentinels.named_master().await,
+        }
+    }
+
+    /// A new connection to the (current) master, and the server it reaches.
+    async fn connect(&self) -> Result<(MultiplexedConnection, Option<Endpoint>), RedisError> {
         let client = match self {
             Target::Direct(client) => client.clone(),
-            Target::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await?,
+            Target::Sentinel(sentinels) => sentinels.client.lock().await.async_get_client().await?,
         };
-        client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
+        let endpoint = match client.get_connection_info().addr() {
+            ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                Some((host.clone(), *port))
+            }
+            _ => None,
+        };
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&connection_config())
+            .await?;
+        Ok((conn, endpoint))
     }
 }
 
@@ -243,6 +308,8 @@ pub struct Link {
     attempts: AtomicU64,
     last_failure: Mutex<Option<(u64, RedisError)>>,
     generation: AtomicU64,
+    /// The server the current connection reaches (Sentinel may name another later).
+    endpoint: Mutex<Option<Endpoint>>,
 }
 
 impl Link {
@@ -254,7 +321,22 @@ impl Link {
             attempts: AtomicU64::new(0),
             last_failure: Mutex::new(None),
             generation: AtomicU64::new(0),
+            endpoint: Mutex::new(None),
         }
+    }
+
+    /// Drops the connection if it reaches another server than `master`; whether it did.
+    pub fn follow(&self, master: &Endpoint) -> bool {
+        let endpoint = self
+            .endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if endpoint.is_none_or(|reached| reached == *master) {
+            return false;
+        }
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        current.take().is_some()
     }
 
     fn cached(&self) -> Option<(u64, MultiplexedConnection)> {
@@ -288,7 +370,8 @@ impl Link {
         // laid out inline in every caller's state machine.
         let connecting: crate::blocklist::BoxFuture<'_, _> = Box::pin(self.target.connect());
         match connecting.await {
-            Ok(conn) => {
+            Ok((conn, endpoint)) => {
+                *self.endpoint.lock().unwrap_or_else(|p| p.into_inner()) = endpoint;
                 let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
                 *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((generation, conn.clone()));

@@ -13,6 +13,10 @@ use crate::clock::{now_millis, now_unix};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use std::time::Duration;
 
+/// How often, with Sentinel, the follower asks which server is master (see
+/// `RedisStore::follow_master`).
+const MASTER_ASKED_EVERY: Duration = Duration::from_millis(500);
+
 /// A change-feed entry back into a revocation. Entries this build does not understand
 /// (a newer kind, a hand-written typo) are skipped, not fatal: the feed must go on.
 fn parse_entry(entry: &StreamId) -> Option<Revocation> {
@@ -168,6 +172,37 @@ impl RedisStore {
     /// `XREVRANGE + - COUNT 1` run right after it answers: the first and last id, to
     /// check that the stream still holds our place. (A trim between the two only causes
     /// a needless resync.)
+    /// With Sentinel, at most every [`MASTER_ASKED_EVERY`]: asks the Sentinels which
+    /// server is master and drops connections that reach another. A manual failover
+    /// (`SENTINEL FAILOVER`) promotes a replica while the old master stays up and
+    /// writable until Sentinel demotes it about ten seconds later: no error would move
+    /// the connections, the feed would read a stream nobody writes to any more, and a
+    /// logout written there would be lost at the demotion. Asked from the follower's
+    /// loop, so a gateway leaves the old master within about a second.
+    async fn follow_master(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.target.is_sentinel() {
+            return;
+        }
+        let now = now_millis();
+        let every = MASTER_ASKED_EVERY.as_millis() as u64;
+        if now.saturating_sub(self.master_asked.load(Relaxed)) < every {
+            return;
+        }
+        self.master_asked.store(now, Relaxed);
+        // Sentinels that do not answer change nothing: the connections' own errors
+        // still move them.
+        let asked = tokio::time::timeout(COMMAND_TIMEOUT, self.target.named_master()).await;
+        if let Ok(Ok(Some(master))) = asked {
+            if self.link.follow(&master) | self.feed.follow(&master) {
+                tracing::warn!(
+                    master = %format_args!("{}:{}", master.0, master.1),
+                    "Sentinel names another master: reconnecting to it"
+                );
+            }
+        }
+    }
+
     pub(super) async fn wait(
         &self,
         cursor: String,
@@ -181,8 +216,14 @@ impl RedisStore {
                 complete_at: now_millis(),
             });
         };
-        // Below a second, so the copy stays fresh (STALE_AFTER) on a quiet stream.
-        let block = block.clamp(Duration::from_millis(1), Duration::from_millis(900));
+        self.follow_master().await;
+        // Below a second, so the copy stays fresh (STALE_AFTER) on a quiet stream; with
+        // Sentinel below half of one, so the master is asked about twice a second.
+        let most = match self.target.is_sentinel() {
+            true => MASTER_ASKED_EVERY.saturating_sub(Duration::from_millis(50)),
+            false => Duration::from_millis(900),
+        };
+        let block = block.clamp(Duration::from_millis(1), most);
         let began = now_millis();
         let mut pipe = redis::pipe();
         pipe.cmd("XREAD")

@@ -98,6 +98,10 @@ pub struct RedisStore {
     /// The follower's blocking `XREAD`, on a connection of its own: a blocked command
     /// would hold up everything queued behind it on a shared one.
     feed: Link,
+    /// Where both links connect; with Sentinel, asked which server is master.
+    target: Arc<Target>,
+    /// When the Sentinels were last asked (Unix milliseconds), see `follow_master`.
+    master_asked: std::sync::atomic::AtomicU64,
     /// The URL without its password, for error messages.
     shown_url: String,
     /// `key_prefix`, prepended to `jti:<key>` / `sid:<sid>`.
@@ -129,7 +133,9 @@ impl RedisStore {
         let target = Arc::new(Target::new(options)?);
         let store = RedisStore {
             link: Link::new(target.clone()),
-            feed: Link::new(target),
+            feed: Link::new(target.clone()),
+            target,
+            master_asked: std::sync::atomic::AtomicU64::new(0),
             shown_url,
             prefix: prefix.to_owned(),
             expiry_key: format!("{prefix}expiry"),
