@@ -867,3 +867,71 @@ async fn slow_forwarded_logout_body_still_reaches_the_upstream_whole() {
     assert_eq!(up.seen(), vec!["POST /upload"]);
     gw.assert_still_serving(&hs256()).await;
 }
+
+#[tokio::test]
+async fn an_oversized_http2_head_gets_431_and_its_connection_goes_on() {
+    // h2 tears the whole connection down (GOAWAY ENHANCE_YOUR_CALM) for a header list
+    // over four times the limit it advertises: advertising max_header_bytes itself made
+    // a 64 KiB head kill every stream of its connection instead of getting a 431.
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (up, gw) = start_with(|_| {}).await;
+    let stream = TcpStream::connect(gw.edge).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let request = |big: Option<String>| {
+        let mut req = http::Request::builder()
+            .uri(format!("http://{}/public/x", gw.edge))
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        if let Some(big) = big {
+            req.headers_mut()
+                .insert("x-big", HeaderValue::from_str(&big).unwrap());
+        }
+        req
+    };
+    for size in [20_000, 70_000, 200_000] {
+        let resp = tokio::time::timeout(
+            Duration::from_secs(10),
+            sender.send_request(request(Some("a".repeat(size)))),
+        )
+        .await
+        .expect("answered in time")
+        .unwrap_or_else(|e| panic!("a {size}-byte header: {e}"));
+        assert_eq!(resp.status(), 431, "a {size}-byte header");
+        let ok = sender
+            .send_request(request(None))
+            .await
+            .expect("same connection");
+        assert_eq!(ok.status(), 200, "after a {size}-byte header");
+        let body = ok.into_body().collect().await.expect("body").to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("/public/x"));
+    }
+    assert_eq!(up.seen().len(), 3, "{:?}", up.seen());
+}
+
+#[tokio::test]
+async fn max_header_bytes_is_exact_to_the_byte_below_hypers_buffer() {
+    // The head counted as sent: request line, header lines, the blank line.
+    let (up, gw) = start_with(|cfg| {
+        cfg.set("server.max_header_bytes", json!(4096));
+    })
+    .await;
+    let head = |size: usize| {
+        let fixed =
+            "GET /public/x HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\nX-Pad: \r\n\r\n";
+        format!(
+            "GET /public/x HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\nX-Pad: {}\r\n\r\n",
+            "p".repeat(size - fixed.len())
+        )
+    };
+    assert_eq!(head(4096).len(), 4096);
+    let reply = raw_reply(gw.edge, &head(4096)).await;
+    assert_eq!(reply.0, 200, "{}", reply.2);
+    let reply = raw_reply(gw.edge, &head(4097)).await;
+    assert_eq!((reply.0, reply.2.as_str()), (431, ""));
+    assert_eq!(up.seen().len(), 1, "{:?}", up.seen());
+}

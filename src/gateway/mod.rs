@@ -266,7 +266,11 @@ impl Gateway {
         trace: &mut Trace,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
-        if conn.max_header_bytes < crate::net::head::MIN_HYPER_BUF {
+        // HTTP/1.1 heads over hyper's smallest buffer are bounded by the buffer itself;
+        // HTTP/2 heads always here (h2's own limit is set far above, see `Builders`).
+        if conn.max_header_bytes < crate::net::head::MIN_HYPER_BUF
+            || parts.version == http::Version::HTTP_2
+        {
             check_head_size(&parts, conn.max_header_bytes)?;
         }
         head::check(&parts, &self.config.jwt.header_name)?;
@@ -325,10 +329,15 @@ impl Gateway {
     }
 }
 
-/// Enforces a `max_header_bytes` below hyper's smallest read buffer: sums the request
-/// line and header fields as they were sent.
+/// Enforces `max_header_bytes` where hyper does not: the head's size in its HTTP/1.1
+/// form, `METHOD target HTTP/1.1\r\n`, each `name: value\r\n`, the blank line (an
+/// HTTP/2 request's target is its absolute form, `:authority` included).
 fn check_head_size(parts: &Parts, limit: usize) -> Result<(), GatewayError> {
-    let mut size = parts.method.as_str().len() + parts.uri.to_string().len() + 12;
+    let uri = &parts.uri;
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+    let mut size = parts.method.as_str().len() + 1 + target + " HTTP/1.1\r\n".len() + 2;
     for (name, value) in &parts.headers {
         size += name.as_str().len() + value.len() + 4;
     }
