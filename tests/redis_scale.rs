@@ -876,3 +876,28 @@ async fn a_manual_sentinel_failover_moves_every_replica_within_a_second() {
     assert_revoked(&get_with_token(&c, "/x", &before).await);
     drop(master);
 }
+
+#[tokio::test]
+async fn with_sentinel_errors_name_the_sentinels_not_the_unused_url_host() {
+    // The URL's host is not used with Sentinel: an error naming it points at the
+    // wrong place.
+    let up = Upstream::start().await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let mut cfg = redis_config(&up, "redis://unused-host.invalid/0");
+    cfg.set(
+        "blocklist.redis_sentinel",
+        json!({ "master_name": "mymaster", "addresses": [format!("127.0.0.1:{closed}")] }),
+    );
+    let (code, stderr) = run_expecting_exit(&cfg).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "Redis at the master \"mymaster\" of Sentinels 127.0.0.1:{closed}"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("unused-host"), "{stderr}");
+}

@@ -129,7 +129,22 @@ impl RedisStore {
     /// older than 6.2: the gateway must not report ready without having loaded the live
     /// set.
     pub async fn connect(options: &RedisOptions, prefix: &str) -> Result<RedisStore, StoreError> {
-        let shown_url = crate::config::redact_url(&options.url);
+        // With Sentinel the URL's host is not used: messages name what is.
+        let shown_url = match &options.sentinel {
+            None => crate::config::redact_url(&options.url),
+            Some(sentinel) => {
+                let sentinels: Vec<String> = sentinel
+                    .addresses
+                    .iter()
+                    .map(|(host, port)| format!("{host}:{port}"))
+                    .collect();
+                format!(
+                    "the master {:?} of Sentinels {}",
+                    sentinel.master_name,
+                    sentinels.join(", ")
+                )
+            }
+        };
         let target = Arc::new(Target::new(options)?);
         let store = RedisStore {
             link: Link::new(target.clone()),
