@@ -33,7 +33,7 @@ impl Checker {
             if !(url.starts_with("redis://") || tls || url.starts_with("unix://")) {
                 self.error(
                     "blocklist.redis_url",
-                    format!("{url:?} is not a redis:// or rediss:// URL"),
+                    format!("{url:?} is not a redis://, rediss:// or unix:// URL"),
                 );
             } else if url.contains("#insecure") {
                 self.error(
@@ -43,7 +43,7 @@ impl Checker {
             } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
                 self.error(
                     "blocklist.redis_url",
-                    format!("not a usable Redis URL: {e}"),
+                    format!("not a usable Redis URL ({e}): check the host, the port (1-65535) and the database number"),
                 );
             }
         }

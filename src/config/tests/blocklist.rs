@@ -20,7 +20,7 @@ pub(super) const ROWS: &[Row] = &[
         "blocklist:\n  store: redis\n  redis_url: http://cache:6379\n",
         "blocklist.redis_url",
         Some(3),
-        "\"http://cache:6379\" is not a redis:// or rediss:// URL",
+        "\"http://cache:6379\" is not a redis://, rediss:// or unix:// URL",
     ),
     (
         "blocklist:\n  store: redis\n  redis_url: \"rediss://cache:6379/#insecure\"\n",
