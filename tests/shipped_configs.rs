@@ -220,6 +220,36 @@ fn docker_run_env(text: &str) -> BTreeSet<String> {
 }
 
 #[test]
+fn the_images_dependency_layer_has_a_stand_in_for_every_bench() {
+    // Cargo reads every target of the manifest: a [[bench]] without its file fails the
+    // dependency layer's build, and with it the image's.
+    let manifest = read("Cargo.toml");
+    let mut benches = Vec::new();
+    let mut in_bench = false;
+    for line in manifest.lines() {
+        if line.starts_with('[') {
+            in_bench = line == "[[bench]]";
+        } else if let Some(name) = line.strip_prefix("name = ").filter(|_| in_bench) {
+            benches.push(name.trim_matches('"').to_owned());
+        }
+    }
+    assert!(benches.len() >= 5, "{benches:?}");
+    let dockerfile = read("Dockerfile");
+    let stand_ins = dockerfile
+        .lines()
+        .find_map(|l| l.split("for b in ").nth(1))
+        .and_then(|rest| rest.split(';').next())
+        .expect("the Dockerfile's stand-in loop");
+    let stand_ins: Vec<&str> = stand_ins.split_whitespace().collect();
+    for bench in &benches {
+        assert!(
+            stand_ins.contains(&bench.as_str()),
+            "bench {bench} has no stand-in in the Dockerfile: {stand_ins:?}"
+        );
+    }
+}
+
+#[test]
 fn the_image_runs_examples_container_yaml_as_shipped() {
     let dockerfile = read("Dockerfile");
     let config = yaml("examples/container.yaml");
