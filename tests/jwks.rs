@@ -802,6 +802,54 @@ async fn not_ready_until_the_first_key_set_arrives() {
     assert_forwarded(&call(&gw, "/x", &key_a.token(&idp_access("alice"))).await);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_set_made_unusable_by_a_refetch_is_fetched_again_within_seconds() {
+    // An unknown-kid refetch that brings a set without a usable key swaps it in (the
+    // withdrawn keys must stop working) and makes /readyz 503. The background refresh
+    // then retries every 5 s, as at start, instead of at the next planned refresh
+    // (5 minutes here) or only when a token happens to trigger a refetch.
+    let key_a = IdpKey::rsa("key-a");
+    let idp = JwksServer::start(key_set(&[&key_a])).await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(jwks_config(&up, &idp.url("/jwks.json"))).await;
+    assert_forwarded(&call(&gw, "/x", &key_a.token(&idp_access("alice"))).await);
+
+    idp.set_keys(json!({ "keys": [] }));
+    tokio::time::sleep(REFETCH_GAP).await;
+    let unknown = IdpKey::rsa("key-unknown");
+    assert_refused(
+        &call(&gw, "/x", &unknown.token(&idp_access("mallory"))).await,
+        401,
+        "JWTDecodeError",
+        "Invalid Token",
+    );
+    let (status, _, body) = get(admin(&gw), "/readyz", &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("jwks: no key usable"), "{body}");
+
+    // The provider publishes A again; no token asks for a refetch.
+    idp.set_keys(key_set(&[&key_a]));
+    let since = Instant::now();
+    let ready = loop {
+        let reply = get(admin(&gw), "/readyz", &[]).await;
+        if reply.0 == 200 || since.elapsed() > Duration::from_secs(12) {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        (ready.0, ready.2.as_str()),
+        (200, "ready"),
+        "after {:?}",
+        since.elapsed()
+    );
+    eprintln!(
+        "ready again {:?} after the provider fixed its key set",
+        since.elapsed()
+    );
+    assert_forwarded(&call(&gw, "/x", &key_a.token(&idp_access("alice"))).await);
+}
+
 // ---------------------------------------------------------------------------
 // Back-channel logout
 // ---------------------------------------------------------------------------

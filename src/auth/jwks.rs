@@ -5,7 +5,8 @@
 //!
 //! The key set is fetched at start, refreshed in the background (every `jwks_refresh`,
 //! sooner when the provider's `Cache-Control: max-age` says so, never below 30 s), and
-//! swapped atomically; a failed refresh keeps the last good set. A token whose `kid` is
+//! swapped atomically; a failed refresh (unreachable, not JSON) keeps the last good set.
+//! A token whose `kid` is
 //! unknown triggers an immediate refetch, at most one per second whatever the number of
 //! such tokens (single flight behind an async mutex), so random `kid`s cannot hammer
 //! the provider. That refetch is the only network wait on the request path.
@@ -14,7 +15,8 @@
 //! key for `jwt.algorithms` (it is swapped in all the same, so withdrawn keys stop
 //! working), and a discovery document whose `issuer` is not exactly `jwt.issuer` (OIDC
 //! Discovery §4.3: it is not used). Either keeps `/readyz` at 503 with the reason and
-//! logs an error on every such fetch, until a fetch succeeds.
+//! logs an error on every such fetch, until a fetch succeeds (retried every 5 s, however
+//! the set became unusable).
 
 pub mod fetch;
 
@@ -257,17 +259,26 @@ impl Jwks {
     }
 
     /// Spawns the background refresh; it stops when the key set is dropped.
+    ///
+    /// It wakes at least every [`RETRY`]: a set that became unusable between planned
+    /// refreshes (an unknown-`kid` refetch brought one without a usable key) is fetched
+    /// again within 5 s, as at start, not at the next planned refresh (`jwks_refresh`,
+    /// 5 minutes by default) or only when some token happens to trigger a refetch.
     fn spawn_refresh(self: &Arc<Self>, first: Duration) {
         let weak: Weak<Jwks> = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut delay = first;
+            let mut due = tokio::time::Instant::now() + first;
             loop {
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep_until(due.min(tokio::time::Instant::now() + RETRY)).await;
                 let Some(jwks) = weak.upgrade() else { return };
-                delay = match jwks.fetch().await {
+                if tokio::time::Instant::now() < due && jwks.is_ready() {
+                    continue;
+                }
+                let delay = match jwks.fetch().await {
                     Ok(max_age) => next_refresh(jwks.settings.refresh, max_age),
                     Err(_) => RETRY,
                 };
+                due = tokio::time::Instant::now() + delay;
             }
         });
     }

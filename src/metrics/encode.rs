@@ -160,7 +160,7 @@ impl Collector for Scrape {
             ),
             (
                 "portcullis_jwks_fetch_failures",
-                "JWKS fetches that failed (the last good key set stayed).",
+                "JWKS fetches that failed (the last good key set stayed) or brought no usable key (that set replaced it).",
                 MetricType::Counter,
             ),
             (

@@ -208,7 +208,7 @@ portcullis_connections_parked 0
 # TYPE portcullis_jwks_fetches_total counter
 portcullis_jwks_fetches_total 5
 portcullis_jwks_fetches_total{provider="partners"} 4
-# HELP portcullis_jwks_fetch_failures_total JWKS fetches that failed (the last good key set stayed).
+# HELP portcullis_jwks_fetch_failures_total JWKS fetches that failed (the last good key set stayed) or brought no usable key (that set replaced it).
 # TYPE portcullis_jwks_fetch_failures_total counter
 portcullis_jwks_fetch_failures_total 1
 portcullis_jwks_fetch_failures_total{provider="partners"} 0
