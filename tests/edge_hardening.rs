@@ -935,3 +935,40 @@ async fn max_header_bytes_is_exact_to_the_byte_below_hypers_buffer() {
     assert_eq!((reply.0, reply.2.as_str()), (431, ""));
     assert_eq!(up.seen().len(), 1, "{:?}", up.seen());
 }
+
+#[tokio::test]
+async fn an_oversized_head_pipelined_behind_another_gets_431() {
+    // hyper's read-buffer limit holds only while a head is incomplete: a whole 20 KB
+    // head arriving behind another request on a keep-alive connection was parsed and
+    // forwarded. The gateway counts every head itself.
+    let (up, gw) = start_with(|_| {}).await;
+    let first = "GET /public/first HTTP/1.1\r\nHost: a.example\r\n\r\n";
+    let second = format!(
+        "GET /public/second HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(20_000)
+    );
+    let answer = raw(gw.edge, format!("{first}{second}").as_bytes()).await;
+    let statuses: Vec<&str> = answer
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &answer[at + 9..at + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "431"], "{answer}");
+    assert_eq!(up.seen(), ["GET /public/first"]);
+}
+
+#[tokio::test]
+async fn connect_is_refused_whatever_its_target() {
+    // A reverse proxy tunnels nothing: `CONNECT /x` with a valid token was forwarded as
+    // a request line no server accepts, and the client got no answer at all.
+    let (up, gw) = start_with(|_| {}).await;
+    let t = token(&access("alice"));
+    for target in ["/x", "a.example:443", "*"] {
+        let head = format!(
+            "CONNECT {target} HTTP/1.1\r\nHost: a.example:443\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"
+        );
+        let reply = raw_reply(gw.edge, &head).await;
+        assert_eq!(reply.0, 400, "CONNECT {target}: {}", reply.2);
+        assert_bad_request(&reply);
+    }
+    assert_nothing_forwarded(&up);
+}

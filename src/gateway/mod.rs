@@ -266,13 +266,11 @@ impl Gateway {
         trace: &mut Trace,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
-        // HTTP/1.1 heads over hyper's smallest buffer are bounded by the buffer itself;
-        // HTTP/2 heads always here (h2's own limit is set far above, see `Builders`).
-        if conn.max_header_bytes < crate::net::head::MIN_HYPER_BUF
-            || parts.version == http::Version::HTTP_2
-        {
-            check_head_size(&parts, conn.max_header_bytes)?;
-        }
+        // Every head, whatever hyper bounded: its read buffer limit holds only while a
+        // head is incomplete (a whole 20 KB head arriving on a busy keep-alive
+        // connection was parsed), and h2's own limit is set far above (see `Builders`).
+        // A pass over the header fields, no allocation.
+        check_head_size(&parts, conn.max_header_bytes)?;
         head::check(&parts, &self.config.jwt.header_name)?;
         // The URI is moved out so the normalized path can borrow it while `parts` is edited.
         let uri = std::mem::take(&mut parts.uri);
