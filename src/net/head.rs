@@ -7,7 +7,9 @@
 //!   most one; no userinfo (`user@host`, RFC 9110 §4.2.4), in `Host` or the target;
 //! * HTTP/2 (RFC 9113 §8.3.1): a `host` field that disagrees with `:authority`;
 //! * `Transfer-Encoding` (RFC 9112 §6.1): only plain `chunked` is implemented (501
-//!   for any other coding); `chunked` twice is malformed (400).
+//!   for any other coding); `chunked` twice is malformed (400);
+//! * `CONNECT` (RFC 9110 §9.3.6): a reverse proxy tunnels nothing; forwarded, it made
+//!   a request line no server accepts, and hyper took the 2xx answer for a tunnel.
 //!
 //! Each check reads a header the request usually has once or not at all: a couple of
 //! map lookups per request, no allocation.
@@ -22,7 +24,7 @@ pub const MIN_HYPER_BUF: usize = 8192;
 
 /// Refuses a request head the gateway cannot forward unambiguously.
 pub fn check(parts: &Parts, token_header: &HeaderName) -> Result<(), GatewayError> {
-    if has_several(&parts.headers, token_header) {
+    if parts.method == http::Method::CONNECT || has_several(&parts.headers, token_header) {
         return Err(GatewayError::BadRequest);
     }
     check_host(parts)?;
