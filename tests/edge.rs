@@ -155,6 +155,14 @@ async fn a_sub_or_sid_without_a_text_is_malformed() {
         ("sub", json!(["alice"])),
         ("sid", json!({ "a": 1 })),
         ("sid", json!(true)),
+        ("jti", json!(["j-1"])),
+        // `iat` is a NumericDate or absent: a string is not "no iat".
+        ("iat", json!("1700000000")),
+        ("iat", json!(-5)),
+        // An identity header cannot carry it: forwarded without X-Auth-Subject, the
+        // request would reach the app authenticated but nameless.
+        ("sub", json!("alice\r\nX-Evil: 1")),
+        ("sub", json!("a\u{0}b")),
     ] {
         let t = token(&access("alice").with(json!({ claim: value })));
         assert_token_refused(&gw, &hs256(), &t, "JWTDecodeError", "Invalid Token").await;
@@ -162,6 +170,10 @@ async fn a_sub_or_sid_without_a_text_is_malformed() {
     // Numbers have a text (`42`), as identity headers and revocations read them.
     let numeric = token(&access("alice").with(json!({ "sid": 42 })));
     assert_forwarded(&get_with_token(&gw, "/x", &numeric).await);
+    // UTF-8 passes into the identity header as it is.
+    let accented = token(&access("josé"));
+    let echo = assert_forwarded(&get_with_token(&gw, "/x", &accented).await);
+    assert_eq!(echo["headers"]["x-auth-subject"], "josé", "{echo}");
 }
 
 #[tokio::test]

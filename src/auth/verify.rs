@@ -335,14 +335,19 @@ impl Verifier {
         // `sub` or `sid` has none (an object, a list, a boolean) could never be cut off
         // with its subject or session, so it is malformed (RFC 7519 §4.1.2: `sub` is a
         // string; OIDC: so is `sid`).
-        if ["sub", "sid"].iter().any(|name| {
+        if ["sub", "sid", "jti"].iter().any(|name| {
             claims
                 .get(*name)
                 .is_some_and(|v| !v.is_null() && super::claim_text(v).is_none())
         }) {
             return Err(GatewayError::Decode.into());
         }
-        let iat = claims.get("iat").and_then(numeric_date);
+        // `iat` is a NumericDate when present (cut-offs compare it): any other value is
+        // malformed, not "no iat".
+        let iat = match claims.get("iat") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(numeric_date(v).ok_or(GatewayError::Decode)?),
+        };
         if matches!(iat, Some(iat) if iat > now.saturating_add(p.leeway)) {
             return Err(GatewayError::Decode.into());
         }
@@ -356,7 +361,7 @@ impl Verifier {
         }
         Ok(self
             .reader
-            .read(&claims, token, provider, &p.name, iat, exp))
+            .read(&claims, token, provider, &p.name, iat, exp)?)
     }
 
     /// Verified tokens cached, and their weight in bytes (pending admissions and

@@ -9,6 +9,7 @@
 use crate::auth::claim_text;
 use crate::auth::providers;
 use crate::config::DEFAULT_PROVIDER;
+use crate::error::GatewayError;
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -161,7 +162,7 @@ impl ClaimReader {
         provider_name: &str,
         iat: Option<u64>,
         exp: u64,
-    ) -> VerifiedToken {
+    ) -> Result<VerifiedToken, GatewayError> {
         // Absent (or null) counts as access; a number, list or object is no kind of
         // token, like an unknown string.
         let token_type = match claims.get("type") {
@@ -197,21 +198,26 @@ impl ClaimReader {
                 .as_deref()
                 .is_some_and(|s| s.contains(providers::KEY_SEPARATOR)))
         .then(|| Box::new((in_namespace(&sid), in_namespace(&sub))));
-        let identity = self
-            .identity_headers
-            .iter()
-            .filter_map(|(claim, header)| {
-                let value = claims.get(claim)?;
-                let value = match claim_text(value) {
-                    Some(text) => HeaderValue::from_str(&text).ok()?,
-                    None if value.is_null() => return None,
-                    // Lists, objects, booleans: their JSON text.
-                    None => HeaderValue::from_str(&value.to_string()).ok()?,
-                };
-                Some((header.clone(), value))
-            })
-            .collect();
-        VerifiedToken {
+        // Each identity claim the token has becomes its header: UTF-8 passes as is
+        // (obs-text), but a claim no header can carry (a CR, LF, NUL or other control
+        // character) makes the token malformed: forwarded without that header, the
+        // request would reach the app authenticated yet without the identity it expects.
+        let mut identity = Vec::with_capacity(self.identity_headers.len());
+        for (claim, header) in &self.identity_headers {
+            let Some(value) = claims.get(claim) else {
+                continue;
+            };
+            let text = match claim_text(value) {
+                Some(text) => text,
+                None if value.is_null() => continue,
+                // Lists, objects, booleans: their JSON text.
+                None => Cow::Owned(value.to_string()),
+            };
+            let value =
+                HeaderValue::from_bytes(text.as_bytes()).map_err(|_| GatewayError::Decode)?;
+            identity.push((header.clone(), value));
+        }
+        Ok(VerifiedToken {
             token_type,
             fresh: claims
                 .get("fresh")
@@ -235,7 +241,7 @@ impl ClaimReader {
                 .iter()
                 .filter_map(|name| Some((name.as_str().into(), claims.get(name)?.clone())))
                 .collect(),
-        }
+        })
     }
 }
 
