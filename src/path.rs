@@ -96,6 +96,8 @@ fn is_normal(b: &[u8]) -> bool {
                 _ => return false,
             },
             b'\\' | 0 => return false,
+            // Raw non-ASCII (UTF-8 that hyper let through) is percent-encoded.
+            0x80.. => return false,
             _ => {}
         }
     }
@@ -147,6 +149,20 @@ fn rebuild(path: &str) -> Result<String, PathError> {
                 }
                 b'\\' => return Err(PathError::Backslash),
                 0 => return Err(PathError::Nul),
+                // A raw non-ASCII byte is not valid in a request line (RFC 3986 §2.1):
+                // forwarded as its escape, which is how the route sees it too.
+                0x80.. => {
+                    // Byte by byte: `run` may sit inside the character, but then there
+                    // is nothing before `i` to copy (and slicing there would panic).
+                    if run < i {
+                        out.push_str(&path[run..i]);
+                    }
+                    out.push('%');
+                    out.push(char::from(HEX_UPPER[usize::from(c >> 4)]));
+                    out.push(char::from(HEX_UPPER[usize::from(c & 0xF)]));
+                    i += 1;
+                    run = i;
+                }
                 _ => i += 1,
             }
         }
@@ -217,7 +233,11 @@ mod tests {
             ("/a/", Ok("/a/")),
             ("/a%20b", Ok("/a%20b")),
             ("/caf%C3%A9", Ok("/caf%C3%A9")),
-            ("/café", Ok("/café")),
+            // Raw UTF-8 is escaped byte by byte: the same resource as its escaped form.
+            ("/café", Ok("/caf%C3%A9")),
+            ("/é/x", Ok("/%C3%A9/x")),
+            ("/a/€%41", Ok("/a/%E2%82%ACA")),
+            ("/日本", Ok("/%E6%97%A5%E6%9C%AC")),
             ("/a/.hidden/..x/...", Ok("/a/.hidden/..x/...")),
             ("/a%25b", Ok("/a%25b")),
             // Unreserved characters are decoded, case-insensitively.
@@ -277,17 +297,18 @@ mod tests {
 
     #[test]
     fn borrows_exactly_when_unchanged() {
-        for p in ["/", "/api/users/42", "/a/", "/a%20b", "/é/x", "/a/.b"] {
+        for p in ["/", "/api/users/42", "/a/", "/a%20b", "/%C3%A9/x", "/a/.b"] {
             assert!(matches!(normalize(p), Ok(Cow::Borrowed(_))), "{p:?}");
         }
-        for p in ["//a", "/a/./b", "/%61", "/%c3%a9"] {
+        for p in ["//a", "/a/./b", "/%61", "/%c3%a9", "/é/x"] {
             assert!(matches!(normalize(p), Ok(Cow::Owned(_))), "{p:?}");
         }
     }
 
     #[test]
     fn random_inputs_never_panic_and_outputs_are_normal() {
-        const ALPHABET: &[u8] = b"/.%2eEfF5cC0ab\\";
+        // 0xE9 becomes 'é', two bytes of UTF-8: escaped byte by byte.
+        const ALPHABET: &[u8] = b"/.%2eEfF5cC0ab\\\xe9";
         let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut next = move || {
             // xorshift64

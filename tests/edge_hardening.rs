@@ -972,3 +972,18 @@ async fn connect_is_refused_whatever_its_target() {
     }
     assert_nothing_forwarded(&up);
 }
+
+#[tokio::test]
+async fn a_raw_utf8_path_is_forwarded_escaped() {
+    // Raw non-ASCII is not valid in a request line; hyper lets UTF-8 through. The
+    // upstream gets (and the routes see) the escaped form, the same resource.
+    let (up, gw) = start_with(|_| {}).await;
+    let reply = raw_reply(
+        gw.edge,
+        "GET /public/caf\u{e9}/\u{65e5} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let echo = assert_forwarded(&reply);
+    assert_eq!(echo["path"], "/public/caf%C3%A9/%E6%97%A5", "{echo}");
+    assert_eq!(up.seen(), ["GET /public/caf%C3%A9/%E6%97%A5"]);
+}
