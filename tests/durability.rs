@@ -195,3 +195,100 @@ async fn removed_db_directory_answers_503() {
     let reply = get(gw.edge, "/public/x", &[]).await;
     assert_forwarded(&reply);
 }
+
+#[tokio::test]
+async fn a_write_ahead_log_removed_under_the_gateway_answers_503_and_claims_nothing() {
+    // Commits go to `<file>-wal` first: one removed under the open connections takes
+    // every commit since the last checkpoint with it. A logout must not be acknowledged
+    // into it, and the gateway must say it is not ready.
+    let db = "revocations.db";
+    let up = Upstream::start().await;
+    let mut cfg = Config::new(up.addr);
+    cfg.set("blocklist.store", json!("sqlite"));
+    cfg.set("blocklist.sqlite_path", json!(db));
+    cfg.set(
+        "admin",
+        json!({ "listen": "127.0.0.1:0", "token": "admin-token-0123456789abcdef-wal" }),
+    );
+    let gw = Gateway::start(cfg).await;
+    let path = db_path(&gw, db);
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    let before = token(&access("before"));
+    assert_logged_out(&logout(gw.edge, &before).await);
+    assert!(
+        wal.exists(),
+        "{} exists while the gateway runs",
+        wal.display()
+    );
+
+    std::fs::remove_file(&wal).expect("rm the -wal");
+    let after = token(&access("after"));
+    assert_store_unavailable(&logout(gw.edge, &after).await);
+    let (status, _, body) = get(gw.admin.expect("admin listener"), "/readyz", &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("write-ahead log"), "{body}");
+    assert_store_unavailable(&logout(gw.edge, &token(&access("later"))).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reads_of_a_healthy_store_never_fail() {
+    // Reads shared one connection and failed at once when it was in use ("an earlier
+    // read has not finished"): admin lookups under load answered 503 and /readyz
+    // flapped on a healthy store.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(
+        portcullis::blocklist::sqlite::SqliteStore::open(&dir.path().join("r.db")).expect("open"),
+    );
+    use portcullis::blocklist::{Kind, Revocation, Store};
+    store
+        .record(vec![Revocation::Token {
+            key: "j-1".into(),
+            exp: u64::MAX / 4,
+        }])
+        .await
+        .expect("record");
+    let mut reads = Vec::new();
+    for _ in 0..64 {
+        let store = store.clone();
+        reads.push(tokio::spawn(async move {
+            let _ = store.load_live(0).await.map(|_| ());
+            store
+                .lookup(Kind::Token, "j-1")
+                .await
+                .map(|found| found.is_some())
+        }));
+    }
+    for read in reads {
+        assert!(read.await.expect("task").expect("read"), "j-1 is revoked");
+    }
+}
+
+#[tokio::test]
+async fn a_database_file_replaced_under_the_gateway_keeps_it_not_ready() {
+    // Removed, then created anew (by `portcullis revoke`, say): the gateway's
+    // connections still point at the removed file, so it must not report ready (its
+    // logouts fail "replaced", and revocations written to the new file never reach it).
+    let db = "revocations.db";
+    let up = Upstream::start().await;
+    let mut cfg = Config::new(up.addr);
+    cfg.set("blocklist.store", json!("sqlite"));
+    cfg.set("blocklist.sqlite_path", json!(db));
+    cfg.set(
+        "admin",
+        json!({ "listen": "127.0.0.1:0", "token": "admin-token-0123456789abcdef-rep" }),
+    );
+    let gw = Gateway::start(cfg).await;
+    let path = db_path(&gw, db);
+    let admin = gw.admin.expect("admin listener");
+    assert_eq!(get(admin, "/readyz", &[]).await.0, 200);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let other = portcullis::blocklist::sqlite::SqliteStore::open(&path).expect("a new file");
+    drop(other);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, _, body) = get(admin, "/readyz", &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("was replaced"), "{body}");
+    assert_store_unavailable(&logout(gw.edge, &token(&access("alice"))).await);
+}

@@ -43,6 +43,10 @@ pub enum StoreError {
     /// the old one would "succeed" and then vanish.
     #[error("revocation store: {} was replaced", path.display())]
     Replaced { path: PathBuf },
+    /// The SQLite file's write-ahead log was removed or replaced while the store used it:
+    /// commits would land in a log no one will ever read (restart to recover).
+    #[error("revocation store: the write-ahead log of {} was removed or replaced; restart the gateway", path.display())]
+    WalReplaced { path: PathBuf },
     /// The SQLite file is read-only.
     #[error("revocation store: {} is read-only", path.display())]
     ReadOnly { path: PathBuf },

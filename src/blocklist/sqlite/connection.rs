@@ -4,7 +4,9 @@
 use crate::blocklist::StoreError;
 use rusqlite::{Connection, OpenFlags};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 const SCHEMA: &str = "
@@ -94,6 +96,65 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The files a store opened, to notice them removed or replaced under its connections.
+pub(super) struct Files {
+    path: PathBuf,
+    /// The database file's (device, inode) at open.
+    identity: (u64, u64),
+    /// The write-ahead log's, once it exists.
+    wal: Mutex<Option<(u64, u64)>>,
+    /// Set for good once the log was found removed or replaced: every later commit
+    /// would be lost too.
+    wal_lost: AtomicBool,
+}
+
+impl Files {
+    pub(super) fn new(path: &Path) -> Result<Files, StoreError> {
+        Ok(Files {
+            path: path.to_owned(),
+            identity: file_identity(path)?,
+            wal: Mutex::new(wal_identity(path)),
+            wal_lost: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the files are still the ones opened: checked before every read and
+    /// before and after every commit (a commit into a removed log must not be
+    /// acknowledged).
+    pub(super) fn check(&self) -> Result<(), StoreError> {
+        let path = || self.path.clone();
+        if self.wal_lost.load(Ordering::Relaxed) {
+            return Err(StoreError::WalReplaced { path: path() });
+        }
+        if file_identity(&self.path)? != self.identity {
+            return Err(StoreError::Replaced { path: path() });
+        }
+        let now = wal_identity(&self.path);
+        let mut known = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+        match (*known, now) {
+            (Some(was), is) if is != Some(was) => {
+                self.wal_lost.store(true, Ordering::Relaxed);
+                Err(StoreError::WalReplaced { path: path() })
+            }
+            (None, is) => {
+                *known = is;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Identity of the database's write-ahead log (`<file>-wal`), if it exists: a commit goes
+/// to the log first, so a log removed under an open connection takes every commit since
+/// the last checkpoint with it.
+pub(super) fn wal_identity(path: &Path) -> Option<(u64, u64)> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let meta = std::fs::metadata(wal).ok()?;
+    Some((meta.dev(), meta.ino()))
 }
 
 /// Identity of the database file, to notice it being removed or replaced under us

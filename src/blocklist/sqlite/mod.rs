@@ -11,8 +11,15 @@
 //!
 //! Reads run under [`READ_TIMEOUT`], like Redis commands: a read that hangs (a stalled
 //! disk or network mount) becomes an error instead of a change feed that silently stops.
-//! While a hung read still holds the read connection, later reads fail at once rather
-//! than queue up blocking threads behind it.
+//! They share a few read connections ([`READERS`]): concurrent reads (the change feed,
+//! admin lookups and exports, overflow lookups) each take a free one; only when every
+//! one is held (reads that hang) does a read fail, after a short wait, rather than queue
+//! up blocking threads behind them. Purging expired rows, a write that may wait on
+//! another process's lock, has a connection of its own and never takes a read's.
+//!
+//! Before every read and before and after every commit, the files are checked to still
+//! be the ones opened ([`connection::Files`]): a database file replaced or a write-ahead
+//! log removed under the open connections would take acknowledged revocations with it.
 //!
 //! Session revocations carry a cut-off in the `at` column (added to older databases on
 //! open; a row without it is a whole-session revocation, as they were recorded then).
@@ -31,7 +38,7 @@ mod connection;
 mod writer;
 
 use super::{fault, BoxFuture, ExportError, ExportPage, Kind, Revocation, Store, StoreError};
-use connection::{file_identity, open, set_up};
+use connection::{open, set_up, Files};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -43,11 +50,39 @@ use writer::{writer_loop, WriteRequest};
 /// (a slower answer could not keep the copy fresh anyway).
 pub const READ_TIMEOUT: Duration = super::STALE_AFTER;
 
+/// Read connections: enough for the change feed, a purge-time export and a few admin
+/// reads at once.
+const READERS: usize = 4;
+/// How long a read waits for a free read connection before it fails.
+const READER_WAIT: Duration = Duration::from_millis(250);
+
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<mpsc::Sender<WriteRequest>>,
-    reader: Arc<Mutex<Connection>>,
+    readers: Arc<Vec<Mutex<Connection>>>,
+    /// Purging's own connection (see the module docs).
+    purger: Arc<Mutex<Connection>>,
+    files: Arc<Files>,
+}
+
+/// A free read connection, waiting up to [`READER_WAIT`] for one: `None` only when
+/// every one is held that long (reads that hang), so blocked threads never pile up.
+fn free_reader(readers: &[Mutex<Connection>]) -> Option<std::sync::MutexGuard<'_, Connection>> {
+    let deadline = std::time::Instant::now() + READER_WAIT;
+    loop {
+        for reader in readers {
+            match reader.try_lock() {
+                Ok(conn) => return Some(conn),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 fn row_to_revocation(kind: &str, key: String, value: i64, at: Option<i64>) -> Option<Revocation> {
@@ -60,13 +95,17 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let writer_conn = open(path)?;
         set_up(&writer_conn, path)?;
-        let identity = file_identity(path)?;
-        let reader = open(path)?;
+        let files = Arc::new(Files::new(path)?);
+        let readers = (0..READERS)
+            .map(|_| open(path).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let purger = open(path)?;
         let (tx, rx) = mpsc::channel::<WriteRequest>();
         let thread_path = path.to_path_buf();
+        let thread_files = files.clone();
         std::thread::Builder::new()
             .name("portcullis-sqlite-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx, &thread_path, identity))
+            .spawn(move || writer_loop(writer_conn, rx, &thread_path, &thread_files))
             .map_err(|source| StoreError::Io {
                 path: path.to_owned(),
                 what: "starting the writer thread",
@@ -75,7 +114,9 @@ impl SqliteStore {
         Ok(SqliteStore {
             path: path.to_path_buf(),
             writer: Mutex::new(tx),
-            reader: Arc::new(Mutex::new(reader)),
+            readers: Arc::new(readers),
+            purger: Arc::new(Mutex::new(purger)),
+            files,
         })
     }
 
@@ -86,21 +127,14 @@ impl SqliteStore {
         what: &'static str,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> BoxFuture<'_, Result<T, StoreError>> {
-        let reader = self.reader.clone();
+        let readers = self.readers.clone();
+        let files = self.files.clone();
         let path = self.path.clone();
         Box::pin(async move {
             let read = tokio::task::spawn_blocking(move || {
-                if let Err(source) = std::fs::metadata(&path) {
-                    return Err(StoreError::Gone { path, source });
-                }
-                // Busy only while an earlier read hangs: fail now instead of queueing.
-                let conn = match reader.try_lock() {
-                    Ok(conn) => conn,
-                    Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                    Err(std::sync::TryLockError::WouldBlock) => {
-                        return Err(StoreError::ReadBusy { path })
-                    }
-                };
+                files.check()?;
+                let conn = free_reader(&readers)
+                    .ok_or_else(|| StoreError::ReadBusy { path: path.clone() })?;
                 while fault::active(fault::SQLITE_READ_STALL) {
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -270,15 +304,40 @@ impl Store for SqliteStore {
 
     fn purge_expired(&self, now: u64) -> BoxFuture<'_, Result<u64, StoreError>> {
         let now = i64::try_from(now).unwrap_or(i64::MAX);
-        // Purging is a write, but a rare one that may wait on the writer's lock; it runs
-        // on the read connection in a blocking task so it never delays a logout's reply.
-        self.read("purging expired revocations", move |conn| {
-            let revocations = conn.execute(
-                "DELETE FROM revocations WHERE kind != 'sub' AND exp < ?1",
-                [now],
-            )?;
-            conn.execute("DELETE FROM seen_once WHERE exp < ?1", [now])?;
-            Ok(revocations as u64)
+        // Purging is a write, but a rare one that may wait on another process's lock:
+        // on its own connection in a blocking task, so it never delays a logout's reply
+        // nor holds a read connection. A purge still running skips this one.
+        let purger = self.purger.clone();
+        let files = self.files.clone();
+        let path = self.path.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                files.check()?;
+                let Ok(conn) = purger.try_lock() else {
+                    return Ok(0);
+                };
+                let purge = || -> rusqlite::Result<u64> {
+                    let revocations = conn.execute(
+                        "DELETE FROM revocations WHERE kind != 'sub' AND exp < ?1",
+                        [now],
+                    )?;
+                    conn.execute("DELETE FROM seen_once WHERE exp < ?1", [now])?;
+                    // Moves committed revocations from the log into the database file
+                    // now and then, whatever else SQLite's own checkpoints would wait for.
+                    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+                    Ok(revocations as u64)
+                };
+                purge().map_err(|source| StoreError::Sqlite {
+                    path,
+                    what: "purging expired revocations",
+                    source,
+                })
+            })
+            .await
+            .map_err(|source| StoreError::ReadTask {
+                path: self.path.clone(),
+                source,
+            })?
         })
     }
 }

@@ -1,7 +1,7 @@
 //! The writer thread: every write goes through it, a batch of pending requests per
 //! transaction (group commit: N concurrent logouts cost one fsync).
 
-use super::connection::file_identity;
+use super::connection::Files;
 use super::SqliteStore;
 use crate::blocklist::{BoxFuture, Revocation, StoreError};
 use rusqlite::{params, Connection};
@@ -26,23 +26,15 @@ pub(super) fn writer_loop(
     mut conn: Connection,
     rx: mpsc::Receiver<WriteRequest>,
     path: &Path,
-    identity: (u64, u64),
+    files: &Files,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        let result = file_identity(path)
-            .and_then(|now| {
-                if now == identity {
-                    Ok(())
-                } else {
-                    Err(StoreError::Replaced {
-                        path: path.to_owned(),
-                    })
-                }
-            })
+        let result = files
+            .check()
             .and_then(|()| {
                 write_batch(&mut conn, &batch).map_err(|source| StoreError::Sqlite {
                     path: path.to_owned(),
@@ -50,6 +42,8 @@ pub(super) fn writer_loop(
                     source,
                 })
             })
+            // Committed, but into the files opened? A log removed meanwhile took it.
+            .and_then(|firsts| files.check().map(|()| firsts))
             // Every request of the batch gets the one error.
             .map_err(std::sync::Arc::new);
         let mut firsts = match &result {
