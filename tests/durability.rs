@@ -23,6 +23,11 @@ async fn start_sqlite(db: &str) -> (Upstream, Gateway) {
     let mut cfg = Config::new(up.addr);
     cfg.set("blocklist.store", json!("sqlite"));
     cfg.set("blocklist.sqlite_path", json!(db));
+    // For `/readyz`.
+    cfg.set(
+        "admin",
+        json!({ "listen": "127.0.0.1:0", "token": "admin-token-0123456789abcdef-dur" }),
+    );
     if let Some(parent) = Path::new(db).parent() {
         std::fs::create_dir_all(cfg.dir.path().join(parent)).expect("create the db directory");
     }
@@ -202,15 +207,7 @@ async fn a_write_ahead_log_removed_under_the_gateway_answers_503_and_claims_noth
     // every commit since the last checkpoint with it. A logout must not be acknowledged
     // into it, and the gateway must say it is not ready.
     let db = "revocations.db";
-    let up = Upstream::start().await;
-    let mut cfg = Config::new(up.addr);
-    cfg.set("blocklist.store", json!("sqlite"));
-    cfg.set("blocklist.sqlite_path", json!(db));
-    cfg.set(
-        "admin",
-        json!({ "listen": "127.0.0.1:0", "token": "admin-token-0123456789abcdef-wal" }),
-    );
-    let gw = Gateway::start(cfg).await;
+    let (_up, gw) = start_sqlite(db).await;
     let path = db_path(&gw, db);
     let wal = PathBuf::from(format!("{}-wal", path.display()));
     let before = token(&access("before"));
@@ -269,15 +266,7 @@ async fn a_database_file_replaced_under_the_gateway_keeps_it_not_ready() {
     // connections still point at the removed file, so it must not report ready (its
     // logouts fail "replaced", and revocations written to the new file never reach it).
     let db = "revocations.db";
-    let up = Upstream::start().await;
-    let mut cfg = Config::new(up.addr);
-    cfg.set("blocklist.store", json!("sqlite"));
-    cfg.set("blocklist.sqlite_path", json!(db));
-    cfg.set(
-        "admin",
-        json!({ "listen": "127.0.0.1:0", "token": "admin-token-0123456789abcdef-rep" }),
-    );
-    let gw = Gateway::start(cfg).await;
+    let (_up, gw) = start_sqlite(db).await;
     let path = db_path(&gw, db);
     let admin = gw.admin.expect("admin listener");
     assert_eq!(get(admin, "/readyz", &[]).await.0, 200);

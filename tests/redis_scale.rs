@@ -655,37 +655,44 @@ async fn sentinels_settled(sentinels: &[RedisServer]) {
     }
 }
 
-#[tokio::test]
-async fn sentinel_failover_finds_the_new_master_and_keeps_every_revocation() {
-    let Some(mut master) = RedisServer::start().await else {
-        return;
-    };
+/// A master, its replica and three Sentinels that know both and each other; `None`
+/// when `redis-server` is missing.
+async fn sentinel_cluster() -> Option<(RedisServer, RedisServer, Vec<RedisServer>)> {
+    let master = RedisServer::start().await?;
     let options = RedisServerOptions {
         replica_of: Some(master.port),
         ..RedisServerOptions::default()
     };
-    let Some(replica) = RedisServer::start_with(options).await else {
-        return;
-    };
+    let replica = RedisServer::start_with(options).await?;
     let mut sentinels = Vec::new();
     for _ in 0..3 {
         sentinels.push(RedisServer::sentinel(&master).await);
     }
     sentinels_settled(&sentinels).await;
+    Some((master, replica, sentinels))
+}
 
-    let up = Upstream::start().await;
-    let sentinel_config = |up: &Upstream| {
-        // The URL's host is not used with Sentinel: only its scheme, password and db.
-        let mut cfg = redis_config(up, "redis://sentinel-master/0");
-        cfg.set(
-            "blocklist.redis_sentinel",
-            json!({
-                "master_name": "mymaster",
-                "addresses": sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect::<Vec<_>>(),
-            }),
-        );
-        cfg
+/// A gateway config that finds the master `mymaster` through `sentinels`.
+fn sentinel_config(up: &Upstream, sentinels: &[RedisServer]) -> Config {
+    // The URL's host is not used with Sentinel: only its scheme, password and db.
+    let mut cfg = redis_config(up, "redis://sentinel-master/0");
+    cfg.set(
+        "blocklist.redis_sentinel",
+        json!({
+            "master_name": "mymaster",
+            "addresses": sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect::<Vec<_>>(),
+        }),
+    );
+    cfg
+}
+
+#[tokio::test]
+async fn sentinel_failover_finds_the_new_master_and_keeps_every_revocation() {
+    let Some((mut master, replica, sentinels)) = sentinel_cluster().await else {
+        return;
     };
+    let up = Upstream::start().await;
+    let sentinel_config = |up: &Upstream| sentinel_config(up, &sentinels);
     let a = Gateway::start(sentinel_config(&up)).await;
     let b = Gateway::start(sentinel_config(&up)).await;
     let before = token(&access("before-failover"));
@@ -767,33 +774,11 @@ async fn a_manual_sentinel_failover_moves_every_replica_within_a_second() {
     // `SENTINEL FAILOVER` promotes the replica while the old master stays up, and
     // writable, until Sentinel demotes it some ten seconds later: no connection error
     // tells the gateways to move. They ask the Sentinels themselves.
-    let Some(master) = RedisServer::start().await else {
+    let Some((master, replica, sentinels)) = sentinel_cluster().await else {
         return;
     };
-    let options = RedisServerOptions {
-        replica_of: Some(master.port),
-        ..RedisServerOptions::default()
-    };
-    let Some(replica) = RedisServer::start_with(options).await else {
-        return;
-    };
-    let mut sentinels = Vec::new();
-    for _ in 0..3 {
-        sentinels.push(RedisServer::sentinel(&master).await);
-    }
-    sentinels_settled(&sentinels).await;
     let up = Upstream::start().await;
-    let sentinel_config = |up: &Upstream| {
-        let mut cfg = redis_config(up, "redis://sentinel-master/0");
-        cfg.set(
-            "blocklist.redis_sentinel",
-            json!({
-                "master_name": "mymaster",
-                "addresses": sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect::<Vec<_>>(),
-            }),
-        );
-        cfg
-    };
+    let sentinel_config = |up: &Upstream| sentinel_config(up, &sentinels);
     let a = Gateway::start(sentinel_config(&up)).await;
     let b = Gateway::start(sentinel_config(&up)).await;
     let before = token(&access("before-switch"));
