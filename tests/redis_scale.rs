@@ -672,6 +672,27 @@ async fn sentinel_cluster() -> Option<(RedisServer, RedisServer, Vec<RedisServer
     Some((master, replica, sentinels))
 }
 
+/// Waits until the replica acknowledges every write the master has (`WAIT 1`).
+async fn replica_has_every_write(master: &RedisServer) {
+    let mut conn = master.client().await;
+    let synced = Instant::now();
+    loop {
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(200)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if acked == 1 {
+            break;
+        }
+        assert!(
+            synced.elapsed() < Duration::from_secs(15),
+            "the replica did not acknowledge the writes"
+        );
+    }
+}
+
 /// A gateway config that finds the master `mymaster` through `sentinels`.
 fn sentinel_config(up: &Upstream, sentinels: &[RedisServer]) -> Config {
     // The URL's host is not used with Sentinel: only its scheme, password and db.
@@ -706,22 +727,7 @@ async fn sentinel_failover_finds_the_new_master_and_keeps_every_revocation() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let synced = Instant::now();
-    loop {
-        let acked: i64 = redis::cmd("WAIT")
-            .arg(1)
-            .arg(200)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if acked == 1 {
-            break;
-        }
-        assert!(
-            synced.elapsed() < Duration::from_secs(15),
-            "the replica did not acknowledge the writes"
-        );
-    }
+    replica_has_every_write(&master).await;
 
     master.kill();
     let killed = Instant::now();
@@ -785,23 +791,7 @@ async fn a_manual_sentinel_failover_moves_every_replica_within_a_second() {
     assert_logged_out(&logout(&a, &before).await);
     refused_within(&b, &before, Instant::now(), ENFORCED_WITHIN).await;
     // The replica has every write before it is promoted.
-    let mut conn = master.client().await;
-    let synced = Instant::now();
-    loop {
-        let acked: i64 = redis::cmd("WAIT")
-            .arg(1)
-            .arg(200)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if acked == 1 {
-            break;
-        }
-        assert!(
-            synced.elapsed() < Duration::from_secs(15),
-            "the replica did not acknowledge the writes"
-        );
-    }
+    replica_has_every_write(&master).await;
 
     let mut sentinel = sentinels[0].client().await;
     let _: () = redis::cmd("SENTINEL")
