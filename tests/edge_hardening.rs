@@ -986,4 +986,21 @@ async fn a_raw_utf8_path_is_forwarded_escaped() {
     let echo = assert_forwarded(&reply);
     assert_eq!(echo["path"], "/public/caf%C3%A9/%E6%97%A5", "{echo}");
     assert_eq!(up.seen(), ["GET /public/caf%C3%A9/%E6%97%A5"]);
+    // The query too, with or without a path to escape.
+    for (target, path, query) in [
+        ("/public/x?q=caf\u{e9}&a=1", "/public/x", "q=caf%C3%A9&a=1"),
+        ("/public/\u{e9}?q=\u{e9}", "/public/%C3%A9", "q=%C3%A9"),
+    ] {
+        let reply = raw_reply(
+            gw.edge,
+            &format!("GET {target} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        let echo = assert_forwarded(&reply);
+        assert_eq!(
+            (echo["path"].as_str(), echo["query"].as_str()),
+            (Some(path), Some(query)),
+            "{echo}"
+        );
+    }
 }

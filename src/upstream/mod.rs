@@ -104,7 +104,9 @@ impl Upstream {
         path: &str,
         path_changed: bool,
     ) -> Result<Uri, GatewayError> {
-        let path_and_query = if !path_changed && self.base_path.is_empty() {
+        // Raw UTF-8 in the query (hyper lets it through) is escaped, as in the path.
+        let raw_query = original.query().is_some_and(|q| !q.is_ascii());
+        let path_and_query = if !path_changed && self.base_path.is_empty() && !raw_query {
             original
                 .path_and_query()
                 .cloned()
@@ -117,7 +119,15 @@ impl Upstream {
             s.push_str(path);
             if let Some(q) = original.query() {
                 s.push('?');
-                s.push_str(q);
+                for &b in q.as_bytes() {
+                    if b.is_ascii() {
+                        s.push(char::from(b));
+                    } else {
+                        s.push('%');
+                        s.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+                        s.push(char::from(b"0123456789ABCDEF"[usize::from(b & 0xF)]));
+                    }
+                }
             }
             PathAndQuery::try_from(s).map_err(|_| GatewayError::BadRequest)?
         };
