@@ -211,6 +211,13 @@ impl Checker {
     pub(super) fn absolute_path(&mut self, path: &str, key: &str) {
         match crate::path::normalize(path) {
             Ok(n) if n == path => {}
+            // Requests' raw UTF-8 is escaped before matching: say how to write it.
+            Ok(n) if !path.is_ascii() => self.error(
+                key,
+                format!(
+                    "{path:?} must be written as requests are matched: {n:?} (non-ASCII escaped)"
+                ),
+            ),
             _ => self.error(
                 key,
                 format!("{path:?} must be an absolute, normalized path such as /logout"),

@@ -96,6 +96,12 @@ pub(super) const ROWS: &[Row] = &[
         "\"api\" must be an absolute, normalized path",
     ),
     (
+        "routes:\n  - prefix: /café\n    upstream: app\n",
+        "routes[0].prefix",
+        Some(2),
+        "\"/café\" must be written as requests are matched: \"/caf%C3%A9\" (non-ASCII escaped)",
+    ),
+    (
         "routes:\n  - prefix: /\n",
         "routes[0].upstream",
         Some(2),
