@@ -876,3 +876,33 @@ async fn with_sentinel_errors_name_the_sentinels_not_the_unused_url_host() {
     );
     assert!(!stderr.contains("unused-host"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_sentinel_that_stops_answering_does_not_stall_the_feed() {
+    // Asking the Sentinels which server is master ran on the follower's path: one that
+    // stopped answering (paused, partitioned) held every feed cycle for a second, the
+    // copy went stale, and with `on_store_error: deny` a share of requests got 503.
+    let Some((_master, _replica, sentinels)) = sentinel_cluster().await else {
+        return;
+    };
+    let up = Upstream::start().await;
+    let gw = Gateway::start(sentinel_config(&up, &sentinels)).await;
+    let t = token(&access("steady"));
+    assert_accepted(&gw, "/x", &t, "steady").await;
+    sentinels[0].pause(true);
+    let paused = Instant::now();
+    let mut refused = 0;
+    let mut served = 0;
+    while paused.elapsed() < Duration::from_secs(4) {
+        match get_with_token(&gw, "/x", &t).await.0 {
+            200 => served += 1,
+            _ => refused += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sentinels[0].pause(false);
+    assert_eq!(
+        refused, 0,
+        "{refused} refused, {served} served while a Sentinel was paused"
+    );
+}

@@ -216,6 +216,17 @@ impl RedisServer {
     }
 
     /// SIGKILL: Redis vanishes at once, connections are reset.
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the server: a server that stops answering
+    /// without closing its sockets.
+    pub fn pause(&self, paused: bool) {
+        if let Some(child) = &self.child {
+            let signal = if paused { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+        }
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

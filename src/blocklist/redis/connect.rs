@@ -101,6 +101,9 @@ pub enum Target {
     Sentinel(Sentinels),
 }
 
+/// Longest wait for a Sentinel's answer about the master (and for connecting to ask).
+const ASK_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// A server's `host` and `port`, as Sentinel names a master.
 pub type Endpoint = (String, u16);
 
@@ -114,24 +117,41 @@ pub struct Sentinels {
 
 impl Sentinels {
     /// The master the Sentinels name now (`None`: they know none by that name).
+    /// Each step within [`ASK_TIMEOUT`]: a Sentinel that stops answering without closing
+    /// its socket costs one timeout, and its connection is dropped, not kept for the
+    /// next ask.
     async fn named_master(&self) -> Result<Option<Endpoint>, RedisError> {
+        let timed_out = || RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
         let mut asking = self.asking.lock().await;
         let mut conn = match asking.as_ref() {
             Some(conn) => conn.clone(),
             None => {
-                let client = self.client.lock().await.async_get_sentinel_client().await?;
-                let conn = client
-                    .get_multiplexed_async_connection_with_config(&connection_config())
-                    .await?;
+                let open = async {
+                    let client = self.client.lock().await.async_get_sentinel_client().await?;
+                    client
+                        .get_multiplexed_async_connection_with_config(&connection_config())
+                        .await
+                };
+                let conn = tokio::time::timeout(ASK_TIMEOUT, open)
+                    .await
+                    .map_err(|_| timed_out())??;
                 asking.insert(conn).clone()
             }
         };
-        let reply: Result<Option<(String, String)>, RedisError> = redis::cmd("SENTINEL")
-            .arg("get-master-addr-by-name")
-            .arg(&self.master_name)
-            .query_async(&mut conn)
-            .await;
-        let reply = reply.inspect_err(|_| *asking = None)?;
+        let mut ask = redis::cmd("SENTINEL");
+        ask.arg("get-master-addr-by-name").arg(&self.master_name);
+        let query = ask.query_async::<Option<(String, String)>>(&mut conn);
+        let reply = match tokio::time::timeout(ASK_TIMEOUT, query).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => {
+                *asking = None;
+                return Err(e);
+            }
+            Err(_) => {
+                *asking = None;
+                return Err(timed_out());
+            }
+        };
         Ok(reply.and_then(|(host, port)| Some((host, port.parse().ok()?))))
     }
 }

@@ -179,21 +179,22 @@ impl RedisStore {
     /// the connections, the feed would read a stream nobody writes to any more, and a
     /// logout written there would be lost at the demotion. Asked from the follower's
     /// loop, so a gateway leaves the old master within about a second.
-    async fn follow_master(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
+    ///
+    /// The asking runs in a task of its own and the follower only applies its last
+    /// answer: a Sentinel that stops answering must not hold up the feed (a slower feed
+    /// turns the copy stale, and the edge fails closed). Sentinels that do not answer
+    /// change nothing: the connections' own errors still move them.
+    fn follow_master(&self) {
+        use std::sync::atomic::Ordering::{AcqRel, Relaxed};
         if !self.target.is_sentinel() {
             return;
         }
-        let now = now_millis();
-        let every = MASTER_ASKED_EVERY.as_millis() as u64;
-        if now.saturating_sub(self.master_asked.load(Relaxed)) < every {
-            return;
-        }
-        self.master_asked.store(now, Relaxed);
-        // Sentinels that do not answer change nothing: the connections' own errors
-        // still move them.
-        let asked = tokio::time::timeout(COMMAND_TIMEOUT, self.target.named_master()).await;
-        if let Ok(Ok(Some(master))) = asked {
+        let named = self
+            .master_named
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(master) = named {
             if self.link.follow(&master) | self.feed.follow(&master) {
                 tracing::warn!(
                     master = %format_args!("{}:{}", master.0, master.1),
@@ -201,6 +202,29 @@ impl RedisStore {
                 );
             }
         }
+        let now = now_millis();
+        let every = MASTER_ASKED_EVERY.as_millis() as u64;
+        if now.saturating_sub(self.master_asked.load(Relaxed)) < every
+            || self.master_asking.swap(true, AcqRel)
+        {
+            return;
+        }
+        self.master_asked.store(now, Relaxed);
+        let (target, named, asking) = (
+            self.target.clone(),
+            self.master_named.clone(),
+            self.master_asking.clone(),
+        );
+        tokio::spawn(async move {
+            match target.named_master().await {
+                Ok(Some(master)) => {
+                    *named.lock().unwrap_or_else(|p| p.into_inner()) = Some(master);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "asking the Sentinels for the master failed"),
+            }
+            asking.store(false, std::sync::atomic::Ordering::Release);
+        });
     }
 
     pub(super) async fn wait(
@@ -216,7 +240,7 @@ impl RedisStore {
                 complete_at: now_millis(),
             });
         };
-        self.follow_master().await;
+        self.follow_master();
         // Below a second, so the copy stays fresh (STALE_AFTER) on a quiet stream; with
         // Sentinel below half of one, so the master is asked about twice a second.
         let most = match self.target.is_sentinel() {

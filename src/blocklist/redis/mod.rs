@@ -100,8 +100,11 @@ pub struct RedisStore {
     feed: Link,
     /// Where both links connect; with Sentinel, asked which server is master.
     target: Arc<Target>,
-    /// When the Sentinels were last asked (Unix milliseconds), see `follow_master`.
+    /// When the Sentinels were last asked (Unix milliseconds), whether an ask is under
+    /// way, and the master the last one named (not applied yet): see `follow_master`.
     master_asked: std::sync::atomic::AtomicU64,
+    master_asking: Arc<std::sync::atomic::AtomicBool>,
+    master_named: Arc<std::sync::Mutex<Option<connect::Endpoint>>>,
     /// The URL without its password, for error messages.
     shown_url: String,
     /// `key_prefix`, prepended to `jti:<key>` / `sid:<sid>`.
@@ -151,6 +154,8 @@ impl RedisStore {
             feed: Link::new(target.clone()),
             target,
             master_asked: std::sync::atomic::AtomicU64::new(0),
+            master_asking: Arc::default(),
+            master_named: Arc::default(),
             shown_url,
             prefix: prefix.to_owned(),
             expiry_key: format!("{prefix}expiry"),
