@@ -71,10 +71,10 @@ impl Builders {
         // The header list size h2 advertises is not the limit (the gateway counts a
         // head's bytes itself and answers 431): h2 ends the whole connection (GOAWAY
         // ENHANCE_YOUR_CALM) for a list over four times what it advertised, taking every
-        // other stream with it. Advertising more keeps that for abuse: a head over
-        // `max_header_bytes` gets its 431 and the connection goes on, up to at least
-        // 1 MiB of headers.
-        let advertised = limits.max_header_bytes.saturating_mul(4).max(256 << 10);
+        // other stream with it. Advertising twice the limit keeps that for abuse: a head
+        // over `max_header_bytes` gets its 431 and the connection goes on, up to at least
+        // 128 KiB of headers, while what h2 decodes per stream stays small.
+        let advertised = limits.max_header_bytes.saturating_mul(2).max(32 << 10);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())

@@ -159,9 +159,10 @@ impl Upstream {
                 tracing::warn!(upstream = %self.name, ?timeout, "upstream timed out");
                 GatewayError::UpstreamTimeout
             }
-            // hyper's "error from user's Body stream": the body it was sending, which is
-            // the client's (a malformed chunk, a client gone mid-body).
-            SendError::Request(e) if e.is_user() => {
+            // hyper's "error from user's Body stream", carrying the body's own error: the
+            // body it was sending is the client's (a malformed chunk, a client gone
+            // mid-body). Other user errors (a connection task gone) stay the upstream's.
+            SendError::Request(e) if e.is_user() && std::error::Error::source(&e).is_some() => {
                 tracing::debug!(upstream = %self.name, error = %error_chain(&e), "the client's request body failed");
                 GatewayError::BadRequest
             }
