@@ -268,11 +268,13 @@ async fn serve_edge(
     // (noticed by the config's address), so new connections get the new limits.
     let mut built_for = state.load().config.clone();
     let mut builders = Arc::new(Builders::new(&built_for.server));
-    let local_host = listener
-        .local_addr()
-        .ok()
-        .and_then(|addr| HeaderValue::from_str(&addr.to_string()).ok())
-        .unwrap_or_else(|| HeaderValue::from_static("unknown"));
+    // The address clients reach, for `X-Forwarded-Host` when a request names no host:
+    // the listener's, unless it listens on every address (`0.0.0.0`, `[::]`), where each
+    // connection's own local address says which one the client used.
+    let listening = listener.local_addr().ok();
+    let listener_host = listening
+        .filter(|addr| !addr.ip().is_unspecified())
+        .and_then(|addr| HeaderValue::from_str(&addr.to_string()).ok());
     // Tells every connection to finish gracefully; each holds a receiver until it is done,
     // so `closed()` is when the last one is gone (hyper-util's GracefulShutdown, inlined:
     // its watcher cannot be combined with the idle rules of `net::idle`).
@@ -306,7 +308,15 @@ async fn serve_edge(
         let max_header_bytes = built_for.server.max_header_bytes;
         let tls = current.tls.clone();
         drop(current);
-        let local_host = local_host.clone();
+        let local_host = match &listener_host {
+            Some(host) => host.clone(),
+            None => stream
+                .local_addr()
+                .ok()
+                .or(listening)
+                .and_then(|addr| HeaderValue::from_str(&addr.to_string()).ok())
+                .unwrap_or_else(|| HeaderValue::from_static("unknown")),
+        };
         let state = state.clone();
         let builders = builders.clone();
         let watcher = drain.subscribe();
