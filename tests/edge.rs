@@ -508,9 +508,11 @@ async fn a_malformed_request_body_is_the_clients_fault_not_the_upstreams() {
         .await
         .expect("connect");
     // One good chunk, then a chunk size that overflows: hyper fails the body stream
-    // while it is being forwarded.
+    // while it is being forwarded. `/upload` reads the whole body before it answers,
+    // so the upstream cannot answer first (an app that answers before reading the
+    // body gets its answer forwarded).
     let request = format!(
-        "POST /x HTTP/1.1\r\nHost: portcullis.test\r\nAuthorization: Bearer {}\r\n\
+        "POST /upload HTTP/1.1\r\nHost: portcullis.test\r\nAuthorization: Bearer {}\r\n\
          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nFFFFFFFFFFFFFFFFFF\r\n",
         token(&access("alice"))
     );
