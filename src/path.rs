@@ -138,11 +138,7 @@ fn rebuild(path: &str) -> Result<String, PathError> {
                         b'\\' => return Err(PathError::Backslash),
                         0 => return Err(PathError::Nul),
                         v if is_unreserved(v) => out.push(char::from(v)),
-                        _ => {
-                            out.push('%');
-                            out.push(char::from(HEX_UPPER[usize::from(h)]));
-                            out.push(char::from(HEX_UPPER[usize::from(l)]));
-                        }
+                        v => push_escaped(&mut out, v),
                     }
                     i += 3;
                     run = i;
@@ -157,9 +153,7 @@ fn rebuild(path: &str) -> Result<String, PathError> {
                     if run < i {
                         out.push_str(&path[run..i]);
                     }
-                    out.push('%');
-                    out.push(char::from(HEX_UPPER[usize::from(c >> 4)]));
-                    out.push(char::from(HEX_UPPER[usize::from(c & 0xF)]));
+                    push_escaped(&mut out, c);
                     i += 1;
                     run = i;
                 }
@@ -196,6 +190,13 @@ fn rebuild(path: &str) -> Result<String, PathError> {
 }
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Appends `byte` as a percent-escape with uppercase hex (`%C3`).
+pub fn push_escaped(out: &mut String, byte: u8) {
+    out.push('%');
+    out.push(char::from(HEX_UPPER[usize::from(byte >> 4)]));
+    out.push(char::from(HEX_UPPER[usize::from(byte & 0xF)]));
+}
 
 fn is_dot_segment(seg: &[u8]) -> bool {
     seg == b"." || seg == b".."

@@ -123,9 +123,7 @@ impl Upstream {
                     if b.is_ascii() {
                         s.push(char::from(b));
                     } else {
-                        s.push('%');
-                        s.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
-                        s.push(char::from(b"0123456789ABCDEF"[usize::from(b & 0xF)]));
+                        crate::path::push_escaped(&mut s, b);
                     }
                 }
             }
