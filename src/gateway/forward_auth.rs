@@ -71,8 +71,15 @@ pub async fn handle(
     } = request;
     let own_path = path.map_err(|_| GatewayError::BadRequest)?;
     let method = original_method(&parts.headers)?.unwrap_or_else(|| parts.method.clone());
+    // The edge refuses CONNECT whatever its target (`net::head`); so is a request named so.
+    if method == Method::CONNECT {
+        return Err(GatewayError::BadRequest);
+    }
     let target = match original_target(&parts.headers)? {
         Some(target) => target,
+        // Envoy appends the client's path as sent: `/_auth/../x` judges `/../x` (400 at
+        // the edge), not the `/x` the whole path normalizes to.
+        None if endpoint.covers(uri.path()) => default_target(endpoint, uri.path(), uri.query())?,
         None => default_target(endpoint, &own_path, uri.query())?,
     };
     // Judged exactly as the edge judges a request line: the same normalization, and
@@ -158,8 +165,10 @@ fn agree<T: PartialEq>(named: &mut Option<T>, value: T) -> Result<(), GatewayErr
     }
 }
 
-/// The value of a header sent at most once, as visible ASCII: two fields, or one that
-/// is empty or not text, cannot name one request.
+/// The value of a header sent at most once, as text: two fields, or one that is empty
+/// or not UTF-8, cannot name one request. UTF-8 beyond ASCII is text: nginx's
+/// `$request_uri` passes a client's raw `/café` on, which the edge itself accepts (and
+/// escapes when it normalizes the path).
 fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, GatewayError> {
     let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else {
@@ -168,19 +177,18 @@ fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h st
     if values.next().is_some() {
         return Err(GatewayError::BadRequest);
     }
-    match value.to_str() {
-        Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim())),
+    // A header value holds no control character but tab (`HeaderValue`'s own rule).
+    match std::str::from_utf8(value.as_bytes()) {
+        Ok(text) if !text.trim().is_empty() && !text.contains('\t') => Ok(Some(text.trim())),
         _ => Err(GatewayError::BadRequest),
     }
 }
 
 /// A request target: origin-form `/path?query`, or absolute-form `http(s)://host/path?query`
 /// (the only form `absolute_only` takes), reduced to its path and query. A fragment is
-/// refused: it is never part of a request, so a proxy sending one is confused.
+/// dropped, as the edge drops one sent on a request line.
 fn parse_target(value: &str, absolute_only: bool) -> Result<PathAndQuery, GatewayError> {
-    if value.contains('#') {
-        return Err(GatewayError::BadRequest);
-    }
+    let value = value.split_once('#').map_or(value, |(before, _)| before);
     if value.starts_with('/') && !absolute_only {
         return PathAndQuery::from_str(value).map_err(|_| GatewayError::BadRequest);
     }
@@ -265,7 +273,8 @@ mod tests {
             &[("x-forwarded-uri", "")],
             &[("x-forwarded-uri", "a/b")],
             &[("x-forwarded-uri", "*")],
-            &[("x-forwarded-uri", "/a#frag")],
+            &[("x-forwarded-uri", "#frag")],
+            &[("x-forwarded-uri", "/a\tb")],
             &[("x-forwarded-uri", "ftp://h/a")],
             &[("x-forwarded-uri", "http://user@h/a")],
             &[("x-original-url", "/a")],

@@ -271,18 +271,22 @@ impl Gateway {
         // connection was parsed), and h2's own limit is set far above (see `Builders`).
         // A pass over the header fields, no allocation.
         check_head_size(&parts, conn.max_header_bytes)?;
-        head::check(&parts, &self.config.jwt.header_name)?;
         // The URI is moved out so the normalized path can borrow it while `parts` is edited.
         let uri = std::mem::take(&mut parts.uri);
         let normalized = path::normalize(uri.path());
         if let Some(endpoint) = &self.config.forward_auth {
-            // A path that cannot be normalized is matched as sent, so that an untrusted
-            // peer gets its 403 whatever path it tries.
-            let covered = match &normalized {
-                Ok(path) => endpoint.covers(path),
-                Err(_) => endpoint.covers(uri.path()),
-            };
+            // The endpoint as sent or as normalized: Envoy's `path_prefix` puts the
+            // client's path, unnormalized, under it (`/_auth/../x` is a subrequest, never
+            // the request `/x`), and an untrusted peer gets its 403 whatever it tries.
+            let covered = endpoint.covers(uri.path())
+                || normalized.as_ref().is_ok_and(|path| endpoint.covers(path));
             if covered {
+                // Before anything else is read: the contract's one answer to other peers.
+                if !endpoint.trusts(conn.peer) {
+                    trace.forward_auth = Some(String::new());
+                    return Err(GatewayError::UntrustedProxy);
+                }
+                head::check(&parts, &uri, &self.config.jwt.header_name)?;
                 trace.forward_auth = Some(String::new());
                 drop(body); // never forwarded, never read
                 let request = forward_auth::Subrequest {
@@ -295,6 +299,7 @@ impl Gateway {
                 return Box::pin(forward_auth::handle(self, endpoint, request, conn, trace)).await;
             }
         }
+        head::check(&parts, &uri, &self.config.jwt.header_name)?;
         let path = normalized.map_err(|_| GatewayError::BadRequest)?;
         let target = Target {
             uri: &uri,

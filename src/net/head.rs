@@ -16,18 +16,19 @@
 
 use crate::error::GatewayError;
 use http::request::Parts;
-use http::{header, HeaderMap, HeaderName, Version};
+use http::{header, HeaderMap, HeaderName, Uri, Version};
 
 /// hyper's smallest HTTP/1 read buffer; a smaller `server.max_header_bytes` is enforced
 /// by the gateway itself (it counts the head's bytes).
 pub const MIN_HYPER_BUF: usize = 8192;
 
-/// Refuses a request head the gateway cannot forward unambiguously.
-pub fn check(parts: &Parts, token_header: &HeaderName) -> Result<(), GatewayError> {
+/// Refuses a request head the gateway cannot forward unambiguously (`uri`: its target,
+/// moved out of `parts`).
+pub fn check(parts: &Parts, uri: &Uri, token_header: &HeaderName) -> Result<(), GatewayError> {
     if parts.method == http::Method::CONNECT || has_several(&parts.headers, token_header) {
         return Err(GatewayError::BadRequest);
     }
-    check_host(parts)?;
+    check_host(parts, uri)?;
     if parts.headers.contains_key(header::TRANSFER_ENCODING) {
         check_transfer_encoding(&parts.headers)?;
     }
@@ -40,7 +41,7 @@ fn has_several(headers: &HeaderMap, name: &HeaderName) -> bool {
     values.next().is_some() && values.next().is_some()
 }
 
-fn check_host(parts: &Parts) -> Result<(), GatewayError> {
+fn check_host(parts: &Parts, uri: &Uri) -> Result<(), GatewayError> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -52,7 +53,7 @@ fn check_host(parts: &Parts) -> Result<(), GatewayError> {
         }
     }
     // The target's authority: absolute-form in HTTP/1.1, `:authority` in HTTP/2.
-    let authority = parts.uri.authority().map(|a| a.as_str());
+    let authority = uri.authority().map(|a| a.as_str());
     if authority.is_some_and(|a| a.contains('@')) {
         return Err(GatewayError::BadRequest);
     }
@@ -136,7 +137,8 @@ mod tests {
     }
 
     fn verdict(version: Version, uri: &str, headers: &[(&str, &str)]) -> Result<(), GatewayError> {
-        check(&parts(version, uri, headers), &header::AUTHORIZATION)
+        let parts = parts(version, uri, headers);
+        check(&parts, &parts.uri, &header::AUTHORIZATION)
     }
 
     #[test]
