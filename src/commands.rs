@@ -29,6 +29,8 @@ pub enum CommandError {
     ClaimSub(String),
     #[error("--ttl must be at least 1s (a token's exp is in whole seconds)")]
     ZeroTtl,
+    #[error("--ttl must be at most 36500d")]
+    LongTtl,
     #[error("signing failed: {0}")]
     Signing(#[source] jsonwebtoken::errors::Error),
     #[error("no randomness available")]
@@ -139,6 +141,11 @@ pub fn mint_for(
     })?;
     if request.ttl.as_secs() == 0 {
         return Err(CommandError::ZeroTtl);
+    }
+    // As long as any duration of the config may be; `now + ttl` then stays far inside
+    // the `exp` every verifier reads (an i64 of seconds), never wrapping into the past.
+    if request.ttl > config::MAX_DURATION {
+        return Err(CommandError::LongTtl);
     }
     let now = now_unix();
     let mut claims = Map::new();

@@ -217,7 +217,7 @@ fn token_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
 }
 
 #[test]
-fn token_refuses_a_zero_ttl_and_a_second_subject() {
+fn token_refuses_a_zero_or_overlong_ttl_and_a_second_subject() {
     let dir = tempfile::tempdir().expect("tempdir");
     for ttl in ["0s", "500ms"] {
         let (code, _, stderr) = token_in(dir.path(), &["--sub", "alice", "--ttl", ttl]);
@@ -227,6 +227,14 @@ fn token_refuses_a_zero_ttl_and_a_second_subject() {
                 1,
                 "error: --ttl must be at least 1s (a token's exp is in whole seconds)"
             )
+        );
+    }
+    // A ttl that would wrap `now + ttl` into the past (an expired token, exit 0, before).
+    for ttl in ["36501d", "584542046090y"] {
+        let (code, _, stderr) = token_in(dir.path(), &["--sub", "alice", "--ttl", ttl]);
+        assert_eq!(
+            (code, stderr.trim()),
+            (1, "error: --ttl must be at most 36500d")
         );
     }
     let (code, _, stderr) = token_in(dir.path(), &["--sub", "alice", "--ttl", "-5m"]);

@@ -103,6 +103,12 @@ impl Checker {
     ) -> Duration {
         let Some(raw) = raw else { return default };
         match humantime::parse_duration(raw.trim()) {
+            // A deadline this far ahead overflows the clock's arithmetic (`Instant + d`
+            // panics past ~2^63 s); a century stands for "never" well enough.
+            Ok(d) if d > MAX_DURATION => {
+                self.error(path, format!("{raw:?} is too long: at most 36500d"));
+                default
+            }
             Ok(d) => d,
             Err(e) => {
                 self.error(
@@ -281,6 +287,9 @@ pub(super) fn parse_size(raw: &str) -> Option<u64> {
 }
 
 /// serde's message with Rust's number types said in the config's words.
+/// The longest duration any key takes: a hundred years.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
+
 fn in_yaml_words(message: &str) -> String {
     let mut message = message.to_owned();
     for (rust, yaml) in [

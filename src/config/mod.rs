@@ -39,6 +39,7 @@ mod summary;
 #[cfg(test)]
 mod tests;
 
+pub use checker::MAX_DURATION;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AdminConfig, AuthMode, BackchannelRevokes, BlocklistConfig, Config, CsrfConfig,
@@ -106,7 +107,7 @@ pub fn parse(
             return Err(ConfigErrors(vec![ConfigError {
                 path: source.display().to_string(),
                 line: e.location().map(|l| l.line()),
-                message: format!("not valid YAML: {e}"),
+                message: yaml_error_message(&e),
             }]))
         }
     };
@@ -126,4 +127,26 @@ pub fn parse(
             Err(ConfigErrors(errors))
         }
     }
+}
+
+/// serde_yaml's parse error in the config's words. A whole number past 64 bits is
+/// valid YAML that serde_yaml cannot hold; it says "invalid type: integer `N` as u128,
+/// expected any YAML value", which reads as if the file were broken.
+fn yaml_error_message(e: &serde_yaml::Error) -> String {
+    let text = e.to_string();
+    let too_large = text.find("invalid type: integer `").and_then(|at| {
+        let rest = &text[at + "invalid type: integer `".len()..];
+        let (number, tail) = rest.split_once('`')?;
+        (tail.starts_with(" as u128") || tail.starts_with(" as i128")).then(|| {
+            // "server.max_connections: " comes before it when serde_yaml knows the key.
+            let key = text[..at].trim_end_matches(": ");
+            let key = if key.is_empty() {
+                String::new()
+            } else {
+                format!("{key}: ")
+            };
+            format!("{key}{number} is too large a number")
+        })
+    });
+    too_large.unwrap_or_else(|| format!("not valid YAML: {text}"))
 }

@@ -4,6 +4,9 @@ use super::checker::Checker;
 use super::{file, ServerConfig, TlsFiles};
 use std::time::Duration;
 
+/// The most `server.max_connections` takes.
+const MAX_CONNECTIONS: u64 = 10_000_000;
+
 impl Checker {
     pub(super) fn server(&mut self, f: Option<file::ServerFile>) -> ServerConfig {
         let f = f.unwrap_or_default();
@@ -28,8 +31,13 @@ impl Checker {
             files
         });
         let max_connections = f.max_connections.unwrap_or(10_000);
-        if max_connections == 0 {
-            self.error("server.max_connections", "must be at least 1");
+        // tokio's semaphore holds at most 2^61 permits (and panics beyond); no machine
+        // holds more than a few million sockets.
+        if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
+            self.error(
+                "server.max_connections",
+                format!("must be between 1 and {MAX_CONNECTIONS}"),
+            );
         }
         let max_header_bytes = f.max_header_bytes.unwrap_or(16_384);
         if !(1024..=1 << 20).contains(&max_header_bytes) {
@@ -62,7 +70,7 @@ impl Checker {
             listen,
             tls,
             idle_timeout: idle_timeout.max(Duration::from_millis(1)),
-            max_connections: max_connections.max(1) as usize,
+            max_connections: max_connections.clamp(1, MAX_CONNECTIONS) as usize,
             header_read_timeout,
             max_header_bytes: max_header_bytes.clamp(1024, 1 << 20) as usize,
             shutdown_grace: self.duration(

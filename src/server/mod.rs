@@ -166,7 +166,18 @@ async fn watch_signals(
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                let counter = if reload(&path, &state, &limit).await { &metrics.reloads_ok } else { &metrics.reloads_failed };
+                // In a task of its own: a panic while building the new gateway must not
+                // end this loop (its end is the shutdown signal, and the process would
+                // exit 0 with the old config still good).
+                let reloading = tokio::spawn({
+                    let (path, state, limit) = (path.clone(), state.clone(), limit.clone());
+                    async move { reload(&path, &state, &limit).await }
+                });
+                let swapped = reloading.await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "reload refused, keeping the running config: it failed");
+                    false
+                });
+                let counter = if swapped { &metrics.reloads_ok } else { &metrics.reloads_failed };
                 counter.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -139,7 +139,7 @@ fn an_error_displays_its_key_path_and_line() {
         .expect("refused");
     assert_eq!(
         errors.to_string(),
-        "server.max_connections (line 2): must be at least 1"
+        "server.max_connections (line 2): must be between 1 and 10000000"
     );
     let errors = load("- a\n# without jwt, blocklist, upstreams, routes\n")
         .err()
@@ -216,4 +216,27 @@ fn the_contracts_forward_auth_example_loads_as_written() {
             .err()
             .expect("refused");
     assert!(errors.to_string().contains("not valid YAML"), "{errors}");
+}
+
+#[test]
+fn a_number_past_64_bits_is_too_large_not_invalid_yaml() {
+    for (text, line) in [
+        ("server:\n  max_connections: 99999999999999999999\n", 2),
+        (
+            "blocklist:\n  store: memory\n  cache_max_entries: -99999999999999999999\n",
+            3,
+        ),
+    ] {
+        let errors = load(text).err().expect("refused").to_string();
+        let key = if line == 2 {
+            "server.max_connections"
+        } else {
+            "blocklist.cache_max_entries"
+        };
+        assert!(
+            errors.contains(&format!("(line {line}): {key}: "))
+                && errors.ends_with("9 is too large a number"),
+            "{errors}"
+        );
+    }
 }

@@ -51,7 +51,7 @@ pub(super) const ROWS: &[Row] = &[
         "server:\n  max_connections: 0\n",
         "server.max_connections",
         Some(2),
-        "must be at least 1",
+        "must be between 1 and 10000000",
     ),
     (
         "server:\n  max_header_bytes: 100\n",
@@ -64,6 +64,24 @@ pub(super) const ROWS: &[Row] = &[
         "server.max_header_bytes",
         Some(2),
         "must be between 1024 and 1048576 bytes",
+    ),
+    (
+        "server:\n  max_connections: 10000001\n",
+        "server.max_connections",
+        Some(2),
+        "must be between 1 and 10000000",
+    ),
+    (
+        "server:\n  header_read_timeout: 200000000000000d\n",
+        "server.header_read_timeout",
+        Some(2),
+        "\"200000000000000d\" is too long: at most 36500d",
+    ),
+    (
+        "upstreams:\n  app:\n    url: http://127.0.0.1:1\n    timeout: 36501d\n",
+        "upstreams.app.timeout",
+        Some(4),
+        "is too long: at most 36500d",
     ),
     (
         "server:\n  idle_timeout: 0s\n",
