@@ -281,3 +281,55 @@ async fn a_database_file_replaced_under_the_gateway_keeps_it_not_ready() {
     assert!(body.contains("was replaced"), "{body}");
     assert_store_unavailable(&logout(gw.edge, &token(&access("alice"))).await);
 }
+
+#[tokio::test]
+async fn a_malformed_row_written_by_another_program_is_skipped_by_the_feed() {
+    // The change feed read rows whole: one row with `exp` as text failed every read
+    // from then on, and every token check answered 503 on a healthy store.
+    let db = "revocations.db";
+    let (_up, gw) = start_sqlite(db).await;
+    let path = db_path(&gw, db);
+    let later = access("later").with(json!({ "jti": "jti-after-the-bad-row" }));
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open the store");
+        conn.busy_timeout(Duration::from_secs(5))
+            .expect("busy timeout");
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             UPDATE meta SET v = v + 1 WHERE k = 'seq';
+             INSERT INTO revocations (kind, key, exp, seq) \
+               SELECT 'jti', 'poison', 'not a number', v FROM meta WHERE k = 'seq';
+             UPDATE meta SET v = v + 1 WHERE k = 'seq';
+             INSERT INTO revocations (kind, key, exp, seq) \
+               SELECT 'jti', 'jti-after-the-bad-row', 4102444800, v FROM meta WHERE k = 'seq';
+             COMMIT;",
+        )
+        .expect("write the rows");
+    }
+    // The revocation after the bad row arrives by the feed, within a second or two.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let later_token = token(&later);
+    loop {
+        let reply = get(gw.edge, "/x", &[("Authorization", &bearer(&later_token))]).await;
+        if reply.0 == 401 {
+            assert_revoked(&reply);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revocation written after a malformed row was never applied: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Other tokens are served, and the store is ready.
+    assert_forwarded(
+        &get(
+            gw.edge,
+            "/x",
+            &[("Authorization", &bearer(&token(&access("other"))))],
+        )
+        .await,
+    );
+    let (status, _, body) = get(gw.admin.expect("admin listener"), "/readyz", &[]).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -85,6 +85,18 @@ fn free_reader(readers: &[Mutex<Connection>]) -> Option<std::sync::MutexGuard<'_
     }
 }
 
+/// Logs a row of the table the feed cannot read, at most once a minute: a row whose
+/// `seq` is not a number is met again by every read.
+fn malformed_row(e: &rusqlite::Error) {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = crate::clock::now_unix();
+    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+    if last == 0 || now >= last + 60 {
+        LAST.store(now, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(error = %e, "skipping a malformed row of the revocations table (written by another program?)");
+    }
+}
+
 fn row_to_revocation(kind: &str, key: String, value: i64, at: Option<i64>) -> Option<Revocation> {
     let at = at.map(|at| u64::try_from(at).unwrap_or(0));
     Revocation::from_parts(kind, key, u64::try_from(value).unwrap_or(0), at)
@@ -207,21 +219,35 @@ impl Store for SqliteStore {
             let mut stmt = conn.prepare_cached(
                 "SELECT kind, key, exp, seq, at FROM revocations WHERE seq > ?1 ORDER BY seq",
             )?;
+            // A row is read field by field: one that another program wrote malformed
+            // (`exp` as text) is skipped and logged, where failing the whole read
+            // would stop the feed at it for good, and with it every token check.
             let rows = stmt.query_map([from], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
-                ))
+                let seq = r.get::<_, i64>(3);
+                let fields = (|| {
+                    Ok::<_, rusqlite::Error>((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<i64>>(4)?,
+                    ))
+                })();
+                Ok((seq, fields))
             })?;
             let mut out = Vec::new();
             let mut next = cursor;
             for row in rows {
-                let (kind, key, value, seq, at) = row?;
-                next = next.max(u64::try_from(seq).unwrap_or(0));
-                out.extend(row_to_revocation(&kind, key, value, at));
+                match row? {
+                    (Ok(seq), Ok((kind, key, value, at))) => {
+                        next = next.max(u64::try_from(seq).unwrap_or(0));
+                        out.extend(row_to_revocation(&kind, key, value, at));
+                    }
+                    (Ok(seq), Err(e)) => {
+                        next = next.max(u64::try_from(seq).unwrap_or(0));
+                        malformed_row(&e);
+                    }
+                    (Err(e), _) => malformed_row(&e),
+                }
             }
             Ok((out, next.to_string()))
         })
