@@ -521,6 +521,26 @@ async fn logout_forward_true_revokes_then_forwards_the_whole_body() {
 }
 
 #[tokio::test]
+async fn a_logout_method_matches_in_any_case() {
+    let p = Pipeline::new().await;
+    for method in ["post", "Post"] {
+        let t = token(&access("alice"));
+        let auth = bearer(&t);
+        let reply = p
+            .send(
+                Method::from_bytes(method.as_bytes()).unwrap(),
+                "/logout",
+                &[("authorization", &auth)],
+                "",
+            )
+            .await;
+        assert_logged_out(&reply);
+        assert_revoked(&p.get_with("/app", &t).await);
+    }
+    assert_eq!(p.upstream.seen(), Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn a_logout_path_with_another_method_is_routed_like_any_path() {
     let p = Pipeline::new().await;
     let t = token(&access("alice"));

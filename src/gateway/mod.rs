@@ -325,10 +325,16 @@ impl Gateway {
             .await
     }
 
-    /// Whether a request is a logout: `logout.path` with one of `logout.methods`.
+    /// Whether a request is a logout: `logout.path` with one of `logout.methods`, in any
+    /// case. `post` is not POST to HTTP, but Django (and others) upper-case the method: a
+    /// `post /logout` forwarded would end the app's session and leave the token valid.
     pub fn is_logout(&self, method: &http::Method, path: &str) -> bool {
         let logout = &self.config.logout;
-        path == logout.path && logout.methods.contains(method)
+        path == logout.path
+            && logout
+                .methods
+                .iter()
+                .any(|m| m.as_str().eq_ignore_ascii_case(method.as_str()))
     }
 }
 
