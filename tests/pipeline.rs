@@ -124,6 +124,42 @@ async fn forward_token_false_keeps_the_token_from_the_upstream() {
 }
 
 #[tokio::test]
+async fn forward_token_false_removes_every_copy_of_the_token() {
+    let p = Pipeline::with(|c| {
+        c.set("forward.token", json!(false));
+        c.set("jwt.token_location", json!(["headers", "cookies", "query"]));
+    })
+    .await;
+    let t = token(&access("alice"));
+    let r = token(&refresh("alice"));
+    let auth = bearer(&t);
+    let cookies = format!("a=1; access_token_cookie={t}; refresh_token_cookie={r}; b=2");
+    let path = format!("/app?x=1&token={t}&y=2");
+    let echo = forwarded(
+        &p.get(&path, &[("authorization", &auth), ("cookie", &cookies)])
+            .await,
+    );
+    assert_eq!(header(&echo, "x-auth-subject"), Some("alice"));
+    assert_eq!(header(&echo, "authorization"), None);
+    assert_eq!(header(&echo, "cookie"), Some("a=1; b=2"));
+    assert_eq!(echo["query"], "x=1&y=2");
+    // Another scheme in the token header is not a token: the app keeps it.
+    let echo = forwarded(
+        &p.get(
+            "/app",
+            &[
+                ("authorization", "Basic dXNlcjpwdw=="),
+                ("cookie", &format!("access_token_cookie={t}")),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(header(&echo, "authorization"), Some("Basic dXNlcjpwdw=="));
+    assert_eq!(header(&echo, "cookie"), None);
+    assert_eq!(echo["query"], serde_json::Value::Null);
+}
+
+#[tokio::test]
 async fn client_identity_headers_are_stripped_on_every_route() {
     let p = Pipeline::new().await;
     let forged = [("x-auth-subject", "root"), ("x_auth_subject", "root")];

@@ -9,8 +9,7 @@ use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Uri};
 use std::borrow::Cow;
 
-/// Where a token was found (cookie tokens need the CSRF check; `forward.token: false`
-/// needs to know what to remove).
+/// Where a token was found (cookie tokens need the CSRF check).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenSource {
     Header,
@@ -103,24 +102,43 @@ pub fn query_value<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
     })
 }
 
-/// `forward.token: false`: removes the token from where [`extract`] found it, so the
-/// upstream does not see it; returns the (rewritten, for a query token) upstream URI.
-pub fn remove(
+/// `forward.token: false`: removes every token the request carries in a place
+/// `jwt.token_location` names (the token header when it holds a token, the access and
+/// refresh cookies, the query parameter), not only the one validated: an app behind
+/// this setting must see the identity headers only, whichever copy the client sent.
+/// Returns the (rewritten, for a query token) upstream URI.
+pub fn remove(parts: &mut Parts, uri: Uri, jwt: &JwtConfig) -> Result<Uri, GatewayError> {
+    let mut uri = uri;
+    for location in &jwt.token_location {
+        uri = remove_at(parts, *location, uri, jwt)?;
+    }
+    Ok(uri)
+}
+
+fn remove_at(
     parts: &mut Parts,
-    source: TokenSource,
+    location: TokenLocation,
     uri: Uri,
     jwt: &JwtConfig,
 ) -> Result<Uri, GatewayError> {
-    match source {
-        TokenSource::Header => {
-            parts.headers.remove(&jwt.header_name);
+    match location {
+        TokenLocation::Headers => {
+            if from_header(&parts.headers, jwt).is_some() {
+                parts.headers.remove(&jwt.header_name);
+            }
             Ok(uri)
         }
-        TokenSource::Cookie => {
+        TokenLocation::Cookies => {
             let names = [
                 jwt.access_cookie_name.as_str(),
                 jwt.refresh_cookie_name.as_str(),
             ];
+            if names
+                .iter()
+                .all(|name| cookie_value(&parts.headers, name).is_none())
+            {
+                return Ok(uri);
+            }
             let kept: Vec<String> = parts
                 .headers
                 .get_all(header::COOKIE)
@@ -142,15 +160,20 @@ pub fn remove(
             }
             Ok(uri)
         }
-        TokenSource::Query => {
+        TokenLocation::Query => {
             let name = jwt.query_string_name.as_str();
+            let named = |pair: &&str| pair.split_once('=').map_or(*pair, |(k, _)| k) == name;
+            if !uri
+                .query()
+                .is_some_and(|q| q.split('&').any(|pair| named(&pair)))
+            {
+                return Ok(uri);
+            }
             let query: Vec<&str> = uri
                 .query()
                 .unwrap_or("")
                 .split('&')
-                .filter(|pair| {
-                    !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != name
-                })
+                .filter(|pair| !pair.is_empty() && !named(pair))
                 .collect();
             let mut pq = uri.path().to_owned();
             if !query.is_empty() {

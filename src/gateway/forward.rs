@@ -51,8 +51,7 @@ impl Gateway {
                 parts.headers.insert(name.clone(), value.clone());
             }
             if !self.config.forward.token {
-                target_uri =
-                    extract::remove(&mut parts, auth.source, target_uri, &self.config.jwt)?;
+                target_uri = extract::remove(&mut parts, target_uri, &self.config.jwt)?;
             }
         }
         parts.uri = target_uri;
