@@ -350,6 +350,16 @@ async fn each_provider_has_its_own_replay_memory() {
             "logout token was already used (jti replayed)",
         );
     }
+    // An `exp` with a fraction (a NumericDate may have one) is remembered as long too.
+    let float = idp.logout(
+        &unique_jti(),
+        json!({ "sid": "R3", "exp": (now() + 120) as f64 + 0.5 }),
+    );
+    assert_logged_out(&backchannel(&p, &float).await);
+    assert_invalid(
+        &backchannel(&p, &float).await,
+        "logout token was already used (jti replayed)",
+    );
     let (d, t) = (
         idp.access("dave", json!({ "sid": "R2" })),
         partners.access("dave", json!({ "sid": "R2" })),

@@ -381,7 +381,7 @@ pub(crate) fn is_expired(exp: u64, leeway: u64, now: u64) -> bool {
 }
 
 /// A JWT NumericDate as whole seconds (fractions are allowed by RFC 7519).
-fn numeric_date(v: &Value) -> Option<u64> {
+pub(crate) fn numeric_date(v: &Value) -> Option<u64> {
     v.as_u64()
         .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
 }

@@ -103,7 +103,17 @@ impl Checker {
             required_typ: p.required_typ.clone(),
             token_location,
             header_name,
-            header_type: f.header_type.unwrap_or_else(|| "Bearer".to_owned()),
+            header_type: {
+                let header_type = f.header_type.unwrap_or_else(|| "Bearer".to_owned());
+                // The header is read as `<type> <token>`, split at the first space.
+                if header_type.chars().any(|c| c.is_whitespace()) {
+                    self.error(
+                        "jwt.header_type",
+                        format!("{header_type:?} holds a space; a scheme is one word (Bearer), or empty for a bare token"),
+                    );
+                }
+                header_type
+            },
             access_cookie_name: f
                 .access_cookie_name
                 .unwrap_or_else(|| "access_token_cookie".to_owned()),

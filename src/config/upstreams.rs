@@ -40,6 +40,18 @@ impl Checker {
                     placeholder()
                 }
                 Some(raw) => match raw.parse::<Uri>() {
+                    // Requests keep their own query; one on the base URL was dropped
+                    // without a word, so it is an error rather than a surprise.
+                    Ok(uri)
+                        if uri.query().is_some()
+                            && matches!(uri.scheme_str(), Some("http") | Some("https")) =>
+                    {
+                        self.error(
+                            &format!("{path}.url"),
+                            format!("{raw:?} has a query; an upstream URL is a scheme, host, port and optional path prefix"),
+                        );
+                        placeholder()
+                    }
                     Ok(uri)
                         if matches!(uri.scheme_str(), Some("http") | Some("https"))
                             && uri.authority().is_some() =>

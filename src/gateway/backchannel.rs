@@ -114,8 +114,7 @@ pub async fn handle(gw: &Gateway, body: Body) -> Response<Body> {
         (_, None, None) => return invalid("logout token has neither sid nor sub"),
     };
     // Remembered as long as the token could be accepted (its exp, plus leeway).
-    let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(now);
-    let replay_until = exp.saturating_add(gw.verifier.providers()[provider].leeway);
+    let replay_until = replay_until(&claims, now, gw.verifier.providers()[provider].leeway);
     // `jti`s are unique per issuer only: each provider has its own replay memory.
     let replay_key = format!("{REPLAY_PREFIX}{}", key(&jti));
     match gw
@@ -234,9 +233,21 @@ fn form_value(body: &[u8], name: &str) -> Option<String> {
     })
 }
 
+/// Until when a logout token's `jti` is remembered: as long as the token could be
+/// accepted, its `exp` plus `leeway`. A NumericDate may have a fraction (RFC 7519):
+/// reading `exp` as an integer only made a float `exp` "now", replayable a second later.
+fn replay_until(claims: &serde_json::Map<String, Value>, now: u64, leeway: u64) -> u64 {
+    let exp = claims
+        .get("exp")
+        .and_then(crate::auth::verify::numeric_date)
+        .unwrap_or(now);
+    exp.saturating_add(leeway)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::form_value;
+    use super::*;
+    use serde_json::json;
 
     #[test]
     fn reads_form_values() {
@@ -249,5 +260,13 @@ mod tests {
             Some("a.b c")
         );
         assert_eq!(form_value(b"other=1", "logout_token"), None);
+    }
+
+    #[test]
+    fn a_logout_tokens_jti_is_remembered_until_its_exp_fraction_or_not() {
+        let claims = |exp: Value| json!({ "exp": exp }).as_object().cloned().unwrap();
+        assert_eq!(replay_until(&claims(json!(2000)), 1000, 30), 2030);
+        assert_eq!(replay_until(&claims(json!(2000.5)), 1000, 0), 2000);
+        assert_eq!(replay_until(&claims(json!("2000")), 1000, 0), 1000);
     }
 }

@@ -146,6 +146,12 @@ pub(super) const ROWS: &[Row] = &[
         "\"Auth header\" is not a valid header name",
     ),
     (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  header_type: \"Bear er\"\n",
+        "jwt.header_type",
+        Some(3),
+        "\"Bear er\" holds a space; a scheme is one word (Bearer), or empty for a bare token",
+    ),
+    (
         "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  csrf:\n    header_name: \"x csrf\"\n",
         "jwt.csrf.header_name",
         Some(4),

@@ -24,6 +24,12 @@ pub(super) const ROWS: &[Row] = &[
         "unknown field `retries`, expected one of `url`",
     ),
     (
+        "upstreams:\n  app:\n    url: http://127.0.0.1:9/base?x=1\n",
+        "upstreams.app.url",
+        Some(3),
+        "\"http://127.0.0.1:9/base?x=1\" has a query; an upstream URL is a scheme, host, port and optional path prefix",
+    ),
+    (
         "upstreams:\n  app:\n    timeout: 5s\n",
         "upstreams.app.url",
         Some(2),
