@@ -1361,16 +1361,21 @@ async fn a_revocation_is_answered_as_it_was_recorded() {
         "Invalid token",
     );
 
-    // An `exp` past what a store keeps (signed 64-bit seconds) is recorded as the
-    // largest it keeps, and answered so, as the lookup shows it.
-    let body = json!({"jti": "forever", "exp": u64::MAX}).to_string();
-    let got = created(revoke(&gw, Some(&admin), &body).await);
-    assert_eq!(got, json!({"revoked": {"jti": "forever", "exp": i64::MAX}}));
-    assert_json(
-        &admin_get(&gw, "/revocations/forever", Some(&admin)).await,
-        200,
-        json!({"jti": "forever", "exp": i64::MAX}),
-    );
+    // An `exp` past what every store keeps (9999-12-31) is recorded as that, and
+    // answered so, as the lookup shows it.
+    for exp in [u64::MAX, i64::MAX as u64, 253_402_300_800] {
+        let body = json!({"jti": "forever", "exp": exp}).to_string();
+        let got = created(revoke(&gw, Some(&admin), &body).await);
+        assert_eq!(
+            got,
+            json!({"revoked": {"jti": "forever", "exp": 253_402_300_799u64}})
+        );
+        assert_json(
+            &admin_get(&gw, "/revocations/forever", Some(&admin)).await,
+            200,
+            json!({"jti": "forever", "exp": 253_402_300_799u64}),
+        );
+    }
     assert!(up.seen().is_empty(), "{:?}", up.seen());
 }
 

@@ -403,6 +403,33 @@ async fn admin_api_revocations_reach_the_other_replica_and_read_back_from_redis(
     assert_eq!(record, json!({ "jti": jti, "exp": exp }));
     let (status, _, _) = admin_get(&b, "/revocations/never-revoked").await;
     assert_eq!(status, 404);
+
+    // An `exp` past 9999-12-31 is answered as recorded, as on every store (the answer
+    // said 2^63-1 while Redis kept 253402300799).
+    let (status, _, body) = request(
+        admin,
+        "POST",
+        "/revocations",
+        &[
+            ("Authorization", &bearer(ADMIN_TOKEN)),
+            ("Content-Type", "application/json"),
+        ],
+        json!({ "jti": "forever", "exp": u64::MAX }).to_string(),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let answer: Value = serde_json::from_str(&body).expect("JSON answer");
+    assert_eq!(
+        answer,
+        json!({ "revoked": { "jti": "forever", "exp": 253_402_300_799u64 } })
+    );
+    let (status, _, body) = admin_get(&b, "/revocations/forever").await;
+    assert_eq!(status, 200, "{body}");
+    let record: Value = serde_json::from_str(&body).expect("JSON record");
+    assert_eq!(
+        record,
+        json!({ "jti": "forever", "exp": 253_402_300_799u64 })
+    );
 }
 
 // ---------------------------------------------------------------------------

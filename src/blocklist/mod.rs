@@ -37,7 +37,7 @@ mod store;
 
 pub use error::StoreError;
 pub use health::STALE_AFTER;
-pub use model::{issued_before, Kind, Revocation, Verdict, WHOLE_SESSION};
+pub use model::{issued_before, Kind, Revocation, Verdict, LATEST_SECOND, WHOLE_SESSION};
 pub use open::open_store;
 pub use store::{BoxFuture, Changes, ExportError, ExportPage, Store};
 

@@ -15,6 +15,11 @@ pub enum Revocation {
     Subject { sub: String, at: u64 },
 }
 
+/// The latest second any store records, 9999-12-31T23:59:59Z: Redis refuses absurd
+/// `EXAT` values and its Lua compares numbers as doubles (exact below 2^53). Every store
+/// keeps the same bound, so an answer shows what each of them records.
+pub const LATEST_SECOND: u64 = 253_402_300_799;
+
 /// The cut-off of a session revocation recorded before cut-offs existed: it refused
 /// every token of the session, which a cut-off in the far future still does.
 pub const WHOLE_SESSION: u64 = u64::MAX;

@@ -18,7 +18,7 @@
 use crate::auth::claim_text;
 use crate::auth::providers::{namespaced, split_key};
 use crate::auth::verify::token_digest_key;
-use crate::blocklist::{Revocation, WHOLE_SESSION};
+use crate::blocklist::{Revocation, LATEST_SECOND, WHOLE_SESSION};
 use crate::clock::now_unix;
 use crate::config::DEFAULT_PROVIDER;
 use serde_json::{json, Map, Value};
@@ -62,11 +62,11 @@ pub fn token_revocation(token: &str) -> Result<Revocation, String> {
     })
 }
 
-/// Stores keep Unix seconds as signed 64-bit numbers (SQLite's INTEGER): a larger one
-/// (any is past the year 292 billion) is recorded as the largest they keep, and taken
-/// as that here already, so that every answer shows what is recorded.
+/// Stores record Unix seconds up to 9999-12-31 ([`LATEST_SECOND`]; Redis can keep no
+/// more): a later one is taken as that here already, so that every answer, on every
+/// store, shows what is recorded.
 pub fn storable_seconds(unix: u64) -> u64 {
-    unix.min(i64::MAX as u64)
+    unix.min(LATEST_SECOND)
 }
 
 /// The provider a revocation object names (`default` when it names none), if it is one
@@ -133,7 +133,7 @@ fn parse_shape(object: &Map<String, Value>, now: u64) -> Result<Revocation, Stri
         }
     };
     let exp = number("exp")?.map(storable_seconds);
-    let revoked_at = number("revoked_at")?;
+    let revoked_at = number("revoked_at")?.map(storable_seconds);
     let no_revoked_at = |kind: &str| match revoked_at {
         Some(_) => Err(format!("revoked_at applies to sid and sub, not {kind}")),
         None => Ok(()),

@@ -87,9 +87,8 @@ const FEED_PAGE: usize = 10_000;
 const FEED_PAGES_PER_POLL: usize = 10;
 /// Members per page while loading the live set: about 10 ms of Redis time each.
 pub const LOAD_PAGE: usize = 20_000;
-/// Expiries are clamped to 9999-12-31: Redis refuses absurd `EXAT` values, and Lua
-/// compares numbers as doubles (exact below 2^53).
-const MAX_TIME: u64 = 253_402_300_799;
+/// Expiries are clamped to 9999-12-31 (see [`LATEST_SECOND`]).
+const MAX_TIME: u64 = super::LATEST_SECOND;
 
 /// The Redis store.
 pub struct RedisStore {
