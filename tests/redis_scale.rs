@@ -270,6 +270,11 @@ async fn export_all(gw: &Gateway, limit: usize) -> (Vec<Value>, usize) {
             "a page of {} lines for limit {limit}",
             page.len()
         );
+        // `Link` only while more remain: it never leads to an empty page.
+        assert!(
+            pages == 1 || !page.is_empty(),
+            "page {pages} of limit {limit} is empty: the Link before it promised more"
+        );
         lines.extend(page);
         let Some(link) = headers.get("link").and_then(|v| v.to_str().ok()) else {
             return (lines, pages);
@@ -396,7 +401,12 @@ async fn import_export_round_trip(a: &Gateway, b: &Gateway, other: &Gateway) {
     let (lines, pages) = export_all(b, 3).await;
     let distinct: BTreeSet<String> = lines.iter().map(Value::to_string).collect();
     assert_eq!(distinct.len(), 24, "every revocation once: {lines:#?}");
-    assert!(pages >= 8, "{pages} pages");
+    assert_eq!(pages, 8, "24 lines in pages of 3");
+    // Pages that end exactly at the last line, and one page holding everything.
+    for (limit, expected) in [(12, 2), (24, 1), (1000, 1)] {
+        let (all, pages) = export_all(b, limit).await;
+        assert_eq!((all.len(), pages), (24, expected), "limit {limit}");
+    }
     let ndjson: String = lines.iter().map(|l| format!("{l}\n")).collect();
     let (status, reply) = import(other, &ndjson).await;
     assert_eq!((status, &reply), (201, &json!({"recorded": 24})));

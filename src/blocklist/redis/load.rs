@@ -234,10 +234,13 @@ impl RedisStore {
         let mut out = Vec::new();
         if cursor.0 == "x" {
             let mut last = None;
-            let page = self
-                .export_set(&self.expiry_key, now, &cursor.1, cursor.2, limit)
+            // One more than the page: whether more remain decides the `Link` (a full
+            // page with nothing after it must not send the client to an empty one).
+            let mut page = self
+                .export_set(&self.expiry_key, now, &cursor.1, cursor.2, limit + 1)
                 .await?;
-            let full = page.len() == limit;
+            let more = page.len() > limit;
+            page.truncate(limit);
             let mut sessions = Vec::new();
             for (member, exp) in page {
                 let Ok(text) = std::str::from_utf8(&member) else {
@@ -253,14 +256,14 @@ impl RedisStore {
                 last = Some(ExportCursor("x".into(), text.to_owned(), exp));
             }
             self.with_cutoffs(sessions, &mut out).await?;
-            if full {
+            if more {
                 return Ok(ExportPage {
                     revocations: out,
                     next: last.as_ref().map(encode_cursor),
                 });
             }
-            // Tokens and sessions done (the page was not full): subjects fill the rest.
-            let left = limit - out.len();
+            // Tokens and sessions done: subjects fill the rest.
+            let left = limit.saturating_sub(out.len());
             return Ok(self.export_subjects(out, "", 0, left).await?);
         }
         Ok(self
@@ -275,18 +278,20 @@ impl RedisStore {
         score: u64,
         limit: usize,
     ) -> Result<ExportPage, StoreError> {
-        let page = self
-            .export_set(&self.subjects_key, 0, after, score, limit)
+        let mut page = self
+            .export_set(&self.subjects_key, 0, after, score, limit + 1)
             .await?;
-        let full = page.len() == limit;
-        let mut last = None;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        // With no room left on this page, the next one starts where this call did.
+        let mut last = ExportCursor("s".into(), after.to_owned(), score);
         for (member, at) in page {
             if let Ok(sub) = String::from_utf8(member) {
-                last = Some(ExportCursor("s".into(), sub.clone(), at));
+                last = ExportCursor("s".into(), sub.clone(), at);
                 out.push(Revocation::Subject { sub, at });
             }
         }
-        let next = last.filter(|_| full).map(|c| encode_cursor(&c));
+        let next = more.then(|| encode_cursor(&last));
         Ok(ExportPage {
             revocations: out,
             next,
