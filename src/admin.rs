@@ -310,7 +310,7 @@ impl Admin {
     }
 
     async fn revoke(&self, gateway: &Gateway, bytes: &[u8]) -> Response<Body> {
-        let Ok(request) = serde_json::from_slice::<Value>(bytes) else {
+        let Ok(request) = serde_json::from_slice::<Value>(revocation::without_bom(bytes)) else {
             return bad_request("body must be JSON");
         };
         let names = gateway.config.provider_names();

@@ -709,6 +709,37 @@ async fn an_ndjson_import_is_all_or_nothing_and_names_the_bad_line() {
         (201, json!({ "recorded": 2 }))
     );
     assert_revoked(&p.get_with("/app", &t).await);
+
+    // A line that is not JSON: the error names its column, not serde's "line 1".
+    let broken = "{\"sub\":\"erin\"}\n\n{\"sub\":\"erin\"}\n{sub: 1}\n";
+    let reply = p
+        .admin_call(Method::POST, "/revocations", &headers, broken)
+        .await;
+    assert_eq!(
+        (
+            reply.0,
+            serde_json::from_str::<Value>(&reply.2).expect("json")
+        ),
+        (
+            400,
+            json!({ "error": "not JSON: key must be a string (column 2)", "line": 4 })
+        )
+    );
+    // A byte order mark (Windows editors write one) starts the body, not a line.
+    let bom = "\u{feff}{\"sub\":\"erin\"}\n{\"jti\":\"j-bom\",\"exp\":4102444800}\n";
+    let reply = p
+        .admin_call(Method::POST, "/revocations", &headers, bom)
+        .await;
+    assert_eq!(reply.2, r#"{"recorded":2}"#);
+    let reply = p
+        .admin_call(
+            Method::POST,
+            "/revocations",
+            &[(name, value.as_str())],
+            "\u{feff}{\"sub\":\"frank\"}",
+        )
+        .await;
+    assert_eq!(reply.0, 201, "{}", reply.2);
 }
 
 #[tokio::test]

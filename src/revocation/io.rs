@@ -183,7 +183,7 @@ fn parse_shape(object: &Map<String, Value>, now: u64) -> Result<Revocation, Stri
 pub fn parse_ndjson(body: &[u8], providers: &[&str]) -> Result<Vec<Revocation>, LineError> {
     let now = now_unix();
     let mut out = Vec::new();
-    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+    for (i, line) in without_bom(body).split(|&b| b == b'\n').enumerate() {
         let line_no = i + 1;
         let fail = |message: String| LineError {
             line: line_no,
@@ -192,11 +192,26 @@ pub fn parse_ndjson(body: &[u8], providers: &[&str]) -> Result<Vec<Revocation>, 
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let value: Value =
-            serde_json::from_slice(line).map_err(|e| fail(format!("not JSON: {e}")))?;
+        let value: Value = serde_json::from_slice(line).map_err(|e| fail(not_json(&e)))?;
         out.push(parse_object(&value, now, providers).map_err(fail)?);
     }
     Ok(out)
+}
+
+/// `body` without a leading UTF-8 byte order mark, which Windows editors write (JSON
+/// parsers may ignore one, RFC 8259 §8.1).
+pub fn without_bom(body: &[u8]) -> &[u8] {
+    body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
+}
+
+/// serde_json's message for a line, where its "at line 1 column 9" would contradict
+/// the body line the error names: the column alone.
+fn not_json(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let reason = text
+        .rsplit_once(" at line ")
+        .map_or(text.as_str(), |(reason, _)| reason);
+    format!("not JSON: {reason} (column {})", e.column())
 }
 
 /// A revocation in the shape [`parse_object`] takes back: the claim text, and

@@ -14,7 +14,7 @@ use crate::auth::verify::VerifiedToken;
 use crate::blocklist::Revocation;
 use crate::clock::now_unix;
 
-pub use io::{parse_ndjson, parse_object, token_revocation, write_ndjson, LineError};
+pub use io::{parse_ndjson, parse_object, token_revocation, without_bom, write_ndjson, LineError};
 
 /// How long a session (`sid`) revocation lasts when no refresh token tells us: the
 /// longest refresh-token lifetime we expect from an identity provider.
