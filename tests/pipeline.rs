@@ -517,6 +517,40 @@ async fn logout_leaves_another_subjects_refresh_token_alone() {
 }
 
 #[tokio::test]
+async fn logout_revokes_every_valid_refresh_token_sent_not_only_the_first_found() {
+    let p = Pipeline::new().await;
+    let mallory = token(&refresh("mallory"));
+    let (r1, r2) = (token(&refresh("alice")), token(&refresh("alice")));
+    // Another user's (or a stale) refresh cookie, the caller's own in X-Refresh-Token
+    // and in the body: the caller's are revoked, the other stays.
+    let cookie = format!("refresh_token_cookie={mallory}");
+    let body = json!({ "refresh_token": r2 }).to_string();
+    assert_logged_out(
+        &p.logout(
+            &token(&access("alice")),
+            &[("cookie", &cookie), ("x-refresh-token", &r1)],
+            &body,
+        )
+        .await,
+    );
+    assert_revoked(&p.get_with("/refresh", &r1).await);
+    assert_revoked(&p.get_with("/refresh", &r2).await);
+    forwarded(&p.get_with("/refresh", &mallory).await);
+    // Garbage in the header, the real one in the body.
+    let r3 = token(&refresh("alice"));
+    let body = json!({ "refresh_token": r3 }).to_string();
+    assert_logged_out(
+        &p.logout(
+            &token(&access("alice")),
+            &[("x-refresh-token", "garbage")],
+            &body,
+        )
+        .await,
+    );
+    assert_revoked(&p.get_with("/refresh", &r3).await);
+}
+
+#[tokio::test]
 async fn logout_with_a_sid_cuts_off_the_session_so_far() {
     // The leeway lets a token be issued "later" (now + 2 s) without waiting for the clock.
     let p = Pipeline::with(|c| {

@@ -1,7 +1,7 @@
 //! `logout.path`: revoke the caller's tokens, durably, before saying so.
 //!
 //! Same checks as an `access` route (CSRF included). Revokes the access token; with
-//! `revoke_refresh`, the refresh token sent along (refresh cookie, `X-Refresh-Token`, or
+//! `revoke_refresh`, every refresh token sent along (refresh cookie, `X-Refresh-Token`,
 //! a JSON body `{"refresh_token": ...}`, looked for in its first 64 KiB within 2 s and
 //! never a reason to refuse) when it is valid and has the same `sub`; with a
 //! `sid` claim, the whole session. Answers 200 only after the store committed every
@@ -61,14 +61,24 @@ pub async fn handle(
         )
         .await?;
 
-    let (refresh, body) = if gw.config.logout.revoke_refresh {
-        find_refresh_token(&parts, body, jwt).await
+    let (sent, body) = if gw.config.logout.revoke_refresh {
+        find_refresh_tokens(&parts, body, jwt).await
     } else {
-        (None, body)
+        (Vec::new(), body)
     };
     let now = now_unix();
     let token = &auth.token;
-    let refresh = refresh.and_then(|refresh| valid_refresh(gw, &auth, &refresh, now));
+    // Every carrier's token that is a valid refresh token of the caller: a stale cookie
+    // must not keep the token sent in `X-Refresh-Token` (or the body) alive.
+    let mut refresh: Vec<Revocation> = Vec::with_capacity(sent.len());
+    for revocation in sent
+        .iter()
+        .filter_map(|raw| valid_refresh(gw, &auth, raw, now))
+    {
+        if !refresh.contains(&revocation) {
+            refresh.push(revocation);
+        }
+    }
     let revocations = revocation::logout(token, refresh, now);
     gw.blocklist
         .revoke(revocations)
@@ -86,19 +96,20 @@ pub async fn handle(
     Ok(json_response(StatusCode::OK, r#"{"message":"Logged out"}"#))
 }
 
-/// The refresh token sent with a logout: refresh cookie, then `X-Refresh-Token`, then a
-/// JSON body. Returns the body to forward: the client's, whole, whatever was read of it.
+/// The refresh tokens sent with a logout: refresh cookie, `X-Refresh-Token`, a JSON
+/// body. Returns the body to forward: the client's, whole, whatever was read of it.
 ///
 /// The body is only a place to look: at most its first [`MAX_LOGOUT_BODY`] bytes, for
 /// at most [`LOGOUT_BODY_WAIT`]. A body that is larger, slower, broken or not JSON has
 /// no refresh token in it as far as the logout is concerned, and the logout goes on.
-async fn find_refresh_token(
+async fn find_refresh_tokens(
     parts: &Parts,
     body: Body,
     jwt: &crate::config::JwtConfig,
-) -> (Option<String>, Body) {
+) -> (Vec<String>, Body) {
+    let mut found = Vec::new();
     if let Some(t) = extract::cookie_value(&parts.headers, &jwt.refresh_cookie_name) {
-        return (Some(t.to_owned()), body);
+        found.push(t.to_owned());
     }
     if let Some(t) = parts
         .headers
@@ -106,8 +117,7 @@ async fn find_refresh_token(
         .and_then(|v| v.to_str().ok())
     {
         let t = t.trim();
-        let t = t.strip_prefix("Bearer ").unwrap_or(t);
-        return (Some(t.to_owned()), body);
+        found.push(t.strip_prefix("Bearer ").unwrap_or(t).to_owned());
     }
     // Whatever the `Content-Type` says: `curl -d '{...}'` labels JSON as a form, and a
     // logout that answers 200 while the refresh token it was given stays valid would
@@ -116,7 +126,7 @@ async fn find_refresh_token(
         Body::Stream(incoming) => Either::Left(incoming),
         Body::Held(held) => Either::Right(held),
         // Never a request's body.
-        upstream @ Body::Upstream(_) => return (None, upstream),
+        upstream @ Body::Upstream(_) => return (found, upstream),
     };
     let start = read_start(body, MAX_LOGOUT_BODY, LOGOUT_BODY_WAIT).await;
     let token = start
@@ -124,7 +134,8 @@ async fn find_refresh_token(
         .then(|| serde_json::from_slice::<serde_json::Value>(start.body.bytes()).ok())
         .flatten()
         .and_then(|v| v.get("refresh_token")?.as_str().map(str::to_owned));
-    (token, Body::Held(start.body))
+    found.extend(token);
+    (found, Body::Held(start.body))
 }
 
 /// The refresh token's revocation, if it is a valid refresh token of the same subject

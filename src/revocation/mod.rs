@@ -34,11 +34,11 @@ pub fn session_cutoff(sid: String, now: u64, exp: u64) -> Revocation {
 }
 
 /// What a logout with `access` revokes at `now`: the access token itself, the refresh
-/// token sent along (already judged valid and of the same subject by the caller), and
+/// tokens sent along (already judged valid and of the same subject by the caller), and
 /// the access token's session as of now; all at the token's provider (its keys are in
 /// that provider's namespace already).
-pub fn logout(access: &VerifiedToken, refresh: Option<Revocation>, now: u64) -> Vec<Revocation> {
-    let mut revocations = Vec::with_capacity(3);
+pub fn logout(access: &VerifiedToken, refresh: Vec<Revocation>, now: u64) -> Vec<Revocation> {
+    let mut revocations = Vec::with_capacity(2 + refresh.len());
     revocations.push(Revocation::Token {
         key: access.revocation_key.clone(),
         exp: access.exp,
