@@ -17,7 +17,7 @@ use common::*;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -495,6 +495,49 @@ async fn websocket_upgrade_is_tunnelled_on_an_authenticated_route() {
         !more && conn.pending.is_empty(),
         "expected EOF after the half-close, got {:?}",
         String::from_utf8_lossy(&conn.pending)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_an_open_tunnel_the_shutdown_grace() {
+    // A tunnel has left its connection's task: shutdown waited for connections only,
+    // and the process exited (cutting the tunnel) a millisecond after the signal.
+    let up = UpgradeUpstream::start().await;
+    let mut cfg = Config::new(up.addr);
+    cfg.set("server.shutdown_grace", json!("2s"));
+    let mut gw = Gateway::start(cfg).await;
+    let t = token(&access("alice"));
+    let mut conn = RawConn::connect(gw.edge).await;
+    conn.write(&upgrade_request(
+        gw.edge,
+        "/ws",
+        &[format!("Authorization: {}", bearer(&t))],
+    ))
+    .await;
+    assert_eq!(conn.read_response().await.status, 101);
+    conn.write(b"before").await;
+    assert_eq!(conn.read_exact(6).await, b"before");
+
+    gw.signal("TERM");
+    let signalled = Instant::now();
+    gw.wait_log("shutting down", LONG).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    conn.write(b"during the grace").await;
+    assert_eq!(
+        conn.read_exact(16).await,
+        b"during the grace",
+        "the tunnel was cut before shutdown_grace"
+    );
+    let status = gw.wait(LONG).await;
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(6),
+        "exited {took:?} after SIGTERM with a tunnel open (grace 2s)"
+    );
+    assert!(
+        !conn.fill().await,
+        "the tunnel is closed once the process is gone"
     );
 }
 

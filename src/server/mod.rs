@@ -244,6 +244,14 @@ impl ConnectionLimit {
         }
     }
 
+    /// Waits until every slot is back: no connection, handshake or tunnel holds one.
+    async fn all_returned(&self) {
+        let configured = *self.configured.lock().unwrap_or_else(|p| p.into_inner());
+        let all = u32::try_from(configured).unwrap_or(u32::MAX);
+        // Closed never (the semaphore lives as long as `self`); taken and given back.
+        let _ = self.permits.acquire_many(all).await;
+    }
+
     /// Moves the bound to `max`. Lowering it below what is in use takes the missing
     /// slots back as connections close.
     fn resize(&self, max: usize) {
@@ -377,7 +385,13 @@ async fn serve_edge(
     drop(listener);
     let grace = state.load().config.server.shutdown_grace;
     let _ = drain.send(());
-    if tokio::time::timeout(grace, drain.closed()).await.is_err() {
+    let drained = async {
+        drain.closed().await;
+        // A WebSocket tunnel has left its connection's task (and watcher) but holds the
+        // connection's slot: it is in flight too, and gets the same grace.
+        limit.all_returned().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(
             ?grace,
             "shutdown_grace elapsed with requests still in flight"
