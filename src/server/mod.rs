@@ -115,9 +115,12 @@ pub async fn run(path: PathBuf, json_logs: bool) -> Result<(), StartError> {
         (true, None) => tracing::info!(edge = %edge_addr, "{ready}"),
     }
     let limit = Arc::new(ConnectionLimit::new(config.server.max_connections));
+    // What the listeners and the store were built from, for a reload's "restart to apply".
+    let bound_tree = Arc::new(config.tree.clone());
     tokio::spawn(watch_signals(
         signals,
         path,
+        bound_tree,
         state.clone(),
         limit.clone(),
         metrics,
@@ -151,6 +154,7 @@ impl Signals {
 async fn watch_signals(
     signals: Signals,
     path: PathBuf,
+    bound: Arc<serde_yaml::Value>,
     state: Arc<ArcSwap<Gateway>>,
     limit: Arc<ConnectionLimit>,
     metrics: Arc<Metrics>,
@@ -170,8 +174,9 @@ async fn watch_signals(
                 // end this loop (its end is the shutdown signal, and the process would
                 // exit 0 with the old config still good).
                 let reloading = tokio::spawn({
-                    let (path, state, limit) = (path.clone(), state.clone(), limit.clone());
-                    async move { reload(&path, &state, &limit).await }
+                    let (path, bound, state, limit) =
+                        (path.clone(), bound.clone(), state.clone(), limit.clone());
+                    async move { reload(&path, &bound, &state, &limit).await }
                 });
                 let swapped = reloading.await.unwrap_or_else(|e| {
                     tracing::error!(error = %e, "reload refused, keeping the running config: it failed");
@@ -190,9 +195,15 @@ async fn watch_signals(
 /// in; on any error the old one stays in force. Returns whether it was swapped.
 ///
 /// Every setting applies (limits and timeouts to connections accepted from then on),
-/// except the few bound at start ([`config::diff::needs_restart`]): each of those that
-/// changed is logged with "restart to apply".
-pub async fn reload(path: &Path, state: &ArcSwap<Gateway>, limit: &ConnectionLimit) -> bool {
+/// except the few bound at start ([`config::diff::needs_restart`]): each of those whose
+/// value in the file differs from the one in force (`bound`, the config the process
+/// started with, not the last one loaded) is logged with "restart to apply".
+pub async fn reload(
+    path: &Path,
+    bound: &serde_yaml::Value,
+    state: &ArcSwap<Gateway>,
+    limit: &ConnectionLimit,
+) -> bool {
     let current = state.load_full();
     let result = config::load(path)
         .map_err(StartError::from)
@@ -200,7 +211,7 @@ pub async fn reload(path: &Path, state: &ArcSwap<Gateway>, limit: &ConnectionLim
             for warning in &config.warnings {
                 tracing::warn!("{warning}");
             }
-            let changed = config::diff::changed_keys(&current.config.tree, &config.tree);
+            let changed = config::diff::changed_keys(bound, &config.tree);
             for key in changed.iter().filter(|k| config::diff::needs_restart(k)) {
                 tracing::warn!(key = %key, "{key} changed: restart to apply");
             }
