@@ -118,6 +118,46 @@ fn a_missing_sqlite_directory_is_a_warning() {
 }
 
 #[test]
+fn a_listener_that_cannot_bind_names_its_key_and_one_port_twice_fails_check() {
+    // A port taken by another process: exit 1, the address and the key.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    for (section, key) in [
+        (format!("  listen: 127.0.0.1:{port}\n"), "server.listen"),
+        (
+            format!("admin:\n  listen: 127.0.0.1:{port}\n  token: admin-token-0123456789\n"),
+            "admin.listen",
+        ),
+    ] {
+        let yaml = if key == "server.listen" {
+            minimal("").replace("  listen: 127.0.0.1:0\n", &section)
+        } else {
+            minimal("") + &section
+        };
+        let (code, _, stderr) = run_with("gateway.yaml", &yaml, &["run"]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("cannot listen on 127.0.0.1:{port} ({key}): ")),
+            "{stderr}"
+        );
+    }
+    drop(taken);
+    // The edge and the admin listener on one port: `check` says so, before `run` fails.
+    for admin in ["127.0.0.1:18555", "0.0.0.0:18555"] {
+        let yaml = minimal("").replace("127.0.0.1:0", "127.0.0.1:18555")
+            + &format!("admin:\n  listen: {admin}\n  token: admin-token-0123456789\n");
+        let (code, _, stderr) = run_with("gateway.yaml", &yaml, &["check"]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "admin.listen (line 15): {admin} is where server.listen (127.0.0.1:18555) listens; the two need different ports"
+            )),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn a_sqlite_file_that_cannot_be_opened_says_why() {
     // SQLite itself says only "unable to open database file": the error adds what the
     // file system says (a missing directory, a file where a directory should be).

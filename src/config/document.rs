@@ -64,7 +64,7 @@ impl Checker {
         let server_file: Option<file::ServerFile> = self.section(map, "server");
         let server = self.server(server_file);
         let admin_file: Option<file::AdminFile> = self.section(map, "admin");
-        let admin = admin_file.map(|a| self.admin(a));
+        let admin = admin_file.map(|a| self.admin(a, server.listen));
         let jwt_file: Option<file::JwtFile> = self.section(map, "jwt");
         let (jwt, default_provider) = self.jwt(jwt_file).unzip();
         let named = self.providers(map.get("providers"), default_provider.as_ref());

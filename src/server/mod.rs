@@ -38,22 +38,27 @@ pub enum StartError {
     Config(#[from] config::ConfigErrors),
     #[error("{0}")]
     Store(#[from] blocklist::StoreError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         addr: SocketAddr,
+        key: &'static str,
         source: std::io::Error,
     },
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
     #[error("{0}")]
     Build(#[from] BuildError),
 }
 
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
+/// Binds the listener of config key `key` (named in the error: the edge's and the admin
+/// listener's messages are otherwise alike).
+async fn bind(
+    addr: SocketAddr,
+    key: &'static str,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind { addr, key, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
     Ok((listener, bound))
 }
 
@@ -82,18 +87,15 @@ pub async fn run(path: PathBuf, json_logs: bool) -> Result<(), StartError> {
     // The ready line waits for the first key sets (up to the fetch timeout).
     gateway.start_key_sets().await;
     let state = Arc::new(ArcSwap::from_pointee(gateway));
-    let (edge, edge_addr) = bind(config.server.listen).await?;
+    let (edge, edge_addr) = bind(config.server.listen, "server.listen").await?;
     let admin = match &config.admin {
-        Some(admin) => Some(bind(admin.listen).await?),
+        Some(admin) => Some(bind(admin.listen, "admin.listen").await?),
         None => None,
     };
 
     // Handlers are installed before the ready line: a supervisor may signal at once,
     // and until installed the default action of SIGHUP/SIGTERM is to kill the process.
-    let signals = Signals::install().map_err(|source| StartError::Bind {
-        addr: edge_addr,
-        source,
-    })?;
+    let signals = Signals::install().map_err(StartError::Signals)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let feed = gateway_blocklist.spawn_feed(CHANGE_FEED_INTERVAL, shutdown_rx.clone());
     let mut ready = format!("portcullis ready edge={edge_addr}");
