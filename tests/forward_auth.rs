@@ -725,6 +725,28 @@ async fn the_original_request_is_judged_as_the_edge_judges_its_request_line() {
         http::HeaderValue::from_bytes("/app/café?q=ü".as_bytes()).unwrap(),
     );
     assert_allowed(&reply_of(&p, request, &p.conn()).await, Some("alice"));
+    // Unicode spaces are part of the path, as on a request line: `/public\u{a0}` is not
+    // `/public` (it needs a token here, as `/` does).
+    for value in [
+        "/public\u{a0}",
+        "\u{3000}/public",
+        "/public\u{2028}",
+        "/public\u{85}",
+    ] {
+        for name in ["x-forwarded-uri", "x-original-uri"] {
+            let mut request = Request::builder()
+                .uri(ENDPOINT)
+                .header("host", "gateway.test")
+                .body(full(Bytes::new()))
+                .unwrap();
+            request.headers_mut().insert(
+                name,
+                http::HeaderValue::from_bytes(value.as_bytes()).unwrap(),
+            );
+            let reply = reply_of(&p, request, &p.conn()).await;
+            assert_ne!(reply.0, 200, "{name}: {value:?} was judged as /public");
+        }
+    }
     // CONNECT is refused at the edge whatever its target; named in a header, too.
     for name in ["x-forwarded-method", "x-original-method"] {
         for uri in ["/public", "/app"] {

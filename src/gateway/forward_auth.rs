@@ -178,10 +178,16 @@ fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h st
         return Err(GatewayError::BadRequest);
     }
     // A header value holds no control character but tab (`HeaderValue`'s own rule).
-    match std::str::from_utf8(value.as_bytes()) {
-        Ok(text) if !text.trim().is_empty() && !text.contains('\t') => Ok(Some(text.trim())),
-        _ => Err(GatewayError::BadRequest),
+    // Trimmed of spaces only: `str::trim` also drops Unicode spaces (U+00A0, U+3000),
+    // and `/public\u{a0}` would have been judged as `/public`, a path the edge never
+    // serves for that request line.
+    let text = std::str::from_utf8(value.as_bytes())
+        .map_err(|_| GatewayError::BadRequest)?
+        .trim_matches(' ');
+    if text.is_empty() || text.contains('\t') {
+        return Err(GatewayError::BadRequest);
     }
+    Ok(Some(text))
 }
 
 /// A request target: origin-form `/path?query`, or absolute-form `http(s)://host/path?query`
