@@ -27,6 +27,7 @@ use crate::config::{ProviderConfig, DEFAULT_PROVIDER};
 use crate::error::GatewayError;
 use crate::keys::KeySet;
 use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -178,6 +179,15 @@ impl ProviderVerifier {
     }
 }
 
+/// Whether `token`'s `exp` is a number below 0 (read without checks: called only once
+/// jsonwebtoken verified the signature and refused the claim).
+fn exp_before_1970(token: &str) -> bool {
+    jsonwebtoken::dangerous::insecure_decode_claims::<Map<String, Value>>(token)
+        .ok()
+        .and_then(|claims| claims.get("exp")?.as_f64())
+        .is_some_and(|exp| exp < 0.0)
+}
+
 /// Verifies `token` with `validation`, trying each candidate key in turn.
 fn decode_with<'k>(
     token: &str,
@@ -188,7 +198,16 @@ fn decode_with<'k>(
     for key in keys {
         let attempt = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
             .map(|data| data.claims)
-            .map_err(|e| super::verify::map_error(e.kind()));
+            .map_err(|e| match e.kind() {
+                // jsonwebtoken reads `exp` as an unsigned number: one before 1970 is
+                // "missing" to it, and expired to RFC 7519 (the signature held).
+                ErrorKind::MissingRequiredClaim(claim) | ErrorKind::InvalidClaimFormat(claim)
+                    if claim == "exp" && exp_before_1970(token) =>
+                {
+                    GatewayError::Expired
+                }
+                kind => super::verify::map_error(kind),
+            });
         // Rotation: only a bad signature moves on to the next key.
         let done = attempt != Err(GatewayError::BadSignature);
         result = Some(attempt);

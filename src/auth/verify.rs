@@ -342,10 +342,10 @@ impl Verifier {
         }) {
             return Err(GatewayError::Decode.into());
         }
-        // `iat` is a NumericDate when present (cut-offs compare it): any other value is
-        // malformed, not "no iat".
+        // `iat` is a NumericDate when present (cut-offs compare it): any other value,
+        // `null` included, is malformed, not "no iat".
         let iat = match claims.get("iat") {
-            None | Some(Value::Null) => None,
+            None => None,
             Some(v) => Some(numeric_date(v).ok_or(GatewayError::Decode)?),
         };
         if matches!(iat, Some(iat) if iat > now.saturating_add(p.leeway)) {
@@ -380,10 +380,14 @@ pub(crate) fn is_expired(exp: u64, leeway: u64, now: u64) -> bool {
     exp.saturating_add(leeway) <= now
 }
 
-/// A JWT NumericDate as whole seconds (fractions are allowed by RFC 7519).
+/// A JWT NumericDate as whole seconds (fractions are allowed by RFC 7519). A time
+/// before 1970 is a number in the past, second 0 here (an `exp` of -1 is expired, an
+/// `iat` of -5 was issued long ago), not a malformed claim.
 pub(crate) fn numeric_date(v: &Value) -> Option<u64> {
-    v.as_u64()
-        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+    v.as_u64().or_else(|| {
+        let f = v.as_f64().filter(|f| f.is_finite())?;
+        Some(if f <= 0.0 { 0 } else { f as u64 })
+    })
 }
 
 /// A provider's refusal as the verifier reports it (an unknown `kid` names the provider).
