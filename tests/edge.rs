@@ -1154,3 +1154,64 @@ fn harness_finds_listener_addresses_in_the_ready_line() {
     );
     assert_eq!(listener_addr(quoted, "admin"), None);
 }
+
+/// `token` with its ECDSA signature `r || s` turned into `r || (n - s)`: the other
+/// encoding anyone can compute, which verifies as well.
+fn ecdsa_twin(token: &str, order: &[u8]) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let (input, signature) = token.rsplit_once('.').unwrap();
+    let mut signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+    let s = &mut signature[order.len()..];
+    let mut borrow = 0i16;
+    for (digit, &n) in s.iter_mut().zip(order).rev() {
+        let mut d = n as i16 - *digit as i16 - borrow;
+        borrow = (d < 0) as i16;
+        if d < 0 {
+            d += 256;
+        }
+        *digit = d as u8;
+    }
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(&signature))
+}
+
+#[tokio::test]
+async fn a_revoked_ecdsa_token_without_jti_is_refused_in_its_other_encoding_too() {
+    // Revoked by the digest of its encoding (no `jti`), an ES256/ES384 token came back
+    // with (r, n - s): another encoding, another digest, the same valid token.
+    let p256 =
+        hex::decode("FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551").unwrap();
+    let p384 = hex::decode(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973",
+    )
+    .unwrap();
+    for (alg, order) in [(Algorithm::ES256, p256), (Algorithm::ES384, p384)] {
+        let signer = Signer::for_alg(alg);
+        let (_up, gw) = start_with(|cfg| {
+            cfg.trust(&signer);
+        })
+        .await;
+        for revoke_the_twin in [false, true] {
+            let t = signer.token(&access("carol").without("jti"));
+            let twin = ecdsa_twin(&t, &order);
+            assert_ne!(twin, t);
+            assert_forwarded(&get_with_token(&gw, "/x", &twin).await);
+            let (logged_out, other) = if revoke_the_twin {
+                (&twin, &t)
+            } else {
+                (&t, &twin)
+            };
+            let reply = request(
+                gw.edge,
+                "POST",
+                "/logout",
+                &[("Authorization", &bearer(logged_out))],
+                "",
+            )
+            .await;
+            assert_eq!(reply.0, 200, "{alg:?}: {}", reply.2);
+            assert_revoked(&get_with_token(&gw, "/x", logged_out).await);
+            assert_revoked(&get_with_token(&gw, "/x", other).await);
+        }
+    }
+}

@@ -41,6 +41,7 @@ pub fn token(key: String) -> VerifiedToken {
         exp: now_unix() + 3600,
         provider: 0,
         revocation_key: key,
+        twin_key: None,
         namespaced: None,
         identity: Vec::new(),
         revocation_memo: Default::default(),

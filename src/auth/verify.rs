@@ -10,6 +10,7 @@
 //! so a revoked token is refused at once despite this cache.
 
 pub mod token;
+mod twin;
 
 pub use token::{token_digest_key, RevocationMemo, TokenType, VerifiedToken};
 

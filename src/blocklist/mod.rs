@@ -215,6 +215,11 @@ impl Blocklist {
         if self.tokens.cutoff(&token.revocation_key, now).is_some() {
             return true;
         }
+        if let Some(twin) = &token.twin_key {
+            if self.tokens.cutoff(twin, now).is_some() {
+                return true;
+            }
+        }
         // The keys in the token's provider's namespace (the claims themselves for
         // `default`), precomputed when it was verified: no allocation here.
         if let Some(sid) = token.sid_key() {
@@ -370,6 +375,7 @@ mod tests {
             exp: now_unix() + 600,
             provider: 0,
             revocation_key: jti.into(),
+            twin_key: None,
             namespaced: None,
             identity: Vec::new(),
             revocation_memo: Default::default(),

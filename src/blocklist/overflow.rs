@@ -132,6 +132,7 @@ impl Overflow {
     ) -> Result<bool, StoreError> {
         let keys = [
             Some((Kind::Token, token.revocation_key.as_str())),
+            token.twin_key.as_deref().map(|twin| (Kind::Token, twin)),
             token.sid_key().map(|sid| (Kind::Session, sid)),
             token.sub_key().map(|sub| (Kind::Subject, sub)),
         ];
@@ -194,6 +195,7 @@ mod tests {
             exp: now_unix() + 600,
             provider: 0,
             revocation_key: jti.into(),
+            twin_key: None,
             namespaced: None,
             identity: Vec::new(),
             revocation_memo: Default::default(),

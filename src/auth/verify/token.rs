@@ -43,6 +43,9 @@ pub struct VerifiedToken {
     /// `jti`, or `sha256:<hex>` of the encoded token when it has none, in its
     /// provider's namespace (see [`crate::auth::providers`]).
     pub revocation_key: String,
+    /// For an ES256/ES384 token without `jti`: the digest key of its other valid
+    /// encoding (see `twin`), in the same namespace; revoking the token refuses both.
+    pub twin_key: Option<Box<str>>,
     /// `sid` and `sub` in the provider's namespace, when that differs from the claim
     /// text (any provider but `default`): see [`VerifiedToken::sid_key`].
     pub namespaced: Option<Box<(Option<String>, Option<String>)>>,
@@ -114,6 +117,7 @@ impl VerifiedToken {
             + text(&self.sub)
             + text(&self.sid)
             + self.revocation_key.capacity()
+            + self.twin_key.as_ref().map_or(0, |k| k.len())
             + self.identity.capacity() * std::mem::size_of::<(HeaderName, HeaderValue)>()
             + self
                 .identity
@@ -179,7 +183,16 @@ impl ClaimReader {
                 .map(Cow::into_owned)
                 .filter(|s| !s.is_empty())
         };
-        let revocation_key = text_claim("jti").unwrap_or_else(|| token_digest_key(token));
+        let jti = text_claim("jti");
+        let twin_key = match jti {
+            Some(_) => None,
+            None => super::twin::ecdsa_twin(token).map(|twin| {
+                providers::namespaced(provider_name, &token_digest_key(&twin))
+                    .into_owned()
+                    .into_boxed_str()
+            }),
+        };
+        let revocation_key = jti.unwrap_or_else(|| token_digest_key(token));
         let revocation_key = match providers::namespaced(provider_name, &revocation_key) {
             Cow::Borrowed(_) => revocation_key,
             Cow::Owned(key) => key,
@@ -233,6 +246,7 @@ impl ClaimReader {
             exp,
             provider,
             revocation_key,
+            twin_key,
             namespaced,
             identity,
             revocation_memo: RevocationMemo::default(),
