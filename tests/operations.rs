@@ -1376,6 +1376,22 @@ async fn a_revocation_is_answered_as_it_was_recorded() {
             json!({"jti": "forever", "exp": 253_402_300_799u64}),
         );
     }
+    // A logout with such a token records the same bound (it wrote 2^63-1 on SQLite).
+    let t = token(&access("far").with(json!({ "jti": "far-future", "exp": u64::MAX })));
+    let reply = request(
+        gw.edge,
+        "POST",
+        "/logout",
+        &[("Authorization", &bearer(&t))],
+        "",
+    )
+    .await;
+    assert_eq!(reply.0, 200, "{}", reply.2);
+    assert_json(
+        &admin_get(&gw, "/revocations/far-future", Some(&admin)).await,
+        200,
+        json!({"jti": "far-future", "exp": 253_402_300_799u64}),
+    );
     assert!(up.seen().is_empty(), "{:?}", up.seen());
 }
 

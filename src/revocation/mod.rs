@@ -47,6 +47,16 @@ pub fn logout(access: &VerifiedToken, refresh: Vec<Revocation>, now: u64) -> Vec
     if let Some(sid) = access.sid_key() {
         revocations.push(session_cutoff(sid.to_owned(), now, access.exp));
     }
+    // A token's `exp` may lie past what stores record (9999-12-31): recorded, and then
+    // shown, as that bound on every store, as the admin API records it.
+    for r in &mut revocations {
+        match r {
+            Revocation::Token { exp, .. } | Revocation::Session { exp, .. } => {
+                *exp = io::storable_seconds(*exp)
+            }
+            Revocation::Subject { .. } => {}
+        }
+    }
     revocations
 }
 
