@@ -283,7 +283,7 @@ async fn a_database_file_replaced_under_the_gateway_keeps_it_not_ready() {
 }
 
 #[tokio::test]
-async fn a_malformed_row_written_by_another_program_is_skipped_by_the_feed() {
+async fn a_row_written_malformed_by_another_program_fails_no_read() {
     // The change feed read rows whole: one row with `exp` as text failed every read
     // from then on, and every token check answered 503 on a healthy store.
     let db = "revocations.db";
@@ -330,6 +330,50 @@ async fn a_malformed_row_written_by_another_program_is_skipped_by_the_feed() {
         )
         .await,
     );
-    let (status, _, body) = get(gw.admin.expect("admin listener"), "/readyz", &[]).await;
+    let admin = gw.admin.expect("admin listener");
+    let (status, _, body) = get(admin, "/readyz", &[]).await;
     assert_eq!(status, 200, "{body}");
+    // Every read takes the row (the export here), and so does a restart.
+    let auth = bearer("admin-token-0123456789abcdef-dur");
+    let (status, _, body) = get(admin, "/revocations", &[("Authorization", &auth)]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("jti-after-the-bad-row"), "{body}");
+    // A fraction of a second in `exp` (SQLite keeps it as REAL) still revokes.
+    let fraction = access("fraction").with(json!({ "jti": "jti-with-a-fraction" }));
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open the store");
+        conn.busy_timeout(Duration::from_secs(5))
+            .expect("busy timeout");
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             UPDATE meta SET v = v + 1 WHERE k = 'seq';
+             INSERT INTO revocations (kind, key, exp, seq) \
+               SELECT 'jti', 'jti-with-a-fraction', 4102444800.5, v FROM meta WHERE k = 'seq';
+             COMMIT;",
+        )
+        .expect("write the row");
+    }
+    let fraction_token = token(&fraction);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = get(
+            gw.edge,
+            "/x",
+            &[("Authorization", &bearer(&fraction_token))],
+        )
+        .await;
+        if reply.0 == 401 {
+            assert_revoked(&reply);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a REAL exp did not revoke: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gw = kill_and_restart(gw).await;
+    for t in [&later_token, &fraction_token] {
+        assert_revoked(&get(gw.edge, "/x", &[("Authorization", &bearer(t))]).await);
+    }
 }

@@ -85,6 +85,15 @@ fn free_reader(readers: &[Mutex<Connection>]) -> Option<std::sync::MutexGuard<'_
     }
 }
 
+/// The columns every read takes, cast to the types the gateway writes: a row another
+/// program wrote with `exp` as a fraction (`4102444800.5`) still revokes, to the whole
+/// second, and one with text there (0: long expired) cannot fail a whole read.
+macro_rules! columns {
+    () => {
+        "CAST(kind AS TEXT), CAST(key AS TEXT), CAST(exp AS INTEGER), CAST(at AS INTEGER)"
+    };
+}
+
 /// Logs a row of the table the feed cannot read, at most once a minute: a row whose
 /// `seq` is not a number is met again by every read.
 fn malformed_row(e: &rusqlite::Error) {
@@ -189,9 +198,11 @@ impl Store for SqliteStore {
     fn load_live(&self, now: u64) -> BoxFuture<'_, Result<Vec<Revocation>, StoreError>> {
         let now = i64::try_from(now).unwrap_or(i64::MAX);
         self.read("loading the live set", move |conn| {
-            let mut stmt = conn.prepare(
-                "SELECT kind, key, exp, at FROM revocations WHERE kind = 'sub' OR exp >= ?1",
-            )?;
+            let mut stmt = conn.prepare(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM revocations WHERE kind = 'sub' OR exp >= ?1"
+            ))?;
             let rows = stmt.query_map([now], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -216,20 +227,22 @@ impl Store for SqliteStore {
         let cursor: u64 = cursor.parse().unwrap_or(0);
         let from = i64::try_from(cursor).unwrap_or(i64::MAX);
         self.read("reading the change feed", move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT kind, key, exp, seq, at FROM revocations WHERE seq > ?1 ORDER BY seq",
-            )?;
+            let mut stmt = conn.prepare_cached(concat!(
+                "SELECT ",
+                columns!(),
+                ", CAST(seq AS INTEGER) FROM revocations WHERE seq > ?1 ORDER BY seq"
+            ))?;
             // A row is read field by field: one that another program wrote malformed
             // (`exp` as text) is skipped and logged, where failing the whole read
             // would stop the feed at it for good, and with it every token check.
             let rows = stmt.query_map([from], |r| {
-                let seq = r.get::<_, i64>(3);
+                let seq = r.get::<_, i64>(4);
                 let fields = (|| {
                     Ok::<_, rusqlite::Error>((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
                         r.get::<_, i64>(2)?,
-                        r.get::<_, Option<i64>>(4)?,
+                        r.get::<_, Option<i64>>(3)?,
                     ))
                 })();
                 Ok((seq, fields))
@@ -273,11 +286,13 @@ impl Store for SqliteStore {
             let (kind, key) = after?;
             let rows = self
                 .read("exporting revocations", move |conn| {
-                    let mut stmt = conn.prepare_cached(
-                        "SELECT kind, key, exp, at FROM revocations
+                    let mut stmt = conn.prepare_cached(concat!(
+                        "SELECT ",
+                        columns!(),
+                        " FROM revocations
                              WHERE (kind, key) > (?1, ?2) AND (kind = 'sub' OR exp >= ?3)
-                             ORDER BY kind, key LIMIT ?4",
-                    )?;
+                             ORDER BY kind, key LIMIT ?4"
+                    ))?;
                     let rows = stmt.query_map(params![kind, key, now, fetch], |r| {
                         Ok((
                             r.get::<_, String>(0)?,
@@ -319,7 +334,10 @@ impl Store for SqliteStore {
         let kind = kind.name();
         self.read("looking a revocation up", move |conn| {
             let row: Option<(i64, Option<i64>)> = conn
-                .prepare_cached("SELECT exp, at FROM revocations WHERE kind = ?1 AND key = ?2")
+                .prepare_cached(
+                    "SELECT CAST(exp AS INTEGER), CAST(at AS INTEGER) FROM revocations
+                         WHERE kind = ?1 AND key = ?2",
+                )
                 .and_then(|mut s| {
                     s.query_row(params![kind, key], |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()
