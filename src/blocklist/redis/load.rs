@@ -57,9 +57,11 @@ return redis.call('ZRANGE', KEYS[1], start, start + tonumber(ARGV[4]) - 1, 'WITH
 ";
 
 /// Where an export stands: which set (`x`: `P expiry`, tokens and sessions; `s`:
-/// `P subjects`), the member the last page ended with and its score.
+/// `P subjects`), the member the last page ended with (its bytes: a member another
+/// program wrote need not be UTF-8, and the next page must still start after it) and
+/// its score.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct ExportCursor(String, String, u64);
+struct ExportCursor(String, Vec<u8>, u64);
 
 fn encode_cursor(cursor: &ExportCursor) -> String {
     use base64::Engine;
@@ -225,7 +227,7 @@ impl RedisStore {
         now: u64,
     ) -> Result<ExportPage, ExportError> {
         let cursor = match after {
-            None => ExportCursor("x".into(), String::new(), 0),
+            None => ExportCursor("x".into(), Vec::new(), 0),
             Some(text) => decode_cursor(text)
                 .filter(|c| c.0 == "x" || c.0 == "s")
                 .ok_or_else(|| ExportError::BadCursor(text.to_owned()))?,
@@ -243,17 +245,14 @@ impl RedisStore {
             page.truncate(limit);
             let mut sessions = Vec::new();
             for (member, exp) in page {
-                let Ok(text) = std::str::from_utf8(&member) else {
-                    continue;
-                };
-                match text.split_once(':') {
-                    Some(("sid", sid)) if exp >= now => sessions.push((sid.to_owned(), exp)),
-                    Some((kind, key)) if exp >= now => {
+                match std::str::from_utf8(&member).map(|text| text.split_once(':')) {
+                    Ok(Some(("sid", sid))) if exp >= now => sessions.push((sid.to_owned(), exp)),
+                    Ok(Some((kind, key))) if exp >= now => {
                         out.extend(Revocation::from_parts(kind, key.to_owned(), exp, None))
                     }
                     _ => {}
                 }
-                last = Some(ExportCursor("x".into(), text.to_owned(), exp));
+                last = Some(ExportCursor("x".into(), member, exp));
             }
             self.with_cutoffs(sessions, &mut out).await?;
             if more {
@@ -264,32 +263,35 @@ impl RedisStore {
             }
             // Tokens and sessions done: subjects fill the rest.
             let left = limit.saturating_sub(out.len());
-            return Ok(self.export_subjects(out, "", 0, left).await?);
+            return Ok(self.export_subjects(out, Vec::new(), 0, left).await?);
         }
-        Ok(self
-            .export_subjects(out, &cursor.1, cursor.2, limit)
-            .await?)
+        Ok(self.export_subjects(out, cursor.1, cursor.2, limit).await?)
     }
 
     async fn export_subjects(
         &self,
         mut out: Vec<Revocation>,
-        after: &str,
+        after: Vec<u8>,
         score: u64,
         limit: usize,
     ) -> Result<ExportPage, StoreError> {
         let mut page = self
-            .export_set(&self.subjects_key, 0, after, score, limit + 1)
+            .export_set(&self.subjects_key, 0, &after, score, limit + 1)
             .await?;
         let more = page.len() > limit;
         page.truncate(limit);
         // With no room left on this page, the next one starts where this call did.
-        let mut last = ExportCursor("s".into(), after.to_owned(), score);
+        let mut last = ExportCursor("s".into(), after, score);
         for (member, at) in page {
-            if let Ok(sub) = String::from_utf8(member) {
-                last = ExportCursor("s".into(), sub.clone(), at);
-                out.push(Revocation::Subject { sub, at });
+            if let Ok(sub) = std::str::from_utf8(&member) {
+                out.push(Revocation::Subject {
+                    sub: sub.to_owned(),
+                    at,
+                });
             }
+            // Past a member that is not UTF-8 too (written by another program): the
+            // next page must not start before it again.
+            last = ExportCursor("s".into(), member, at);
         }
         let next = more.then(|| encode_cursor(&last));
         Ok(ExportPage {
@@ -303,7 +305,7 @@ impl RedisStore {
         &self,
         key: &str,
         min: u64,
-        after: &str,
+        after: &[u8],
         score: u64,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
@@ -353,7 +355,7 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_refuse_garbage() {
-        let cursor = ExportCursor("x".into(), "jti:a/b c".into(), 1_767_225_600);
+        let cursor = ExportCursor("x".into(), b"jti:a/b c\xff".to_vec(), 1_767_225_600);
         assert_eq!(decode_cursor(&encode_cursor(&cursor)), Some(cursor));
         assert_eq!(decode_cursor("not a cursor!"), None);
     }
