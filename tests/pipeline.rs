@@ -536,6 +536,28 @@ async fn logout_revokes_every_valid_refresh_token_sent_not_only_the_first_found(
     assert_revoked(&p.get_with("/refresh", &r1).await);
     assert_revoked(&p.get_with("/refresh", &r2).await);
     forwarded(&p.get_with("/refresh", &mallory).await);
+    // Two refresh cookies of one name (another Path), two X-Refresh-Token fields.
+    let (r4, r5, r6) = (
+        token(&refresh("alice")),
+        token(&refresh("alice")),
+        token(&refresh("alice")),
+    );
+    let cookie = format!("refresh_token_cookie={mallory}; refresh_token_cookie={r4}");
+    assert_logged_out(
+        &p.logout(
+            &token(&access("alice")),
+            &[
+                ("cookie", &cookie),
+                ("x-refresh-token", &r5),
+                ("x-refresh-token", &r6),
+            ],
+            "",
+        )
+        .await,
+    );
+    for r in [&r4, &r5, &r6] {
+        assert_revoked(&p.get_with("/refresh", r).await);
+    }
     // Garbage in the header, the real one in the body.
     let r3 = token(&refresh("alice"));
     let body = json!({ "refresh_token": r3 }).to_string();

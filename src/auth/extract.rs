@@ -77,14 +77,22 @@ pub fn from_header<'a>(headers: &'a HeaderMap, jwt: &JwtConfig) -> Option<&'a st
     (!token.is_empty()).then_some(token)
 }
 
-/// The value of cookie `name` across every `Cookie` header.
+/// The value of cookie `name` across every `Cookie` header (the first one sent).
 pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    cookie_values(headers, name).next()
+}
+
+/// Every non-empty value of cookie `name`, in the order sent.
+pub fn cookie_values<'a, 'n>(
+    headers: &'a HeaderMap,
+    name: &'n str,
+) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
+        .filter_map(move |pair| {
             let (k, v) = pair.trim().split_once('=')?;
             (k.trim() == name).then(|| v.trim().trim_matches('"'))
         })

@@ -25,9 +25,30 @@ impl Checker {
 }
 
 /// Whether two listeners cannot both bind: one port (not 0, which picks a free one) on
-/// the same address, or on every address (`0.0.0.0`, `[::]`) and any of them.
+/// the same address, or on every address of a family (`0.0.0.0`) and one of that family;
+/// `[::]` takes IPv4 too (a dual-stack socket, Linux's default).
 fn clash(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() != 0
-        && a.port() == b.port()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    let covers = |every: SocketAddr, one: SocketAddr| {
+        every.ip().is_unspecified() && (every.is_ipv6() || one.is_ipv4())
+    };
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clash;
+
+    #[test]
+    fn listeners_clash_on_one_port_of_a_shared_address() {
+        let clashes = |a: &str, b: &str| clash(a.parse().unwrap(), b.parse().unwrap());
+        assert!(clashes("127.0.0.1:8000", "127.0.0.1:8000"));
+        assert!(clashes("0.0.0.0:8000", "127.0.0.1:8000"));
+        assert!(clashes("127.0.0.1:8000", "0.0.0.0:8000"));
+        assert!(clashes("[::]:8000", "127.0.0.1:8000"));
+        assert!(clashes("[::]:8000", "[::1]:8000"));
+        assert!(!clashes("0.0.0.0:8000", "[::1]:8000"));
+        assert!(!clashes("127.0.0.1:8000", "127.0.0.2:8000"));
+        assert!(!clashes("127.0.0.1:8000", "127.0.0.1:8001"));
+        assert!(!clashes("127.0.0.1:0", "127.0.0.1:0"));
+    }
 }

@@ -30,6 +30,10 @@ pub static X_REFRESH_TOKEN: HeaderName = HeaderName::from_static("x-refresh-toke
 /// token needs a few KiB).
 const MAX_LOGOUT_BODY: usize = 64 * 1024;
 
+/// Most refresh tokens one logout looks at (cookies and `X-Refresh-Token` fields
+/// together, then the body's): each costs a signature check.
+const MAX_REFRESH_TOKENS: usize = 4;
+
 /// Longest wait for those bytes. A real client sends a few KiB of JSON right after the
 /// head, within one round trip; two seconds covers a slow mobile link many times over,
 /// and bounds how long an authenticated client can hold a logout (and its connection
@@ -107,17 +111,18 @@ async fn find_refresh_tokens(
     body: Body,
     jwt: &crate::config::JwtConfig,
 ) -> (Vec<String>, Body) {
-    let mut found = Vec::new();
-    if let Some(t) = extract::cookie_value(&parts.headers, &jwt.refresh_cookie_name) {
-        found.push(t.to_owned());
-    }
-    if let Some(t) = parts
-        .headers
-        .get(&X_REFRESH_TOKEN)
-        .and_then(|v| v.to_str().ok())
-    {
+    // Every copy: two refresh cookies of one name (another Path or Domain) are the
+    // stale-cookie case itself. A few at most, each a signature check.
+    let mut found: Vec<String> = extract::cookie_values(&parts.headers, &jwt.refresh_cookie_name)
+        .take(MAX_REFRESH_TOKENS)
+        .map(str::to_owned)
+        .collect();
+    for value in parts.headers.get_all(&X_REFRESH_TOKEN).iter() {
+        let Ok(t) = value.to_str() else { continue };
         let t = t.trim();
-        found.push(t.strip_prefix("Bearer ").unwrap_or(t).to_owned());
+        if found.len() < MAX_REFRESH_TOKENS && !t.is_empty() {
+            found.push(t.strip_prefix("Bearer ").unwrap_or(t).to_owned());
+        }
     }
     // Whatever the `Content-Type` says: `curl -d '{...}'` labels JSON as a form, and a
     // logout that answers 200 while the refresh token it was given stays valid would

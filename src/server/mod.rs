@@ -175,12 +175,19 @@ async fn watch_signals(
                 // In a task of its own: a panic while building the new gateway must not
                 // end this loop (its end is the shutdown signal, and the process would
                 // exit 0 with the old config still good).
-                let reloading = tokio::spawn({
+                let mut reloading = tokio::spawn({
                     let (path, bound, state, limit) =
                         (path.clone(), bound.clone(), state.clone(), limit.clone());
                     async move { reload(&path, &bound, &state, &limit).await }
                 });
-                let swapped = reloading.await.unwrap_or_else(|e| {
+                // A reload may wait seconds for a key set; SIGTERM does not wait for it
+                // (the reload is dropped before it swaps anything in).
+                let done = tokio::select! {
+                    done = &mut reloading => done,
+                    _ = term.recv() => { reloading.abort(); break }
+                    _ = int.recv() => { reloading.abort(); break }
+                };
+                let swapped = done.unwrap_or_else(|e| {
                     tracing::error!(error = %e, "reload refused, keeping the running config: it failed");
                     false
                 });
