@@ -297,6 +297,10 @@ async fn required_typ_refuses_other_types_and_accepts_at_jwt_in_any_form() {
             "/refused-other-media-type",
             hs.token_with_header(json!({ "typ": "text/at+jwt" }), &access("mallory")),
         ),
+        (
+            "/refused-spaced",
+            hs.token_with_header(json!({ "typ": "at+jwt " }), &access("mallory")),
+        ),
     ];
     for (path, token) in &refused {
         let reply = get_with_token(&gw, path, token).await;

@@ -31,10 +31,11 @@ pub fn normalize_typ(typ: &str) -> String {
     }
 }
 
-/// Whether a token header's `typ` satisfies `required` (already [`normalize_typ`]ed). A
-/// token without `typ` does not.
+/// Whether a token header's `typ` satisfies `required` (already [`normalize_typ`]ed):
+/// equal but for case and an `application/` prefix (RFC 8725 §3.11). A token without
+/// `typ`, or with spaces around it, does not.
 pub fn typ_matches(header_typ: Option<&str>, required: &str) -> bool {
-    header_typ.is_some_and(|typ| normalize_typ(typ) == required)
+    header_typ.is_some_and(|typ| typ.trim() == typ && normalize_typ(typ) == required)
 }
 
 impl Checker {

@@ -224,8 +224,12 @@ pub fn parse_key_set(document: &Value, allowed: &[Algorithm]) -> Result<Vec<JwkK
 }
 
 fn usable_key(jwk: &Jwk, allowed: &[Algorithm]) -> Option<JwkKey> {
-    use jsonwebtoken::jwk::PublicKeyUse;
+    use jsonwebtoken::jwk::{KeyOperations, PublicKeyUse};
     if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
+        return None;
+    }
+    // `key_ops` (RFC 7517 §4.3), when given, must allow verifying.
+    if matches!(&jwk.common.key_operations, Some(ops) if !ops.contains(&KeyOperations::Verify)) {
         return None;
     }
     let by_type: &[Algorithm] = match &jwk.algorithm {
@@ -290,6 +294,10 @@ mod tests {
              "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
              "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
             {"kty": "weird", "kid": "w"},
+            // For encrypting only, by `key_ops`.
+            {"kty": "EC", "kid": "enc-only", "crv": "P-256", "key_ops": ["encrypt"],
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+             "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
         ]});
         let keys = parse_key_set(&doc, &[Algorithm::ES256, Algorithm::HS256]).unwrap();
         assert_eq!(keys.len(), 1);
