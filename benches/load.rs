@@ -6,7 +6,10 @@
 //! straight at `forward_auth.path` with `X-Forwarded-Uri`, as nginx or Traefik would
 //! ask) vs wrk straight at the upstream with the five headers portcullis adds
 //! (`direct-fwd`: what parsing them costs the upstream, which shares the proxy's CPU),
-//! in one run. The revocations are preloaded with one bulk NDJSON import.
+//! in one run. The revocations are preloaded with one bulk NDJSON import. Beside
+//! req/s and latency, each row gives the CPU time (user + system, from
+//! `/proc/PID/stat`) per request of the proxy under test and of the upstream: CPU 0's
+//! time, split between the two, which req/s alone cannot show.
 //!
 //! `bash benches/load.sh` (installs wrk and haproxy, then runs this), or
 //! `cargo bench --bench load` when they are installed.
@@ -327,6 +330,57 @@ struct Run {
     p99_ms: f64,
     requests: u64,
     non2xx: u64,
+    /// CPU time (user + system) per request of the proxy under test, and of the
+    /// upstream, in microseconds: where CPU 0's time goes.
+    proxy_us: f64,
+    upstream_us: f64,
+}
+
+/// User + system CPU time of process `pid` so far, in clock ticks (`/proc/PID/stat`
+/// fields 14 and 15, counted after the parenthesized command name).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    field(11) + field(12)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`, 100 on Linux).
+fn ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// [`wrk`] at `port`, with the CPU time per request of `proxy` (none when wrk goes
+/// straight to the upstream) and of `upstream`.
+fn measured(
+    port: u16,
+    script: &Path,
+    seconds: u64,
+    connections: u64,
+    proxy: Option<u32>,
+    upstream: u32,
+) -> Run {
+    let before = (proxy.map(cpu_ticks), cpu_ticks(upstream));
+    let mut run = wrk(port, script, seconds, connections);
+    let per_request =
+        |ticks: u64| ticks as f64 / ticks_per_second() * 1e6 / run.requests.max(1) as f64;
+    run.proxy_us = proxy.zip(before.0).map_or(0.0, |(pid, was)| {
+        per_request(cpu_ticks(pid).saturating_sub(was))
+    });
+    run.upstream_us = per_request(cpu_ticks(upstream).saturating_sub(before.1));
+    run
 }
 
 fn parse_ms(value: &str) -> f64 {
@@ -417,7 +471,7 @@ fn main() {
     let binary = env!("CARGO_BIN_EXE_portcullis");
 
     let upstream_port = free_port();
-    let _upstream = haproxy(
+    let upstream = haproxy(
         dir.path(),
         "upstream",
         &format!(
@@ -426,6 +480,7 @@ fn main() {
         ),
         upstream_port,
     );
+    let upstream_pid = upstream.0.id();
     println!(
         "machine: {} CPUs; wrk -t1 -c{connections} -d{seconds}s pinned to CPU 1; upstream and proxy pinned to CPU 0; {rounds} interleaved rounds",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
@@ -533,32 +588,38 @@ fn main() {
             }
         });
 
+        let gateway_pid = Some(gateway.0.id());
         let mut targets = vec![
-            ("direct", upstream_port, &script),
-            ("haproxy", proxy_port, &script),
-            ("plain", plain_port, &script),
-            ("plain-fwd", plain_fwd_port, &script),
-            ("portcullis", edge, &script),
-            ("forward-auth", edge, &forward_auth_script),
-            ("direct-fwd", upstream_port, &direct_fwd_script),
+            ("direct", upstream_port, &script, None),
+            ("haproxy", proxy_port, &script, Some(_haproxy.0.id())),
+            ("plain", plain_port, &script, Some(_plain.0.id())),
+            (
+                "plain-fwd",
+                plain_fwd_port,
+                &script,
+                Some(_plain_fwd.0.id()),
+            ),
+            ("portcullis", edge, &script, gateway_pid),
+            ("forward-auth", edge, &forward_auth_script, gateway_pid),
+            ("direct-fwd", upstream_port, &direct_fwd_script, None),
         ];
-        if let Some((_, port)) = &baseline {
-            targets.push(("baseline", *port, &script));
+        if let Some((proc, port)) = &baseline {
+            targets.push(("baseline", *port, &script, Some(proc.0.id())));
         }
         let mut results: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
         // Warm-up: fills portcullis's verified-token cache and every keep-alive pool.
-        for (_, port, script) in &targets {
+        for (_, port, script, _) in &targets {
             wrk(*port, script, 2, connections);
         }
         for round in 0..rounds {
-            for (t, (name, port, script)) in targets.iter().enumerate() {
-                let run = wrk(*port, script, seconds, connections);
-                println!("  round {} {alg_name} {name:<10} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  non-2xx {}", round + 1, run.rps, run.p50_ms, run.p99_ms, run.non2xx);
+            for (t, (name, port, script, proxy)) in targets.iter().enumerate() {
+                let run = measured(*port, script, seconds, connections, *proxy, upstream_pid);
+                println!("  round {} {alg_name} {name:<10} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  non-2xx {}  CPU µs/req proxy {:.2} upstream {:.2}", round + 1, run.rps, run.p50_ms, run.p99_ms, run.non2xx, run.proxy_us, run.upstream_us);
                 results[t].push(run);
             }
         }
         let medians: Vec<Run> = results.iter().map(|r| median(r)).collect();
-        for (t, (name, _, _)) in targets.iter().enumerate() {
+        for (t, (name, _, _, _)) in targets.iter().enumerate() {
             table.push((
                 alg_name.to_owned(),
                 name.to_string(),
@@ -574,8 +635,8 @@ fn main() {
     }
 
     println!();
-    println!("| scenario | target | req/s | p50 ms | p99 ms | non-2xx (of requests) | vs direct | vs haproxy | vs plain | vs plain-fwd |");
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| scenario | target | req/s | p50 ms | p99 ms | non-2xx (of requests) | vs direct | vs haproxy | vs plain | vs plain-fwd | proxy CPU µs/req | upstream CPU µs/req |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (alg, name, run, direct, haproxy, plain, plain_fwd) in &table {
         let refused = if name.starts_with("direct") {
             "n/a".to_owned()
@@ -587,14 +648,16 @@ fn main() {
             )
         };
         println!(
-            "| {alg} | {name} | {:.0} | {:.2} | {:.2} | {refused} | {:.2}x | {:.2}x | {:.2}x | {:.2}x |",
+            "| {alg} | {name} | {:.0} | {:.2} | {:.2} | {refused} | {:.2}x | {:.2}x | {:.2}x | {:.2}x | {:.2} | {:.2} |",
             run.rps,
             run.p50_ms,
             run.p99_ms,
             run.rps / direct,
             run.rps / haproxy,
             run.rps / plain,
-            run.rps / plain_fwd
+            run.rps / plain_fwd,
+            run.proxy_us,
+            run.upstream_us
         );
     }
 }
