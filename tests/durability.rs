@@ -290,12 +290,9 @@ async fn a_row_written_malformed_by_another_program_fails_no_read() {
     let (_up, gw) = start_sqlite(db).await;
     let path = db_path(&gw, db);
     let later = access("later").with(json!({ "jti": "jti-after-the-bad-row" }));
-    {
-        let conn = rusqlite::Connection::open(&path).expect("open the store");
-        conn.busy_timeout(Duration::from_secs(5))
-            .expect("busy timeout");
-        conn.execute_batch(
-            "BEGIN IMMEDIATE;
+    write_as_another_program(
+        &path,
+        "BEGIN IMMEDIATE;
              UPDATE meta SET v = v + 1 WHERE k = 'seq';
              INSERT INTO revocations (kind, key, exp, seq) \
                SELECT 'jti', 'poison', 'not a number', v FROM meta WHERE k = 'seq';
@@ -303,9 +300,7 @@ async fn a_row_written_malformed_by_another_program_fails_no_read() {
              INSERT INTO revocations (kind, key, exp, seq) \
                SELECT 'jti', 'jti-after-the-bad-row', 4102444800, v FROM meta WHERE k = 'seq';
              COMMIT;",
-        )
-        .expect("write the rows");
-    }
+    );
     // The revocation after the bad row arrives by the feed, within a second or two.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let later_token = token(&later);
@@ -340,19 +335,14 @@ async fn a_row_written_malformed_by_another_program_fails_no_read() {
     assert!(body.contains("jti-after-the-bad-row"), "{body}");
     // A fraction of a second in `exp` (SQLite keeps it as REAL) still revokes.
     let fraction = access("fraction").with(json!({ "jti": "jti-with-a-fraction" }));
-    {
-        let conn = rusqlite::Connection::open(&path).expect("open the store");
-        conn.busy_timeout(Duration::from_secs(5))
-            .expect("busy timeout");
-        conn.execute_batch(
-            "BEGIN IMMEDIATE;
+    write_as_another_program(
+        &path,
+        "BEGIN IMMEDIATE;
              UPDATE meta SET v = v + 1 WHERE k = 'seq';
              INSERT INTO revocations (kind, key, exp, seq) \
                SELECT 'jti', 'jti-with-a-fraction', 4102444800.5, v FROM meta WHERE k = 'seq';
              COMMIT;",
-        )
-        .expect("write the row");
-    }
+    );
     let fraction_token = token(&fraction);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -376,4 +366,12 @@ async fn a_row_written_malformed_by_another_program_fails_no_read() {
     for t in [&later_token, &fraction_token] {
         assert_revoked(&get(gw.edge, "/x", &[("Authorization", &bearer(t))]).await);
     }
+}
+
+/// Runs `sql` on the store's file as another program would (its own connection).
+fn write_as_another_program(path: &Path, sql: &str) {
+    let conn = rusqlite::Connection::open(path).expect("open the store");
+    conn.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    conn.execute_batch(sql).expect("write the rows");
 }

@@ -79,6 +79,23 @@ impl Pipeline {
         .await
     }
 
+    /// A subrequest whose header `name` holds raw `value` bytes (any UTF-8, or none),
+    /// plus `headers`, from the trusted loopback peer.
+    async fn ask_raw(&self, name: &str, value: &[u8], headers: &[(&str, &str)]) -> common::Reply {
+        let mut request = Request::builder()
+            .uri(ENDPOINT)
+            .header("host", "gateway.test");
+        for (n, v) in headers {
+            request = request.header(*n, *v);
+        }
+        let mut request = request.body(full(Bytes::new())).unwrap();
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_bytes(value).unwrap(),
+        );
+        reply_of(self, request, &self.conn()).await
+    }
+
     /// A connection from the trusted loopback peer, for requests built by hand.
     fn conn(&self) -> ConnInfo {
         let slot = Arc::new(tokio::sync::Semaphore::new(1))
@@ -664,16 +681,7 @@ async fn headers_that_name_two_requests_are_400() {
         .await;
     assert_bad_request(&reply);
     // A URI header that is not UTF-8 is not a request target.
-    let mut request = Request::builder()
-        .uri(ENDPOINT)
-        .header("host", "gateway.test")
-        .body(full(Bytes::new()))
-        .unwrap();
-    request.headers_mut().insert(
-        "x-forwarded-uri",
-        http::HeaderValue::from_bytes(b"/app/\xff").unwrap(),
-    );
-    assert_bad_request(&reply_of(&p, request, &p.conn()).await);
+    assert_bad_request(&p.ask_raw("x-forwarded-uri", b"/app/\xff", &[]).await);
     // The same request named twice is one request.
     assert_allowed(
         &p.ask(&[
@@ -714,17 +722,11 @@ async fn the_original_request_is_judged_as_the_edge_judges_its_request_line() {
     );
     // Raw UTF-8, as nginx's `$request_uri` passes a client's bytes on: the edge takes
     // `/app/café` (and forwards it escaped), so forward auth judges it too.
-    let mut request = Request::builder()
-        .uri(ENDPOINT)
-        .header("host", "gateway.test")
-        .header("authorization", &auth)
-        .body(full(Bytes::new()))
-        .unwrap();
-    request.headers_mut().insert(
-        "x-original-uri",
-        http::HeaderValue::from_bytes("/app/café?q=ü".as_bytes()).unwrap(),
-    );
-    assert_allowed(&reply_of(&p, request, &p.conn()).await, Some("alice"));
+    let utf8 = "/app/café?q=ü".as_bytes();
+    let reply = p
+        .ask_raw("x-original-uri", utf8, &[("authorization", &auth)])
+        .await;
+    assert_allowed(&reply, Some("alice"));
     // Unicode spaces are part of the path, as on a request line: `/public\u{a0}` is not
     // `/public` (it needs a token here, as `/` does).
     for value in [
@@ -734,16 +736,7 @@ async fn the_original_request_is_judged_as_the_edge_judges_its_request_line() {
         "/public\u{85}",
     ] {
         for name in ["x-forwarded-uri", "x-original-uri"] {
-            let mut request = Request::builder()
-                .uri(ENDPOINT)
-                .header("host", "gateway.test")
-                .body(full(Bytes::new()))
-                .unwrap();
-            request.headers_mut().insert(
-                name,
-                http::HeaderValue::from_bytes(value.as_bytes()).unwrap(),
-            );
-            let reply = reply_of(&p, request, &p.conn()).await;
+            let reply = p.ask_raw(name, value.as_bytes(), &[]).await;
             assert_ne!(reply.0, 200, "{name}: {value:?} was judged as /public");
         }
     }

@@ -139,6 +139,23 @@ async fn admin_get(gw: &Gateway, path: &str) -> Reply {
 }
 
 /// `GET /readyz` on the admin listener: `(status, body)`.
+/// `POST /revocations` with the admin token and a JSON `body`.
+async fn admin_post(gw: &Gateway, body: Value) -> Reply {
+    let headers = [
+        ("Authorization", bearer(ADMIN_TOKEN)),
+        ("Content-Type", "application/json".to_owned()),
+    ];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    request(
+        gw.admin.expect("admin listener"),
+        "POST",
+        "/revocations",
+        &headers,
+        body.to_string(),
+    )
+    .await
+}
+
 async fn readyz(gw: &Gateway) -> (u16, String) {
     let (status, _, body) = admin_get(gw, "/readyz").await;
     (status, body)
@@ -380,18 +397,7 @@ async fn admin_api_revocations_reach_the_other_replica_and_read_back_from_redis(
     let t = token(&claims);
     let (jti, exp) = jti_exp(&claims);
     assert_accepted(&b, "/x", &t, "judy").await;
-    let admin = a.admin.expect("admin listener");
-    let (status, _, body) = request(
-        admin,
-        "POST",
-        "/revocations",
-        &[
-            ("Authorization", &bearer(ADMIN_TOKEN)),
-            ("Content-Type", "application/json"),
-        ],
-        json!({ "jti": jti, "exp": exp }).to_string(),
-    )
-    .await;
+    let (status, _, body) = admin_post(&a, json!({ "jti": jti, "exp": exp })).await;
     let since = Instant::now();
     assert_eq!(status, 201, "POST /revocations: {body}");
     refused_within(&b, "/x", &t, since, ENFORCED_WITHIN).await;
@@ -406,17 +412,7 @@ async fn admin_api_revocations_reach_the_other_replica_and_read_back_from_redis(
 
     // An `exp` past 9999-12-31 is answered as recorded, as on every store (the answer
     // said 2^63-1 while Redis kept 253402300799).
-    let (status, _, body) = request(
-        admin,
-        "POST",
-        "/revocations",
-        &[
-            ("Authorization", &bearer(ADMIN_TOKEN)),
-            ("Content-Type", "application/json"),
-        ],
-        json!({ "jti": "forever", "exp": u64::MAX }).to_string(),
-    )
-    .await;
+    let (status, _, body) = admin_post(&a, json!({ "jti": "forever", "exp": u64::MAX })).await;
     assert_eq!(status, 201, "{body}");
     let answer: Value = serde_json::from_str(&body).expect("JSON answer");
     assert_eq!(
