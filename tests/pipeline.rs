@@ -558,6 +558,20 @@ async fn logout_revokes_every_valid_refresh_token_sent_not_only_the_first_found(
     for r in [&r4, &r5, &r6] {
         assert_revoked(&p.get_with("/refresh", r).await);
     }
+    // Cookies planted ahead of the real header (a sibling domain can set them) do not
+    // crowd the header out.
+    let r7 = token(&refresh("alice"));
+    let planted = "refresh_token_cookie=a.b.c; refresh_token_cookie=d.e.f; \
+                   refresh_token_cookie=g.h.i; refresh_token_cookie=j.k.l; refresh_token_cookie=x";
+    assert_logged_out(
+        &p.logout(
+            &token(&access("alice")),
+            &[("cookie", planted), ("x-refresh-token", &r7)],
+            "",
+        )
+        .await,
+    );
+    assert_revoked(&p.get_with("/refresh", &r7).await);
     // Garbage in the header, the real one in the body.
     let r3 = token(&refresh("alice"));
     let body = json!({ "refresh_token": r3 }).to_string();

@@ -112,16 +112,24 @@ async fn find_refresh_tokens(
     jwt: &crate::config::JwtConfig,
 ) -> (Vec<String>, Body) {
     // Every copy: two refresh cookies of one name (another Path or Domain) are the
-    // stale-cookie case itself. A few at most, each a signature check.
-    let mut found: Vec<String> = extract::cookie_values(&parts.headers, &jwt.refresh_cookie_name)
-        .take(MAX_REFRESH_TOKENS)
-        .map(str::to_owned)
-        .collect();
-    for value in parts.headers.get_all(&X_REFRESH_TOKEN).iter() {
-        let Ok(t) = value.to_str() else { continue };
-        let t = t.trim();
-        if found.len() < MAX_REFRESH_TOKENS && !t.is_empty() {
-            found.push(t.strip_prefix("Bearer ").unwrap_or(t).to_owned());
+    // stale-cookie case itself. The header first (cookies can be planted by a sibling
+    // domain), only what looks like a JWT, each once, a few at most: each costs a
+    // signature check.
+    let mut found: Vec<String> = Vec::new();
+    let headers = parts
+        .headers
+        .get_all(&X_REFRESH_TOKEN)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .map(|t| t.trim())
+        .map(|t| t.strip_prefix("Bearer ").unwrap_or(t));
+    let cookies = extract::cookie_values(&parts.headers, &jwt.refresh_cookie_name);
+    for token in headers.chain(cookies) {
+        if found.len() == MAX_REFRESH_TOKENS {
+            break;
+        }
+        if token.split('.').count() == 3 && !found.iter().any(|f| f == token) {
+            found.push(token.to_owned());
         }
     }
     // Whatever the `Content-Type` says: `curl -d '{...}'` labels JSON as a form, and a

@@ -61,7 +61,36 @@ return redis.call('ZRANGE', KEYS[1], start, start + tonumber(ARGV[4]) - 1, 'WITH
 /// program wrote need not be UTF-8, and the next page must still start after it) and
 /// its score.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct ExportCursor(String, Vec<u8>, u64);
+struct ExportCursor(String, Member, u64);
+
+/// A sorted-set member in a cursor: its text when it is UTF-8 (as cursors always held
+/// it, so one issued before a deploy still reads), else its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Member(Vec<u8>);
+
+impl serde::Serialize for Member {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => self.0.serialize(s),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Member {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Text(String),
+            Bytes(Vec<u8>),
+        }
+        Ok(Member(match Form::deserialize(d)? {
+            Form::Text(text) => text.into_bytes(),
+            Form::Bytes(bytes) => bytes,
+        }))
+    }
+}
 
 fn encode_cursor(cursor: &ExportCursor) -> String {
     use base64::Engine;
@@ -227,7 +256,7 @@ impl RedisStore {
         now: u64,
     ) -> Result<ExportPage, ExportError> {
         let cursor = match after {
-            None => ExportCursor("x".into(), Vec::new(), 0),
+            None => ExportCursor("x".into(), Member::default(), 0),
             Some(text) => decode_cursor(text)
                 .filter(|c| c.0 == "x" || c.0 == "s")
                 .ok_or_else(|| ExportError::BadCursor(text.to_owned()))?,
@@ -239,7 +268,7 @@ impl RedisStore {
             // One more than the page: whether more remain decides the `Link` (a full
             // page with nothing after it must not send the client to an empty one).
             let mut page = self
-                .export_set(&self.expiry_key, now, &cursor.1, cursor.2, limit + 1)
+                .export_set(&self.expiry_key, now, &cursor.1 .0, cursor.2, limit + 1)
                 .await?;
             let more = page.len() > limit;
             page.truncate(limit);
@@ -252,7 +281,7 @@ impl RedisStore {
                     }
                     _ => {}
                 }
-                last = Some(ExportCursor("x".into(), member, exp));
+                last = Some(ExportCursor("x".into(), Member(member), exp));
             }
             self.with_cutoffs(sessions, &mut out).await?;
             if more {
@@ -265,7 +294,9 @@ impl RedisStore {
             let left = limit.saturating_sub(out.len());
             return Ok(self.export_subjects(out, Vec::new(), 0, left).await?);
         }
-        Ok(self.export_subjects(out, cursor.1, cursor.2, limit).await?)
+        Ok(self
+            .export_subjects(out, cursor.1 .0, cursor.2, limit)
+            .await?)
     }
 
     async fn export_subjects(
@@ -281,7 +312,7 @@ impl RedisStore {
         let more = page.len() > limit;
         page.truncate(limit);
         // With no room left on this page, the next one starts where this call did.
-        let mut last = ExportCursor("s".into(), after, score);
+        let mut last = ExportCursor("s".into(), Member(after), score);
         for (member, at) in page {
             if let Ok(sub) = std::str::from_utf8(&member) {
                 out.push(Revocation::Subject {
@@ -291,7 +322,7 @@ impl RedisStore {
             }
             // Past a member that is not UTF-8 too (written by another program): the
             // next page must not start before it again.
-            last = ExportCursor("s".into(), member, at);
+            last = ExportCursor("s".into(), Member(member), at);
         }
         let next = more.then(|| encode_cursor(&last));
         Ok(ExportPage {
@@ -355,8 +386,17 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_refuse_garbage() {
-        let cursor = ExportCursor("x".into(), b"jti:a/b c\xff".to_vec(), 1_767_225_600);
-        assert_eq!(decode_cursor(&encode_cursor(&cursor)), Some(cursor));
+        for member in [&b"jti:a/b c"[..], b"jti:a/b c\xff"] {
+            let cursor = ExportCursor("x".into(), Member(member.to_vec()), 1_767_225_600);
+            assert_eq!(decode_cursor(&encode_cursor(&cursor)), Some(cursor));
+        }
+        // A cursor from before members were kept as bytes (the text form) still reads.
+        use base64::Engine;
+        let old = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"["x","jti:a",123]"#);
+        assert_eq!(
+            decode_cursor(&old),
+            Some(ExportCursor("x".into(), Member(b"jti:a".to_vec()), 123))
+        );
         assert_eq!(decode_cursor("not a cursor!"), None);
     }
 

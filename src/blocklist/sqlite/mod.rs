@@ -94,6 +94,16 @@ macro_rules! columns {
     };
 }
 
+/// The rows every read takes: text keys and a numeric time, as the gateway writes them.
+/// A key written as a BLOB sorts after every text (the export's cursor could not move
+/// past it) and no lookup by text finds it; a time written as text compares above every
+/// number. Every read leaves such a row out alike.
+macro_rules! well_formed {
+    () => {
+        "typeof(kind) = 'text' AND typeof(key) = 'text' AND typeof(exp) IN ('integer', 'real')"
+    };
+}
+
 /// Logs a row of the table the feed cannot read, at most once a minute: a row whose
 /// `seq` is not a number is met again by every read.
 fn malformed_row(e: &rusqlite::Error) {
@@ -201,7 +211,8 @@ impl Store for SqliteStore {
             let mut stmt = conn.prepare(concat!(
                 "SELECT ",
                 columns!(),
-                " FROM revocations WHERE kind = 'sub' OR exp >= ?1"
+                " FROM revocations WHERE (kind = 'sub' OR exp >= ?1) AND ",
+                well_formed!()
             ))?;
             let rows = stmt.query_map([now], |r| {
                 Ok((
@@ -230,7 +241,10 @@ impl Store for SqliteStore {
             let mut stmt = conn.prepare_cached(concat!(
                 "SELECT ",
                 columns!(),
-                ", CAST(seq AS INTEGER) FROM revocations WHERE seq > ?1 ORDER BY seq"
+                ", CAST(seq AS INTEGER) FROM revocations
+                     WHERE seq > ?1 AND typeof(seq) = 'integer' AND ",
+                well_formed!(),
+                " ORDER BY seq"
             ))?;
             // A row is read field by field: one that another program wrote malformed
             // (`exp` as text) is skipped and logged, where failing the whole read
@@ -290,8 +304,9 @@ impl Store for SqliteStore {
                         "SELECT ",
                         columns!(),
                         " FROM revocations
-                             WHERE (kind, key) > (?1, ?2) AND (kind = 'sub' OR exp >= ?3)
-                             ORDER BY kind, key LIMIT ?4"
+                             WHERE (kind, key) > (?1, ?2) AND (kind = 'sub' OR exp >= ?3) AND ",
+                        well_formed!(),
+                        " ORDER BY kind, key LIMIT ?4"
                     ))?;
                     let rows = stmt.query_map(params![kind, key, now, fetch], |r| {
                         Ok((
@@ -334,10 +349,11 @@ impl Store for SqliteStore {
         let kind = kind.name();
         self.read("looking a revocation up", move |conn| {
             let row: Option<(i64, Option<i64>)> = conn
-                .prepare_cached(
+                .prepare_cached(concat!(
                     "SELECT CAST(exp AS INTEGER), CAST(at AS INTEGER) FROM revocations
-                         WHERE kind = ?1 AND key = ?2",
-                )
+                         WHERE kind = ?1 AND key = ?2 AND ",
+                    well_formed!()
+                ))
                 .and_then(|mut s| {
                     s.query_row(params![kind, key], |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()
