@@ -77,6 +77,15 @@ impl Checker {
         if cache_max_entries == 0 {
             self.error("blocklist.cache_max_entries", "must be at least 1");
         }
+        if f.sqlite_path
+            .as_deref()
+            .is_some_and(|p| p.trim().is_empty())
+        {
+            self.error(
+                "blocklist.sqlite_path",
+                "is empty; leave it out for revocations.db",
+            );
+        }
         let sqlite_path = f.sqlite_path.unwrap_or_else(|| "revocations.db".to_owned());
         let sqlite_path = self.path_of(&sqlite_path);
         if store == StoreKind::Sqlite {

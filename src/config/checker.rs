@@ -187,6 +187,11 @@ impl Checker {
                 ),
             }
         }
+        // An empty list would turn the check (or the logout) off without a word; the
+        // way to say so is the section's own switch, or leaving the key out.
+        if raw.is_empty() {
+            self.error(path, "is empty: list at least one method");
+        }
         out
     }
 

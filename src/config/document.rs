@@ -36,6 +36,13 @@ pub(super) fn expand_strings(
             }
         }
         Value::Tagged(tagged) => expand_strings(&mut tagged.value, path, env, cx),
+        // `admin:` or `timeout:` with nothing after it: read as absent, it turned a
+        // section off or fell back to a default without a word, which is what the
+        // rule on unknown keys guards against. A claim `require_claims` compares may
+        // be null.
+        Value::Null if !path.is_empty() && !path.contains(".require_claims.") => {
+            cx.error(&path, "has no value: give it one, or leave the key out")
+        }
         _ => {}
     }
 }

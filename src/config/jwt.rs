@@ -114,13 +114,21 @@ impl Checker {
                 }
                 header_type
             },
-            access_cookie_name: f
-                .access_cookie_name
-                .unwrap_or_else(|| "access_token_cookie".to_owned()),
-            refresh_cookie_name: f
-                .refresh_cookie_name
-                .unwrap_or_else(|| "refresh_token_cookie".to_owned()),
-            query_string_name: f.query_string_name.unwrap_or_else(|| "token".to_owned()),
+            access_cookie_name: self.token_name(
+                f.access_cookie_name,
+                "jwt.access_cookie_name",
+                "access_token_cookie",
+            ),
+            refresh_cookie_name: self.token_name(
+                f.refresh_cookie_name,
+                "jwt.refresh_cookie_name",
+                "refresh_token_cookie",
+            ),
+            query_string_name: self.token_name(
+                f.query_string_name,
+                "jwt.query_string_name",
+                "token",
+            ),
             csrf,
             token_cache_max_bytes: self.size(
                 f.token_cache_max_bytes.as_ref(),
@@ -129,5 +137,24 @@ impl Checker {
             ),
         };
         Some((jwt, p))
+    }
+}
+
+impl Checker {
+    /// A cookie or query parameter name: an HTTP token (RFC 9110 §5.6.2: no spaces,
+    /// `;`, `=` or quotes), `default` when absent. An empty or broken name could never
+    /// match: tokens sent there would go unread.
+    fn token_name(&mut self, raw: Option<String>, path: &str, default: &str) -> String {
+        let Some(name) = raw else {
+            return default.to_owned();
+        };
+        let token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if name.is_empty() || !name.chars().all(token_char) {
+            self.error(
+                path,
+                format!("{name:?} is not a name a cookie or query parameter can have"),
+            );
+        }
+        name
     }
 }

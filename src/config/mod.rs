@@ -83,6 +83,9 @@ pub fn parse(
     source: &Path,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
+    // A byte order mark (Windows editors write one) is not part of the document; left
+    // in, libyaml read it as the start of a second one.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     // Before anything else reads the text: alias bombs and deep nesting cost far more
     // than their size in serde_yaml (and libyaml), see `limits`.
     if let Err(refused) = limits::check(text) {

@@ -127,6 +127,12 @@ impl Checker {
                 Some("") => self.error(&key("issuer"), "is empty"),
                 Some(_) => {}
             }
+        } else if f.issuer.as_deref() == Some("") {
+            // Every real token has an `iss` other than "": each would be refused.
+            self.error(
+                &key("issuer"),
+                "is empty; leave it out to accept any iss (is its environment variable empty?)",
+            );
         } else if discovery && f.issuer.is_none() {
             self.error(
                 &key("discovery"),
@@ -139,11 +145,16 @@ impl Checker {
                 "one of secret, public_key_file or jwks_url is required",
             );
         }
-        if matches!(&f.secret, Some(s) if s.is_empty()) {
-            self.error(
-                &key("secret"),
-                "is empty (is its environment variable set to an empty value?)",
-            );
+        for (name, value) in [
+            ("secret", &f.secret),
+            ("previous_secret", &f.previous_secret),
+        ] {
+            if matches!(value, Some(s) if s.is_empty()) {
+                self.error(
+                    &key(name),
+                    "is empty (is its environment variable set to an empty value?)",
+                );
+            }
         }
         let mut key_errors = Vec::new();
         let keys = KeySet::load(
@@ -214,10 +225,19 @@ impl Checker {
             ),
             jwks_ca_file,
             discovery,
-            audience: f
-                .audience
-                .map(file::OneOrMany::into_vec)
-                .unwrap_or_default(),
+            audience: {
+                let audience = f.audience.map(file::OneOrMany::into_vec);
+                // An empty list (or name) would accept no token, or read as "any".
+                if audience.as_ref().is_some_and(|a| a.is_empty()) {
+                    self.error(&key("audience"), "is empty; leave it out to accept any aud");
+                }
+                for (i, aud) in audience.iter().flatten().enumerate() {
+                    if aud.is_empty() {
+                        self.error(&format!("{}[{i}]", key("audience")), "is empty");
+                    }
+                }
+                audience.unwrap_or_default()
+            },
             leeway: self.leeway(f.leeway.as_deref(), &key("leeway")),
             required_typ,
         }

@@ -16,6 +16,9 @@ impl Checker {
             self.error("routes", "at least one route is required");
             return out;
         };
+        if raw.as_sequence().is_some_and(|items| items.is_empty()) {
+            self.error("routes", "at least one route is required");
+        }
         let Some(items) = raw.as_sequence() else {
             self.error("routes", "must be a list of { prefix, upstream, auth }");
             return out;

@@ -13,6 +13,9 @@ impl Checker {
             self.error("upstreams", "at least one upstream is required");
             return out;
         };
+        if raw.as_mapping().is_some_and(|map| map.is_empty()) {
+            self.error("upstreams", "at least one upstream is required");
+        }
         let Some(map) = raw.as_mapping() else {
             self.error("upstreams", "must be a mapping of name -> { url, ... }");
             return out;
@@ -49,6 +52,23 @@ impl Checker {
                         self.error(
                             &format!("{path}.url"),
                             format!("{raw:?} has a query; an upstream URL is a scheme, host, port and optional path prefix"),
+                        );
+                        placeholder()
+                    }
+                    // `http` takes any digits as a port (`:99999` read as no port at all).
+                    Ok(uri)
+                        if uri
+                            .authority()
+                            .and_then(|a| a.as_str().rsplit_once(':'))
+                            .map(|(_, port)| port)
+                            .is_some_and(|port| {
+                                port.bytes().all(|b| b.is_ascii_digit())
+                                    && port.parse::<u16>().map_or(true, |p| p == 0)
+                            }) =>
+                    {
+                        self.error(
+                            &format!("{path}.url"),
+                            format!("{raw:?}: the port must be 1 to 65535"),
                         );
                         placeholder()
                     }

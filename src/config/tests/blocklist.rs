@@ -5,6 +5,12 @@ use super::{check_rows, Row};
 
 pub(super) const ROWS: &[Row] = &[
     (
+        "blocklist:\n  store: sqlite\n  sqlite_path: \"\"\n",
+        "blocklist.sqlite_path",
+        Some(3),
+        "is empty; leave it out for revocations.db",
+    ),
+    (
         "blocklist:\n  store: disk\n",
         "blocklist.store",
         Some(2),

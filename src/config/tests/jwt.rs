@@ -5,6 +5,54 @@ use super::{check_rows, Row};
 
 pub(super) const ROWS: &[Row] = &[
     (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  issuer: \"\"\n",
+        "jwt.issuer",
+        Some(3),
+        "is empty; leave it out to accept any iss",
+    ),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  audience: []\n",
+        "jwt.audience",
+        Some(3),
+        "is empty; leave it out to accept any aud",
+    ),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  audience: [api, \"\"]\n",
+        "jwt.audience[1]",
+        Some(3),
+        "is empty",
+    ),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  previous_secret: \"\"\n",
+        "jwt.previous_secret",
+        Some(3),
+        "is empty (is its environment variable set to an empty value?)",
+    ),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  access_cookie_name: \"a b;c\"\n",
+        "jwt.access_cookie_name",
+        Some(3),
+        "\"a b;c\" is not a name a cookie or query parameter can have",
+    ),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  query_string_name: \"\"\n",
+        "jwt.query_string_name",
+        Some(3),
+        "is not a name a cookie or query parameter can have",
+    ),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  csrf:\n    methods: []\n",
+        "jwt.csrf.methods",
+        Some(4),
+        "is empty: list at least one method",
+    ),
+    (
+        "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  header_type:\n",
+        "jwt.header_type",
+        Some(3),
+        "has no value: give it one, or leave the key out",
+    ),
+    (
         "jwt:\n",
         "jwt",
         Some(1),

@@ -4,6 +4,30 @@
 use super::{check_rows, Row};
 
 pub(super) const ROWS: &[Row] = &[
+    (
+        "upstreams: {}\n",
+        "upstreams",
+        Some(1),
+        "at least one upstream is required",
+    ),
+    (
+        "routes: []\n",
+        "routes",
+        Some(1),
+        "at least one route is required",
+    ),
+    (
+        "upstreams:\n  app:\n    url: http://127.0.0.1:99999\n",
+        "upstreams.app.url",
+        Some(3),
+        "the port must be 1 to 65535",
+    ),
+    (
+        "upstreams:\n  app:\n    url: http://127.0.0.1:9\n    timeout:\n",
+        "upstreams.app.timeout",
+        Some(4),
+        "has no value",
+    ),
     // An absent key has no line.
     (
         "# without upstreams\n",

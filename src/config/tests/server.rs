@@ -4,6 +4,25 @@
 use super::{check_rows, Row};
 
 pub(super) const ROWS: &[Row] = &[
+    // A byte order mark (Windows editors) is not a second document.
+    (
+        "\u{feff}server:\n  listen: nowhere\n",
+        "server.listen",
+        Some(2),
+        "\"nowhere\" is not an address",
+    ),
+    (
+        "admin:\n",
+        "admin",
+        Some(1),
+        "has no value: give it one, or leave the key out",
+    ),
+    (
+        "logout:\n  methods: []\n",
+        "logout.methods",
+        Some(2),
+        "is empty: list at least one method",
+    ),
     (
         "server:\n  listen: nowhere\n",
         "server.listen",
