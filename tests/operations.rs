@@ -1649,3 +1649,18 @@ async fn json_logs_have_an_access_line_per_request_and_never_the_token() {
         .expect("no JSON ready line");
     assert_eq!(ready["fields"]["edge"], gw.edge.to_string(), "{ready}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_too_large_for_hyper_is_counted_as_a_refusal() {
+    // hyper answers 431 itself for an HTTP/1.1 head past its buffer, before any request
+    // reaches the gateway: it moved no counter (HTTP/2's 431s were counted).
+    let up = Upstream::start().await;
+    let gw = Proc::start(config_with_admin(&up)).await;
+    let series = "portcullis_refusals_total{error_type=\"HeadersTooLargeError\"}";
+    let before = sample(&gw.metrics().await, series).unwrap_or(0.0);
+    let padding = "a".repeat(17_000);
+    let (status, _, _) = get(gw.edge, "/x", &[("X-Big", &padding)]).await;
+    assert_eq!(status, 431);
+    gw.wait_metric(series, before + 1.0).await;
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+}

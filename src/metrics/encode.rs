@@ -214,7 +214,7 @@ impl Scrape {
         [
             (
                 "portcullis_blocklist_entries",
-                "Live revocations held in memory.",
+                "Revocations held in memory (one past its exp leaves at the next purge, within a minute).",
                 Value::Gauge(g.blocklist_entries),
             ),
             (

@@ -224,6 +224,7 @@ where
                 ))
                 .await;
                 let Ended::Parked(Ok(())) = ended else {
+                    count_head_too_large(&metrics, &ended);
                     return log_ended(peer, ended);
                 };
                 connection.into_parts()
@@ -295,6 +296,20 @@ fn asks_to_close(headers: &http::HeaderMap) -> bool {
         .get_all(header::CONNECTION)
         .iter()
         .any(|value| forwarding::has_token(value, "close"))
+}
+
+/// A head hyper refused itself for its size (431 before any service ran) is counted
+/// as every other refusal is: a request, unrouted, refused with HeadersTooLargeError.
+fn count_head_too_large(
+    metrics: &crate::metrics::Metrics,
+    ended: &Ended<Result<(), hyper::Error>>,
+) {
+    if let Ended::Done(Err(e)) | Ended::Parked(Err(e)) = ended {
+        if e.is_parse_too_large() {
+            metrics.unrouted();
+            metrics.refused(crate::error::GatewayError::HeadersTooLarge);
+        }
+    }
 }
 
 fn log_ended<E: std::fmt::Display>(peer: SocketAddr, ended: Ended<Result<(), E>>) {
