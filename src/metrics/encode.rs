@@ -214,7 +214,7 @@ impl Scrape {
         [
             (
                 "portcullis_blocklist_entries",
-                "Revocations held in memory (one past its exp leaves at the next purge, within a minute).",
+                "Live revocations held in memory.",
                 Value::Gauge(g.blocklist_entries),
             ),
             (
