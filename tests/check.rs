@@ -150,3 +150,50 @@ fn check_with_bad_usage_exits_2() {
     let (code, stdout, stderr) = portcullis(&["check", "--bogus"], dir.path());
     assert_eq!(code, 2, "stdout:\n{stdout}\nstderr:\n{stderr}");
 }
+
+#[test]
+fn the_contracts_whole_example_passes_check() {
+    // CONTRACT.md §2's example, as written, with the files and variables it names: every
+    // key of the interface at once. It lists alternatives side by side (a secret for
+    // HS256 beside a JWKS and a private key; a Redis CA beside a redis:// URL): those
+    // are warnings, not errors.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let example = include_str!("fixtures/contract_example.yaml");
+    std::fs::write(dir.path().join("gateway.yaml"), example).expect("write");
+    for sub in ["certs", "keys"] {
+        std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+    }
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    for (name, text) in [
+        ("certs/server.crt", cert.pem()),
+        ("certs/server.key", key.serialize_pem()),
+        ("certs/idp-ca.pem", cert.pem()),
+        ("certs/redis-ca.pem", cert.pem()),
+        ("certs/upstream-ca.pem", cert.pem()),
+        ("keys/jwt.pub", key.public_key_pem()),
+        ("keys/jwt.key", key.serialize_pem()),
+    ] {
+        std::fs::write(dir.path().join(name), text).expect("write");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "--config", "gateway.yaml"])
+        .current_dir(dir.path())
+        .env("JWT_SECRET_KEY", "contract-example-secret-0123456789abcdef")
+        .env("PORTCULLIS_ADMIN_TOKEN", "contract-example-admin-token")
+        .env_remove("PORTCULLIS_CONFIG")
+        .output()
+        .expect("run portcullis check");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+}

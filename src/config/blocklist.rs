@@ -50,9 +50,10 @@ impl Checker {
         let redis_ca_file = f.redis_ca_file.as_deref().map(|raw| {
             let path = self.file_exists(raw, "blocklist.redis_ca_file");
             if !tls {
-                self.error(
+                // Harmless (and in the contract's own example): said, not refused.
+                self.warning(
                     "blocklist.redis_ca_file",
-                    "only used with a rediss:// blocklist.redis_url",
+                    "only used with a rediss:// blocklist.redis_url: ignored",
                 );
             } else if path.is_file() {
                 if let Err(e) = crate::tls::read_certs(&path) {

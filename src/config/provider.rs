@@ -40,12 +40,14 @@ pub fn typ_matches(header_typ: Option<&str>, required: &str) -> bool {
 
 impl Checker {
     /// `jwt.algorithms` must name an asymmetric algorithm when keys come from a JWKS
-    /// (`source` is the key that says so: `jwt.jwks_url` or `jwt.discovery`).
+    /// (`source` is the key that says so: `jwt.jwks_url` or `jwt.discovery`). With a
+    /// secret beside it, HMAC tokens still verify: the unused JWKS is a warning.
     pub(super) fn check_jwks_algorithms(
         &mut self,
         algorithms: &[Algorithm],
         source: &str,
         prefix: &str,
+        has_secret: bool,
     ) {
         if algorithms.is_empty()
             || algorithms
@@ -55,7 +57,13 @@ impl Checker {
             return;
         }
         let names: Vec<String> = algorithms.iter().map(|a| format!("{a:?}")).collect();
-        self.error(
+        let report = if has_secret {
+            Checker::warning
+        } else {
+            Checker::error
+        };
+        report(
+            self,
             &format!("{prefix}.algorithms"),
             format!(
                 "allows only HMAC ({}), but the keys come from {source}: a JWKS provides public keys, \

@@ -5,7 +5,7 @@ use super::checker::{key_name, Checker};
 use super::{file, ProviderConfig, DEFAULT_PROVIDER};
 use crate::keys::{KeySet, SigningKey};
 use http::Uri;
-use jsonwebtoken::Algorithm;
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde_yaml::Value;
 use std::str::FromStr;
 use std::time::Duration;
@@ -176,7 +176,8 @@ impl Checker {
             } else {
                 "discovery"
             });
-            self.check_jwks_algorithms(&algorithms, &source, prefix);
+            let has_secret = f.secret.as_deref().is_some_and(|s| !s.is_empty());
+            self.check_jwks_algorithms(&algorithms, &source, prefix, has_secret);
         }
         self.warn_short_secrets(
             &algorithms,
@@ -200,6 +201,30 @@ impl Checker {
             private.as_deref().filter(|p| p.is_file()),
         ) {
             Ok(s) => s,
+            // With a secret for an HMAC algorithm in the list, `token` still signs (with
+            // the secret): the unusable key file is worth a warning, not a refusal (the
+            // contract's own example lists one beside `algorithms: [HS256]`).
+            Err(message)
+                if algorithms
+                    .iter()
+                    .any(|a| a.family() == AlgorithmFamily::Hmac) =>
+            {
+                let signing = SigningKey::load(&algorithms, f.secret.as_deref(), None)
+                    .ok()
+                    .flatten();
+                if signing.is_some() {
+                    self.warning(
+                        &key("private_key_file"),
+                        format!(
+                            "{message}; `portcullis token` signs with {} instead",
+                            key("secret")
+                        ),
+                    );
+                } else {
+                    self.error(&key("private_key_file"), message);
+                }
+                signing
+            }
             Err(message) => {
                 self.error(&key("private_key_file"), message);
                 None

@@ -47,12 +47,6 @@ pub(super) const ROWS: &[Row] = &[
         "redis-ca.pem does not exist",
     ),
     (
-        "blocklist:\n  store: redis\n  redis_url: redis://cache:6379\n  redis_ca_file: Cargo.toml\n",
-        "blocklist.redis_ca_file",
-        Some(4),
-        "only used with a rediss:// blocklist.redis_url",
-    ),
-    (
         "blocklist:\n  store: redis\n  redis_url: rediss://cache:6379\n  redis_ca_file: Cargo.toml\n",
         "blocklist.redis_ca_file",
         Some(4),

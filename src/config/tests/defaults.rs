@@ -187,6 +187,26 @@ const ROWS: &[DefaultRow] = &[
         |c| c.jwt.keys.has_family(&jsonwebtoken::Algorithm::HS256).to_string(),
         "true",
     ),
+    // The contract's own example has each of these beside a secret for HS256, or a
+    // redis:// URL: said, not refused.
+    (
+        "jwt:\n  algorithms: [HS256, RS256]\n  secret: 0123456789abcdef0123456789abcdef\n  private_key_file: Cargo.toml\n  jwks_url: https://idp.test/jwks\n",
+        "an unusable private key beside a secret is a warning",
+        |c| c.warnings.iter().map(|w| format!("{} {:?}", w.path, w.line)).collect(),
+        "jwt.private_key_file Some(4)",
+    ),
+    (
+        "jwt:\n  algorithms: [HS256]\n  secret: 0123456789abcdef0123456789abcdef\n  jwks_url: https://idp.test/jwks\n",
+        "an HMAC-only jwks provider beside a secret is a warning",
+        |c| c.warnings.iter().map(|w| format!("{} {:?}", w.path, w.line)).collect(),
+        "jwt.algorithms Some(2)",
+    ),
+    (
+        "blocklist:\n  store: redis\n  redis_url: redis://cache:6379\n  redis_ca_file: Cargo.toml\n",
+        "redis_ca_file with redis:// is a warning",
+        |c| c.warnings.iter().map(|w| format!("{} {:?}", w.path, w.line)).collect(),
+        "blocklist.redis_ca_file Some(4)",
+    ),
     (
         "jwt:\n  secret: short\n",
         "a short secret is a warning, not an error",

@@ -168,9 +168,9 @@ pub(super) const ROWS: &[Row] = &[
         Some(2),
         "RS256 is allowed but no configured key can verify it",
     ),
-    // keys::SigningKey::load
+    // keys::SigningKey::load: without a secret to sign with, the unusable key is an error.
     (
-        "jwt:\n  algorithms: [HS256, RS256]\n  secret: 0123456789abcdef0123456789abcdef\n  private_key_file: Cargo.toml\n",
+        "jwt:\n  algorithms: [RS256]\n  jwks_url: https://idp.test/jwks\n  private_key_file: Cargo.toml\n",
         "jwt.private_key_file",
         Some(4),
         "holds no private key (PKCS#8 PEM) that signs any algorithm",
