@@ -218,10 +218,13 @@ async fn a_logout_token_revokes_at_the_provider_its_iss_names() {
         assert_forwarded(&call(&p, token).await, sub);
     }
 
+    // Issued in the logout's own second: the session ends "as of now", this token with it.
+    let p_s1_now = partners.access("alice", json!({ "sid": "S1", "iat": common::now() }));
     // The partner ends session S1: its S1 only, not the default provider's S1.
     let logout = partners.logout(&unique_jti(), json!({ "sid": "S1", "sub": "alice" }));
     assert_logged_out(&backchannel(&p, &logout).await);
     assert_revoked(&call(&p, &p_s1).await);
+    assert_revoked(&call(&p, &p_s1_now).await);
     assert_forwarded(&call(&p, &d_s1).await, "alice");
 
     // The partner ends every session of bob: its bob only.

@@ -328,14 +328,22 @@ async fn logout_with_a_sid_revokes_the_whole_session() {
     }
     assert_accepted(&gw, "/refresh", &r1, "alice").await;
 
+    // Issued in the logout's own second (a client's tokens typically are): a whole-
+    // second `iat` cannot tell it from a token issued before the logout; refused too.
+    let same_second = token(&refresh("alice").with(json!({ "sid": s, "iat": now() })));
     // R1 is not sent along: the session revocation alone must catch it.
+    let logout_second = now();
     assert_logged_out(&logout(&gw, &a1).await);
 
     assert_refused_as_revoked(&gw, "/x", &a1).await;
     assert_refused_as_revoked(&gw, "/x", &a2).await;
     assert_refused_as_revoked(&gw, "/refresh", &r1).await;
-    // A token the provider issues in the session after the logout (the same second
-    // included) is accepted: the provider's session outlives the gateway's logout.
+    assert_refused_as_revoked(&gw, "/refresh", &same_second).await;
+    // A token the provider issues in the session later (from the next second on) is
+    // accepted: the provider's session outlives the gateway's logout.
+    while now() <= logout_second + 1 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let later = token(&access("alice").with(json!({ "sid": s, "iat": now() })));
     assert_accepted(&gw, "/x", &later, "alice").await;
     // Another session of the same subject is untouched.

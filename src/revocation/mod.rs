@@ -20,15 +20,21 @@ pub use io::{parse_ndjson, parse_object, token_revocation, without_bom, write_nd
 /// longest refresh-token lifetime we expect from an identity provider.
 pub const SESSION_REVOCATION_TTL: u64 = 30 * 24 * 3600;
 
-/// A cut-off for session `sid` as of `now`: the tokens of this session issued so far
-/// are refused; a token the identity provider issues later in the same session is
-/// accepted, since its session outlives the gateway's logout. Kept until `exp` or for
-/// [`SESSION_REVOCATION_TTL`], whichever is later, so every refresh token of the
-/// session that may still live is covered.
+/// The cut-off a logout (the gateway's, or the identity provider's back-channel one)
+/// puts on session `sid` at `now`: every token of the session that exists is refused,
+/// "the refresh token included even when it was not sent" (CONTRACT §3), those issued
+/// in this very second too. A whole-second `iat` cannot tell a token issued earlier in
+/// this second from one issued after the logout, and a session's tokens are typically
+/// minted in the second they are used: T is the next second, so `iat < T` takes them
+/// all. A token the identity provider issues later in the session (from the next second
+/// on) is accepted. Unlike a subject's cut-off, nobody logs in again into an ended
+/// session (a new login gets a new `sid`), so nothing is lost by refusing that second.
+/// Kept until `exp` or for [`SESSION_REVOCATION_TTL`], whichever is later, so every
+/// refresh token of the session that may still live is covered.
 pub fn session_cutoff(sid: String, now: u64, exp: u64) -> Revocation {
     Revocation::Session {
         sid,
-        at: now,
+        at: now.saturating_add(1),
         exp: exp.max(now.saturating_add(SESSION_REVOCATION_TTL)),
     }
 }
