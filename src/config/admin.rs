@@ -14,10 +14,17 @@ impl Checker {
             );
         }
         let token = f.token.unwrap_or_default();
-        if token.len() < 16 {
-            self.error(
+        // Required; short is a warning, as a short HMAC secret is: the contract sets no
+        // length, and refusing the whole config for it stops the gateway.
+        if token.trim().is_empty() {
+            self.error("admin.token", "required (it guards the revocation API)");
+        } else if token.len() < 16 {
+            self.warning(
                 "admin.token",
-                "required, at least 16 characters (it guards the revocation API)",
+                format!(
+                    "is {} characters: a short token is easy to guess; use 16 or more (it guards the revocation API)",
+                    token.len()
+                ),
             );
         }
         AdminConfig { listen, token }

@@ -208,6 +208,12 @@ const ROWS: &[DefaultRow] = &[
         "blocklist.redis_ca_file Some(4)",
     ),
     (
+        "admin:\n  token: secret\n",
+        "a short admin token is a warning, not an error",
+        |c| c.warnings.iter().map(|w| format!("{} {:?}", w.path, w.line)).collect(),
+        "admin.token Some(2)",
+    ),
+    (
         "jwt:\n  secret: short\n",
         "a short secret is a warning, not an error",
         |c| c.warnings.iter().map(|w| format!("{} {:?}", w.path, w.line)).collect(),
