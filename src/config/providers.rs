@@ -187,9 +187,18 @@ impl Checker {
             ],
         );
         let required_typ = self.required_typ(f.required_typ.as_deref(), &key("required_typ"));
+        // An algorithm no key verifies refuses its tokens: an error when that is every
+        // algorithm (no token could pass), a warning beside others that work.
+        let unverifiable = |alg: &Algorithm| !keys.has_family(alg) && !uses_jwks;
+        let report = if algorithms.iter().all(unverifiable) {
+            Checker::error
+        } else {
+            Checker::warning
+        };
         for (i, alg) in algorithms.iter().enumerate() {
-            if !keys.has_family(alg) && !uses_jwks {
-                self.error(
+            if unverifiable(alg) {
+                report(
+                    self,
                     &format!("{prefix}.algorithms[{i}]"),
                     format!("{alg:?} is allowed but no configured key can verify it (HS* need {prefix}.secret; RS*/PS*/ES*/EdDSA need {prefix}.public_key_file or {prefix}.jwks_url)"),
                 );

@@ -208,6 +208,12 @@ const ROWS: &[DefaultRow] = &[
         "blocklist.redis_ca_file Some(4)",
     ),
     (
+        "jwt:\n  algorithms: [HS256, RS256]\n  secret: 0123456789abcdef0123456789abcdef\n",
+        "an algorithm no key verifies beside one that works is a warning",
+        |c| c.warnings.iter().map(|w| format!("{} {:?}", w.path, w.line)).collect(),
+        "jwt.algorithms[1] Some(2)",
+    ),
+    (
         "admin:\n  token: secret\n",
         "a short admin token is a warning, not an error",
         |c| c.warnings.iter().map(|w| format!("{} {:?}", w.path, w.line)).collect(),

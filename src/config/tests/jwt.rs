@@ -163,8 +163,8 @@ pub(super) const ROWS: &[Row] = &[
         "\"at jwt\" is not a media type",
     ),
     (
-        "jwt:\n  algorithms: [HS256, RS256]\n  secret: 0123456789abcdef0123456789abcdef\n",
-        "jwt.algorithms[1]",
+        "jwt:\n  algorithms: [RS256]\n  secret: 0123456789abcdef0123456789abcdef\n",
+        "jwt.algorithms[0]",
         Some(2),
         "RS256 is allowed but no configured key can verify it",
     ),
