@@ -96,7 +96,9 @@ impl SigningKey {
                     .filter(|s| !s.is_empty())
                     .map(|s| EncodingKey::from_secret(s.as_bytes())),
                 (AlgorithmFamily::Rsa, Some(pem)) => EncodingKey::from_rsa_pem(pem).ok(),
-                (AlgorithmFamily::Ec, Some(pem)) => EncodingKey::from_ec_pem(pem).ok(),
+                (AlgorithmFamily::Ec, Some(pem)) => EncodingKey::from_ec_pem(pem)
+                    .ok()
+                    .or_else(|| sec1_as_pkcs8(pem).map(|der| EncodingKey::from_ec_der(&der))),
                 (AlgorithmFamily::Ed, Some(pem)) => EncodingKey::from_ed_pem(pem).ok(),
                 _ => None,
             }?;
@@ -112,7 +114,7 @@ impl SigningKey {
                 .any(|a| a.family() != AlgorithmFamily::Hmac && key_for(*a).is_some())
         {
             return Err(
-                "holds no private key (PKCS#8 PEM) that signs any algorithm in jwt.algorithms (an EC key signs only the ES* of its curve: ES256 P-256, ES384 P-384)".to_owned(),
+                "holds no private key (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC) that signs any algorithm in jwt.algorithms (an EC key signs only the ES* of its curve: ES256 P-256, ES384 P-384)".to_owned(),
             );
         }
         Ok(algorithms
@@ -142,4 +144,21 @@ impl SigningKey {
 /// A token of no claims signed with `key` as `algorithm`, or `None` if it cannot sign.
 fn sign_probe(algorithm: Algorithm, key: &EncodingKey) -> Option<String> {
     jsonwebtoken::encode(&Header::new(algorithm), &serde_json::json!({}), key).ok()
+}
+/// A SEC1 `EC PRIVATE KEY` PEM (what `openssl ecparam -genkey` writes) as the PKCS#8
+/// DER jsonwebtoken signs with; `None` for anything else.
+fn sec1_as_pkcs8(pem: &[u8]) -> Option<Vec<u8>> {
+    use aws_lc_rs::signature::{
+        EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING,
+    };
+    use rustls::pki_types::{pem::PemObject, PrivateSec1KeyDer};
+    let sec1 = PrivateSec1KeyDer::from_pem_slice(pem).ok()?;
+    [
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &ECDSA_P384_SHA384_FIXED_SIGNING,
+    ]
+    .into_iter()
+    .find_map(|alg| EcdsaKeyPair::from_private_key_der(alg, sec1.secret_sec1_der()).ok())
+    .and_then(|pair| pair.to_pkcs8v1().ok())
+    .map(|pkcs8| pkcs8.as_ref().to_vec())
 }

@@ -4,7 +4,9 @@
 
 mod common;
 
+use aws_lc_rs::encoding::AsDer;
 use common::*;
+use rustls::pki_types::pem::PemObject;
 use std::path::Path;
 
 const SECRET_ENV: &str = "dev-secret-change-me-at-least-32-bytes";
@@ -368,7 +370,7 @@ fn check_signs_once_with_the_private_key_to_catch_a_wrong_curve_or_pair() {
     assert_eq!(code, 1, "{stderr}");
     assert_eq!(
         error_lines(&stderr),
-        ["error: jwt.private_key_file (line 5): holds no private key (PKCS#8 PEM) that signs any algorithm in jwt.algorithms (an EC key signs only the ES* of its curve: ES256 P-256, ES384 P-384)"]
+        ["error: jwt.private_key_file (line 5): holds no private key (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC) that signs any algorithm in jwt.algorithms (an EC key signs only the ES* of its curve: ES256 P-256, ES384 P-384)"]
     );
 
     let (code, _, stderr) = check(config("ES256", "p256.key", "p384.pub"));
@@ -388,6 +390,35 @@ fn check_signs_once_with_the_private_key_to_catch_a_wrong_curve_or_pair() {
         assert_eq!(code, 0, "{algorithms}: {stderr}");
         assert_eq!(token.trim().split('.').count(), 3, "{token}");
     }
+
+    // The same P-256 key in SEC1 form (`BEGIN EC PRIVATE KEY`, what `openssl ecparam
+    // -genkey` writes): read as well, not refused as "no private key".
+    let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(keys.p256.private.as_bytes())
+        .expect("PKCS#8 PEM");
+    let pair = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        pkcs8.secret_pkcs8_der(),
+    )
+    .expect("P-256 key");
+    let sec1 = pair.private_key().as_der().expect("SEC1 DER");
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.encode(sec1.as_ref());
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let pem = format!(
+        "-----BEGIN EC PRIVATE KEY-----\n{}\n-----END EC PRIVATE KEY-----\n",
+        lines.join("\n")
+    );
+    std::fs::write(dir.path().join("sec1.key"), pem).expect("write key");
+    let (code, _, stderr) = check(config("ES256", "sec1.key", "p256.pub"));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, token, stderr) =
+        portcullis(&["token", "--config", "g.yaml", "--sub", "a"], dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(token.trim().split('.').count(), 3, "{token}");
 }
 
 #[test]

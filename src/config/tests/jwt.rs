@@ -173,7 +173,7 @@ pub(super) const ROWS: &[Row] = &[
         "jwt:\n  algorithms: [RS256]\n  jwks_url: https://idp.test/jwks\n  private_key_file: Cargo.toml\n",
         "jwt.private_key_file",
         Some(4),
-        "holds no private key (PKCS#8 PEM) that signs any algorithm",
+        "holds no private key (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC) that signs any algorithm",
     ),
     (
         "jwt:\n  secret: 0123456789abcdef0123456789abcdef\n  token_location: [headers, body]\n",
