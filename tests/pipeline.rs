@@ -694,6 +694,30 @@ async fn admin_revocations_need_the_admin_token() {
     assert_admin_unauthorized(&reply);
 }
 
+#[tokio::test]
+async fn an_admin_listener_without_a_token_serves_health_and_refuses_revocations() {
+    let p = Pipeline::with(|c| {
+        c.set("admin", json!({ "listen": "127.0.0.1:0" }));
+    })
+    .await;
+    let body = json!({ "sub": "alice" }).to_string();
+    for auth in [
+        None,
+        Some("Bearer "),
+        Some("Bearer  "),
+        Some("Bearer anything"),
+    ] {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        let reply = p
+            .admin_call(Method::POST, "/revocations", &headers, &body)
+            .await;
+        assert_admin_unauthorized(&reply);
+    }
+    let reply = p.admin_call(Method::GET, "/healthz", &[], "").await;
+    assert_eq!((reply.0, reply.2.as_str()), (200, "ok"));
+    forwarded(&p.get_with("/app", &token(&access("alice"))).await);
+}
+
 /// 401 with the admin listener's JSON body and `WWW-Authenticate: Bearer`.
 #[track_caller]
 fn assert_admin_unauthorized(reply: &common::Reply) {

@@ -13,11 +13,18 @@ impl Checker {
                 format!("{listen} is where server.listen ({edge}) listens; the two need different ports"),
             );
         }
+        let absent = f.token.is_none();
         let token = f.token.unwrap_or_default();
         // Required; short is a warning, as a short HMAC secret is: the contract sets no
         // length, and refusing the whole config for it stops the gateway.
-        if token.trim().is_empty() {
-            self.error("admin.token", "required (it guards the revocation API)");
+        if absent {
+            // An admin listener for health, readiness and metrics only.
+            self.warning(
+                "admin",
+                "no admin.token: the revocation API refuses every request (health, readiness and metrics need none)",
+            );
+        } else if token.trim().is_empty() {
+            self.error("admin.token", "is empty (it guards the revocation API)");
         } else if token.len() < 16 {
             self.warning(
                 "admin.token",

@@ -146,12 +146,20 @@ impl Checker {
         default: &str,
     ) -> SocketAddr {
         let raw = raw.unwrap_or(default);
-        match raw.parse::<SocketAddr>() {
-            Ok(a) => a,
-            Err(_) => {
+        if let Ok(a) = raw.parse::<SocketAddr>() {
+            return a;
+        }
+        // `localhost:8000` is 127.0.0.1:8000 (no lookup: other names would wait on DNS).
+        let localhost = raw
+            .strip_prefix("localhost:")
+            .and_then(|port| port.parse::<u16>().ok())
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+        match localhost {
+            Some(a) => a,
+            None => {
                 self.error(
                     path,
-                    format!("{raw:?} is not an address; use host:port, e.g. 0.0.0.0:8000"),
+                    format!("{raw:?} is not an address; use ip:port, e.g. 0.0.0.0:8000 or localhost:8000"),
                 );
                 SocketAddr::from(([127, 0, 0, 1], 0))
             }

@@ -53,11 +53,13 @@ impl Checker {
         }
 
         let mut trusted_proxies = Vec::new();
-        match f.trusted_proxies.map(file::OneOrMany::into_vec) {
-            None => self.error(
-                "forward_auth.trusted_proxies",
-                "required with forward_auth: the proxies' addresses as CIDRs, e.g. [127.0.0.1/32, ::1/128]",
-            ),
+        // Absent: loopback only (the contract's example), the proxy on the same machine.
+        let given = f
+            .trusted_proxies
+            .map(file::OneOrMany::into_vec)
+            .or_else(|| Some(vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()]));
+        match given {
+            None => {}
             Some(list) if list.is_empty() => self.error(
                 "forward_auth.trusted_proxies",
                 "lists no proxy, so no one could call forward_auth.path",

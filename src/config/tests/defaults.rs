@@ -214,6 +214,24 @@ const ROWS: &[DefaultRow] = &[
         "jwt.algorithms[1] Some(2)",
     ),
     (
+        "admin:\n  listen: 127.0.0.1:9901\n",
+        "an admin listener without a token (health and metrics only) is a warning",
+        |c| c.warnings.iter().map(|w| format!("{} {:?}", w.path, w.line)).collect(),
+        "admin Some(1)",
+    ),
+    (
+        "forward_auth:\n  path: /_auth\n",
+        "forward_auth.trusted_proxies defaults to loopback",
+        |c| c.forward_auth.as_ref().map(|f| format!("{:?}", f.trusted_proxies.iter().map(|c| c.to_string()).collect::<Vec<_>>())).unwrap_or_default(),
+        "[\"127.0.0.0/8\", \"::1/128\"]",
+    ),
+    (
+        "server:\n  listen: localhost:8080\n",
+        "server.listen, localhost",
+        |c| c.server.listen.to_string(),
+        "127.0.0.1:8080",
+    ),
+    (
         "admin:\n  token: secret\n",
         "a short admin token is a warning, not an error",
         |c| c.warnings.iter().map(|w| format!("{} {:?}", w.path, w.line)).collect(),

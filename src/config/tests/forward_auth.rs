@@ -41,12 +41,6 @@ pub(super) const ROWS: &[Row] = &[
         "/auth (logout.backchannel_path) is under it",
     ),
     (
-        "forward_auth:\n  path: /_auth\n",
-        "forward_auth.trusted_proxies",
-        Some(1),
-        "required with forward_auth",
-    ),
-    (
         "forward_auth:\n  path: /_auth\n  trusted_proxies: []\n",
         "forward_auth.trusted_proxies",
         Some(3),
