@@ -39,6 +39,7 @@ pub struct TlsFile {
 #[serde(deny_unknown_fields, expecting = "a mapping of keys")]
 pub struct AdminFile {
     pub listen: Option<String>,
+    #[serde(default, deserialize_with = "secret_text")]
     pub token: Option<String>,
 }
 
@@ -64,9 +65,11 @@ impl OneOrMany {
 #[serde(deny_unknown_fields, expecting = "a mapping of keys")]
 pub struct JwtFile {
     pub algorithms: Option<OneOrMany>,
+    #[serde(default, deserialize_with = "secret_text")]
     pub secret: Option<String>,
     pub public_key_file: Option<String>,
     pub private_key_file: Option<String>,
+    #[serde(default, deserialize_with = "secret_text")]
     pub previous_secret: Option<String>,
     pub previous_public_key_file: Option<String>,
     pub jwks_url: Option<String>,
@@ -97,9 +100,11 @@ pub struct JwtFile {
 pub struct ProviderFile {
     pub issuer: Option<String>,
     pub algorithms: Option<OneOrMany>,
+    #[serde(default, deserialize_with = "secret_text")]
     pub secret: Option<String>,
     pub public_key_file: Option<String>,
     pub private_key_file: Option<String>,
+    #[serde(default, deserialize_with = "secret_text")]
     pub previous_secret: Option<String>,
     pub previous_public_key_file: Option<String>,
     pub jwks_url: Option<String>,
@@ -211,6 +216,32 @@ pub const SECTIONS: &[&str] = &[
     "forward_auth",
     "forward",
 ];
+
+/// A secret or token as written: text, or a whole number YAML read as one
+/// (`secret: 123456`), taken as its digits. A secret is bytes; YAML's typing of them
+/// is no reason to refuse the file.
+fn secret_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(Text)
+}
 
 /// A duration as written: text (`30s`), or a bare number kept as its text so the
 /// validator gives it the same hint as any other duration without a unit, instead of

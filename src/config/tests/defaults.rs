@@ -214,6 +214,12 @@ const ROWS: &[DefaultRow] = &[
         "jwt.algorithms[1] Some(2)",
     ),
     (
+        "jwt:\n  secret: 123456\nadmin:\n  token: 1234\n",
+        "a secret and a token YAML reads as numbers are their digits",
+        |c| format!("{} {}", c.jwt.keys.has_family(&jsonwebtoken::Algorithm::HS256), c.admin.as_ref().map_or("", |a| a.token.as_str())),
+        "true 1234",
+    ),
+    (
         "admin:\n  listen: 127.0.0.1:9901\n",
         "an admin listener without a token (health and metrics only) is a warning",
         |c| c.warnings.iter().map(|w| format!("{} {:?}", w.path, w.line)).collect(),
