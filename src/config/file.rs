@@ -221,53 +221,51 @@ pub const SECTIONS: &[&str] = &[
 /// (`secret: 123456`), taken as its digits. A secret is bytes; YAML's typing of them
 /// is no reason to refuse the file.
 fn secret_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    struct Text;
-    impl serde::de::Visitor<'_> for Text {
-        type Value = Option<String>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a string")
-        }
-        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(Some(v.to_owned()))
-        }
-        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-            Ok(Some(v.to_string()))
-        }
-        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-            Ok(Some(v.to_string()))
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-    }
-    d.deserialize_any(Text)
+    d.deserialize_any(ScalarText {
+        expecting: "a string",
+        fractions: false,
+    })
 }
 
 /// A duration as written: text (`30s`), or a bare number kept as its text so the
 /// validator gives it the same hint as any other duration without a unit, instead of
 /// serde's "invalid type: integer".
 fn duration_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    struct Text;
-    impl serde::de::Visitor<'_> for Text {
-        type Value = Option<String>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a duration such as 500ms, 30s, 15m or 20d")
-        }
-        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(Some(v.to_owned()))
-        }
-        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+    d.deserialize_any(ScalarText {
+        expecting: "a duration such as 500ms, 30s, 15m or 20d",
+        fractions: true,
+    })
+}
+
+/// A scalar as text: a string as it is, a number as its digits (with `fractions`, a
+/// fractional one too), null as absent.
+struct ScalarText {
+    expecting: &'static str,
+    fractions: bool,
+}
+
+impl serde::de::Visitor<'_> for ScalarText {
+    type Value = Option<String>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(v.to_owned()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        if self.fractions {
             Ok(Some(v.to_string()))
-        }
-        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-            Ok(Some(v.to_string()))
-        }
-        fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-            Ok(Some(v.to_string()))
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
+        } else {
+            Err(E::invalid_type(serde::de::Unexpected::Float(v), &self))
         }
     }
-    d.deserialize_any(Text)
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
 }
